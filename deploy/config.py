@@ -1,0 +1,548 @@
+"""Inputs: the only module that reads the environment.
+
+Every input arrives as a ``FLEET_*`` variable (``action.yml`` maps each ``inputs.x`` there in
+``runs.env``; ``docker run -e`` and a laptop set them directly), so there is one configuration
+path. :func:`load` validates everything before any network call and reports *every* bad input
+at once, each naming the input and its value (never a secret's value).
+
+Decisions where the contract is silent:
+- an empty value means "not given", i.e. the default; a required input left empty is an error;
+- ``cp-url``/``cp-token`` are required only when a stage talks to the CP (rollout, verify);
+  ``stages: promote`` (a manual promotion or rollback) needs neither;
+- ``retry-delays: none`` disables retries.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+from deploy.errors import ConfigError, ConfigErrors
+
+T = TypeVar("T")
+
+STAGES = ("rollout", "verify", "promote")
+
+# Defaults of every input; action.yml declares the same ones (a test keeps them in sync).
+# Empty means "none", or "computed at run time" for target-tag, promote-source and branch.
+DEFAULTS: dict[str, str] = {
+    "cp-url": "",
+    "cp-token": "",
+    "allow-insecure-http": "false",
+    "stages": "rollout,verify,promote",
+    "redeploy-path": "/cp/admin/tenants/redeploy-fleet",
+    "sha": "",
+    "target-tag": "",
+    "canary": "",
+    "soak-seconds": "60",
+    "batch-size": "3",
+    "max-stragglers": "1",
+    "rollout-timeout": "600",
+    "request-timeout": "120",
+    "cp-tenant-timeout": "300",
+    "cp-settle-seconds": "90",
+    "retry-delays": "5,10,20",
+    "dry-run": "false",
+    "verify-url": "",
+    "verify-field": "git_sha",
+    "verify-budget": "240",
+    "verify-interval": "20",
+    "verify-concurrency": "32",
+    "promote-images": "",
+    "promote-tag": "latest",
+    "promote-source": "",
+    "allow-single-arch": "false",
+    "registry-username": "",
+    "registry-password": "",
+    "disabled": "",
+    "disabled-variable": "",
+    "required-checks": "",
+    "checks-timeout": "1800",
+    "checks-interval": "15",
+    "skip-if-superseded": "true",
+    "branch": "",
+    "github-token": "",
+    "report-path": "fleet-rollout-report.json",
+    "timeout": "3600",
+}
+SECRET_INPUTS = ("cp-token", "registry-password", "github-token")
+
+TRUE_WORDS = {"true", "yes", "on", "1"}
+FALSE_WORDS = {"false", "no", "off", "0"}
+KILL_WORDS = TRUE_WORDS | {"disabled", "disable"}
+LIVE_WORDS = FALSE_WORDS | {"enabled", ""}
+
+SHA_RE = re.compile(r"^[0-9a-fA-F]{7,64}$")
+TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+REPOSITORY_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
+VARIABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_RETRIES = 10
+
+
+def env_name(input_name: str) -> str:
+    """``rollout-timeout`` → ``FLEET_ROLLOUT_TIMEOUT``."""
+    return "FLEET_" + input_name.upper().replace("-", "_")
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class ControlPlane:
+    url: str
+    token: str = field(repr=False)
+    redeploy_path: str
+    request_timeout: float
+    rollout_timeout: float
+    retry_delays: tuple[float, ...]
+
+    @property
+    def redeploy_url(self) -> str:
+        return self.url.rstrip("/") + self.redeploy_path
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    target_tag: str
+    canary: str
+    soak_seconds: float
+    batch_size: int
+    max_stragglers: int
+    cp_tenant_timeout: float
+    cp_settle_seconds: float
+    dry_run: bool
+
+
+@dataclass(frozen=True)
+class VerifySettings:
+    url_template: str  # empty: verify is skipped with a warning
+    field: str
+    budget: float
+    interval: float
+    concurrency: int
+    request_timeout: float
+
+
+@dataclass(frozen=True)
+class PromoteSettings:
+    images: tuple[str, ...]
+    tag: str
+    source: str  # a tag, or a sha256: digest
+    username: str
+    password: str = field(repr=False)
+    allow_single_arch: bool
+    allow_insecure_http: bool
+    request_timeout: float
+    retry_delays: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    required_checks: tuple[str, ...]
+    checks_timeout: float
+    checks_interval: float
+    skip_if_superseded: bool
+    branch: str
+    disabled_variable: str
+
+
+@dataclass(frozen=True)
+class Forge:
+    """Where the forge API is (GitHub or Gitea), and the job's token for it."""
+
+    kind: str  # "github" | "gitea"
+    api_url: str
+    repository: str  # owner/name
+    token: str = field(repr=False)
+    request_timeout: float
+    retry_delays: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Config:
+    stages: tuple[str, ...]
+    sha: str
+    disabled: bool
+    cp: ControlPlane
+    rollout: RolloutPlan
+    verify: VerifySettings
+    promote: PromoteSettings
+    gates: GateSettings
+    forge: Forge
+    report_path: Path
+    timeout: float
+
+    def wants(self, stage: str) -> bool:
+        return stage in self.stages
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return (self.cp.token, self.promote.password, self.forge.token)
+
+
+@dataclass(frozen=True)
+class RunnerEnv:
+    """What the runner tells us about where to write; read even when the inputs are bad."""
+
+    output_path: str | None
+    summary_path: str | None
+    workspace: Path
+    in_actions: bool
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> RunnerEnv:
+        return cls(
+            output_path=env.get("GITHUB_OUTPUT") or None,
+            summary_path=env.get("GITHUB_STEP_SUMMARY") or None,
+            workspace=Path(env.get("GITHUB_WORKSPACE") or "."),
+            in_actions=env.get("GITHUB_ACTIONS", "").lower() == "true",
+        )
+
+    def report_path(self, env: Mapping[str, str]) -> Path:
+        """The report's path even when the inputs are bad (falls back to the default)."""
+        raw = env.get(env_name("report-path"), "").strip() or DEFAULTS["report-path"]
+        return self.workspace / raw
+
+
+def secrets_in(env: Mapping[str, str]) -> tuple[str, ...]:
+    """Secret values, to mask before anything is validated or printed."""
+    return tuple(v for v in (env.get(env_name(n), "").strip() for n in SECRET_INPUTS) if v)
+
+
+class _Inputs:
+    """Reads and parses inputs, collecting every error instead of stopping at the first."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.errors: list[ConfigError] = []
+
+    def raw(self, name: str) -> str:
+        return self.env.get(env_name(name), "").strip() or DEFAULTS[name]
+
+    def fail(self, name: str, message: str) -> None:
+        self.errors.append(ConfigError(name, message))
+
+    def parse(self, name: str, parser: Callable[[str], T], fallback: T) -> T:
+        try:
+            return parser(self.raw(name))
+        except ValueError as exc:
+            shown = "(secret)" if name in SECRET_INPUTS else repr(self.raw(name))
+            self.fail(name, f"{exc} (got {shown})")
+            return fallback
+
+    def text(self, name: str) -> str:
+        return self.raw(name)
+
+    def boolean(self, name: str) -> bool:
+        return self.parse(name, parse_bool, False)
+
+    def duration(self, name: str, minimum: float = 0.0, positive: bool = False) -> float:
+        return self.parse(name, lambda v: parse_duration(v, minimum, positive), 1.0)
+
+    def count(self, name: str, minimum: int) -> int:
+        return self.parse(name, lambda v: parse_count(v, minimum), minimum)
+
+
+def parse_bool(value: str) -> bool:
+    word = value.lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ValueError("expected true or false (also yes/no, on/off, 1/0)")
+
+
+def parse_kill_switch(value: str) -> bool:
+    """True means "skip everything". An unknown word must neither deploy nor freeze silently."""
+    word = value.strip().lower()
+    if word in KILL_WORDS:
+        return True
+    if word in LIVE_WORDS:
+        return False
+    raise ValueError("expected one of 1/true/yes/on/disabled/disable (skip) or 0/false/no/off/enabled/empty (run)")
+
+
+def parse_duration(value: str, minimum: float = 0.0, positive: bool = False) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError("expected a number of seconds") from None
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        raise ValueError("expected a finite number of seconds")
+    if positive and seconds <= 0:
+        raise ValueError("must be greater than 0 seconds")
+    if seconds < minimum:
+        raise ValueError(f"must be at least {minimum:g} seconds")
+    return seconds
+
+
+def parse_count(value: str, minimum: int) -> int:
+    if not re.fullmatch(r"[+]?\d+", value):
+        raise ValueError("expected a whole number")
+    number = int(value)
+    if number < minimum:
+        raise ValueError(f"must be at least {minimum}")
+    return number
+
+
+def parse_delays(value: str) -> tuple[float, ...]:
+    if value.lower() == "none":
+        return ()
+    delays = tuple(parse_duration(part.strip()) for part in value.split(",") if part.strip())
+    if len(delays) > MAX_RETRIES:
+        raise ValueError(f"at most {MAX_RETRIES} retries")
+    return delays
+
+
+def parse_list(value: str, separators: str = ",\n") -> tuple[str, ...]:
+    items = re.split("[" + re.escape(separators) + "]", value)
+    return tuple(dict.fromkeys(item.strip() for item in items if item.strip()))
+
+
+def parse_stages(value: str) -> tuple[str, ...]:
+    stages = parse_list(value.lower())
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage {unknown[0]!r}; choose from {', '.join(STAGES)}")
+    if not stages:
+        raise ValueError("name at least one stage")
+    return tuple(s for s in STAGES if s in stages)
+
+
+def parse_url(value: str, allow_insecure: bool) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an http(s) URL such as https://cp.example.com")
+    if parts.scheme == "http" and not allow_insecure and not is_loopback(parts.hostname):
+        raise ValueError(
+            "must use https:// (plain http is allowed only to loopback hosts, "
+            "or with allow-insecure-http: true)"
+        )
+    return value
+
+
+def parse_image(value: str, allow_insecure: bool) -> str:
+    host, _, repository = value.partition("/")
+    if "://" in value:
+        raise ValueError(f"{value!r}: write host/repository without a scheme")
+    if not repository or not ("." in host or ":" in host or host == "localhost"):
+        raise ValueError(f"{value!r}: expected host[:port]/repository, e.g. ghcr.io/acme/app")
+    if not REPOSITORY_RE.match(repository):
+        raise ValueError(f"{value!r}: repository must be lowercase path components")
+    return value
+
+
+def parse_source(value: str) -> str:
+    if value.startswith("sha256:"):
+        if not DIGEST_RE.match(value):
+            raise ValueError("a digest must be sha256: and 64 lowercase hex characters")
+        return value
+    if not TAG_RE.match(value):
+        raise ValueError("expected an image tag or a sha256: digest")
+    return value
+
+
+def load(env: Mapping[str, str]) -> Config:
+    """Build the validated :class:`Config`, or raise :class:`ConfigErrors` listing every problem."""
+    inputs = _Inputs(env)
+    stages = inputs.parse("stages", parse_stages, STAGES)
+    insecure = inputs.boolean("allow-insecure-http")
+    needs_cp = "rollout" in stages or "verify" in stages
+
+    request_timeout = inputs.duration("request-timeout", positive=True)
+    retry_delays = inputs.parse("retry-delays", parse_delays, ())
+    cp = _control_plane(inputs, needs_cp, insecure, request_timeout, retry_delays)
+    sha = _sha(inputs, env, required=needs_cp or not (inputs.raw("target-tag") or inputs.raw("promote-source")))
+    rollout = _rollout_plan(inputs, sha, cp)
+    verify = _verify_settings(inputs, stages, insecure, request_timeout)
+    promote = _promote_settings(inputs, rollout.target_tag, insecure, request_timeout, retry_delays)
+    gates, forge = _gates_and_forge(inputs, env, request_timeout, retry_delays)
+    disabled = inputs.parse("disabled", parse_kill_switch, False)
+    timeout = inputs.duration("timeout", positive=True)
+    report = inputs.text("report-path")
+
+    if "verify" in stages and not verify.url_template and promote.images and "promote" in stages:
+        inputs.fail(
+            "verify-url",
+            "is empty but promote-images is set: latest never moves without proof. "
+            "Set verify-url, or say stages: rollout,promote to promote unverified on purpose",
+        )
+    if gates.disabled_variable and not forge.token:
+        inputs.fail("disabled-variable", "needs github-token to read the variable live")
+    if gates.required_checks and not forge.token:
+        inputs.fail("required-checks", "needs github-token to read commit statuses")
+    if inputs.errors:
+        raise ConfigErrors(inputs.errors)
+    return Config(
+        stages=stages,
+        sha=sha,
+        disabled=disabled,
+        cp=cp,
+        rollout=rollout,
+        verify=verify,
+        promote=promote,
+        gates=gates,
+        forge=forge,
+        report_path=RunnerEnv.from_env(env).workspace / report,
+        timeout=timeout,
+    )
+
+
+def _control_plane(
+    inputs: _Inputs, needed: bool, insecure: bool, request_timeout: float, retry_delays: tuple[float, ...]
+) -> ControlPlane:
+    url = ""
+    if inputs.raw("cp-url"):
+        url = inputs.parse("cp-url", lambda v: parse_url(v, insecure), "")
+    elif needed:
+        inputs.fail("cp-url", "is required for the rollout and verify stages")
+    token = inputs.text("cp-token")
+    if needed and not token:
+        inputs.fail("cp-token", "is required for the rollout and verify stages")
+    path = inputs.text("redeploy-path")
+    if not path.startswith("/"):
+        inputs.fail("redeploy-path", f"must start with '/' (got {path!r})")
+    rollout_timeout = inputs.duration("rollout-timeout", positive=True)
+    tenant = inputs.duration("cp-tenant-timeout")
+    settle = inputs.duration("cp-settle-seconds")
+    if rollout_timeout < request_timeout:
+        inputs.fail(
+            "rollout-timeout",
+            f"{rollout_timeout:g} s is below request-timeout ({request_timeout:g} s); "
+            "the rollout call is the slowest the CP makes",
+        )
+    elif rollout_timeout <= tenant + settle:
+        inputs.fail(
+            "rollout-timeout",
+            f"{rollout_timeout:g} s must exceed cp-tenant-timeout + cp-settle-seconds "
+            f"({tenant:g} + {settle:g} = {tenant + settle:g} s): the CP answers a batch only after "
+            "its slowest tenant, so a shorter read budget gives up before a dead tenant can be "
+            "reported and quarantined",
+        )
+    return ControlPlane(url, token, path, request_timeout, rollout_timeout, retry_delays)
+
+
+def _sha(inputs: _Inputs, env: Mapping[str, str], required: bool) -> str:
+    raw = inputs.env.get(env_name("sha"), "").strip() or env.get("GITHUB_SHA", "").strip()
+    if not raw:
+        if required:
+            inputs.fail("sha", "is required (defaults to github.sha inside Actions)")
+        return ""
+    if not SHA_RE.match(raw):
+        inputs.fail("sha", f"expected a git commit SHA of 7 to 64 hex characters (got {raw!r})")
+        return ""
+    return raw.lower()
+
+
+def _rollout_plan(inputs: _Inputs, sha: str, cp: ControlPlane) -> RolloutPlan:
+    tag = inputs.text("target-tag") or (f"staging-{sha[:7]}" if sha else "")
+    if tag and not TAG_RE.match(tag):
+        inputs.fail("target-tag", f"not a valid image tag (got {tag!r})")
+    return RolloutPlan(
+        target_tag=tag,
+        canary=inputs.text("canary"),
+        soak_seconds=inputs.duration("soak-seconds"),
+        batch_size=inputs.count("batch-size", 1),
+        max_stragglers=inputs.count("max-stragglers", 0),
+        cp_tenant_timeout=inputs.duration("cp-tenant-timeout"),
+        cp_settle_seconds=inputs.duration("cp-settle-seconds"),
+        dry_run=inputs.boolean("dry-run"),
+    )
+
+
+def _verify_settings(
+    inputs: _Inputs, stages: tuple[str, ...], insecure: bool, request_timeout: float
+) -> VerifySettings:
+    template = inputs.text("verify-url")
+    if template:
+        if "{slug}" not in template:
+            inputs.fail("verify-url", f"must contain {{slug}} (got {template!r})")
+        else:
+            inputs.parse("verify-url", lambda v: parse_url(v.replace("{slug}", "tenant"), insecure), "")
+    field_path = inputs.text("verify-field")
+    if any(not part for part in field_path.split(".")):
+        inputs.fail("verify-field", f"expected a dotted JSON path such as git_sha (got {field_path!r})")
+    return VerifySettings(
+        url_template=template,
+        field=field_path,
+        budget=inputs.duration("verify-budget", positive=True),
+        interval=inputs.duration("verify-interval", positive=True),
+        concurrency=inputs.count("verify-concurrency", 1),
+        request_timeout=request_timeout,
+    )
+
+
+def _promote_settings(
+    inputs: _Inputs, target_tag: str, insecure: bool, request_timeout: float, retry_delays: tuple[float, ...]
+) -> PromoteSettings:
+    images = inputs.parse(
+        "promote-images",
+        lambda v: tuple(parse_image(i, insecure) for i in parse_list(v)),
+        (),
+    )
+    tag = inputs.text("promote-tag")
+    if not TAG_RE.match(tag):
+        inputs.fail("promote-tag", f"not a valid image tag (got {tag!r})")
+    source = inputs.parse("promote-source", parse_source, "") if inputs.raw("promote-source") else target_tag
+    if images and not source:
+        inputs.fail("promote-source", "nothing to promote: set sha, target-tag or promote-source")
+    username, password = inputs.text("registry-username"), inputs.text("registry-password")
+    if bool(username) != bool(password):
+        missing = "registry-password" if username else "registry-username"
+        inputs.fail(missing, "registry-username and registry-password go together")
+    return PromoteSettings(
+        images=images,
+        tag=tag,
+        source=source,
+        username=username,
+        password=password,
+        allow_single_arch=inputs.boolean("allow-single-arch"),
+        allow_insecure_http=insecure,
+        request_timeout=request_timeout,
+        retry_delays=retry_delays,
+    )
+
+
+def _gates_and_forge(
+    inputs: _Inputs, env: Mapping[str, str], request_timeout: float, retry_delays: tuple[float, ...]
+) -> tuple[GateSettings, Forge]:
+    variable = inputs.text("disabled-variable")
+    if variable and not VARIABLE_RE.match(variable):
+        inputs.fail("disabled-variable", f"not a variable name (got {variable!r})")
+    gates = GateSettings(
+        required_checks=parse_list(inputs.text("required-checks"), "\n"),
+        checks_timeout=inputs.duration("checks-timeout"),
+        checks_interval=inputs.duration("checks-interval", positive=True),
+        skip_if_superseded=inputs.boolean("skip-if-superseded"),
+        branch=inputs.text("branch") or env.get("GITHUB_REF_NAME", "").strip(),
+        disabled_variable=variable,
+    )
+    return gates, _forge(env, inputs.text("github-token"), request_timeout, retry_delays)
+
+
+def _forge(env: Mapping[str, str], token: str, request_timeout: float, retry_delays: tuple[float, ...]) -> Forge:
+    api_url = (env.get("GITHUB_API_URL") or "").rstrip("/")
+    server_url = (env.get("GITHUB_SERVER_URL") or "").rstrip("/")
+    is_gitea = env.get("GITEA_ACTIONS", "").lower() == "true" or api_url.endswith("/api/v1")
+    if is_gitea and not api_url:
+        api_url = f"{server_url}/api/v1"
+    return Forge(
+        kind="gitea" if is_gitea else "github",
+        api_url=api_url or "https://api.github.com",
+        repository=env.get("GITHUB_REPOSITORY", "").strip(),
+        token=token,
+        request_timeout=request_timeout,
+        retry_delays=retry_delays,
+    )

@@ -1,0 +1,187 @@
+"""The one place that speaks the Actions runner's protocol.
+
+Workflow commands (``::group::``, ``::error::``, ``::add-mask::``), the ``GITHUB_OUTPUT`` file
+syntax and the job summary all live here, so stages only say *what* happened. Every byte that
+leaves the process passes :meth:`Runner.redact` first: the runner masks registered secrets in
+its own log, but not in files we write, and not at all on a laptop or another CI system.
+
+Runner facts this module relies on (GitHub's runner and Gitea's act_runner):
+- command data escapes ``%``, ``\\r``, ``\\n``; properties also ``:`` and ``,``;
+- GitHub shows at most 10 annotations of a kind per step, so we emit 9 and then one that
+  counts the rest (the rest still go to the log as plain lines);
+- the job summary is dropped whole above 1 MiB, so we truncate below that;
+- Gitea shows annotations as plain log lines and may ignore the summary, so the stages also
+  log every fact the summary shows.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TextIO
+
+ANNOTATIONS_PER_KIND = 9
+SUMMARY_LIMIT_BYTES = 1024 * 1024 - 16 * 1024  # margin below the runner's 1 MiB cut-off
+MASK = "***"
+
+
+def escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def escape_property(text: str) -> str:
+    return escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+@dataclass
+class Runner:
+    """Log, annotate, group, mask, and write outputs and the summary for one run."""
+
+    stream: TextIO = field(default_factory=lambda: sys.stdout)
+    output_path: str | None = None
+    summary_path: str | None = None
+    in_actions: bool = False
+    _secrets: list[str] = field(default_factory=list, repr=False)
+    _counts: dict[str, int] = field(default_factory=dict, repr=False)
+
+    # -- secrets -------------------------------------------------------------------------
+
+    def mask(self, *secrets: str) -> None:
+        """Register secrets: redact them everywhere, and ask the runner to mask them too.
+
+        ``::add-mask::`` is only printed inside an Actions runner: anywhere else (a laptop,
+        GitLab) that line would itself print the secret in clear.
+        """
+        for secret in secrets:
+            if not secret or secret in self._secrets:
+                continue
+            self._secrets.append(secret)
+            self._secrets.sort(key=len, reverse=True)  # longest first: no partial leftovers
+            if self.in_actions:
+                self._write(f"::add-mask::{escape_data(secret)}")
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, MASK)
+        return text
+
+    # -- log -----------------------------------------------------------------------------
+
+    def log(self, text: str = "") -> None:
+        """Plain log lines. A line from a remote server can't smuggle in a workflow command."""
+        for line in self.redact(text).splitlines() or [""]:
+            if line.lstrip().startswith("::"):
+                line = " " + line.lstrip().replace("::", ": :", 1)
+            self._write(line)
+
+    @contextmanager
+    def group(self, title: str) -> Iterator[None]:
+        self._write(f"::group::{escape_data(self.redact(title))}")
+        try:
+            yield
+        finally:
+            self._write("::endgroup::")
+
+    def error(self, message: str, title: str = "") -> None:
+        self._annotate("error", message, title)
+
+    def warning(self, message: str, title: str = "") -> None:
+        self._annotate("warning", message, title)
+
+    def notice(self, message: str, title: str = "") -> None:
+        self._annotate("notice", message, title)
+
+    def annotation_count(self, kind: str) -> int:
+        return self._counts.get(kind, 0)
+
+    def finish(self) -> None:
+        """Emit the one annotation per kind that counts what the cap held back."""
+        for kind, count in sorted(self._counts.items()):
+            hidden = count - ANNOTATIONS_PER_KIND
+            if hidden > 0:
+                plural = "s" if hidden > 1 else ""
+                self._write(
+                    f"::{kind}::{hidden} more {kind}{plural} not annotated"
+                    " (GitHub shows 10 per step); see the log and the job summary"
+                )
+
+    def _annotate(self, kind: str, message: str, title: str) -> None:
+        self._counts[kind] = self._counts.get(kind, 0) + 1
+        message, title = self.redact(message), self.redact(title)
+        if self._counts[kind] > ANNOTATIONS_PER_KIND:
+            prefix = f"{title}: " if title else ""
+            self.log(f"{kind}: {prefix}{message}")
+            return
+        props = f" title={escape_property(title)}" if title else ""
+        self._write(f"::{kind}{props}::{escape_data(message)}")
+
+    def _write(self, line: str) -> None:
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+    # -- outputs and summary -------------------------------------------------------------
+
+    def write_outputs(self, outputs: Mapping[str, str]) -> None:
+        """Append outputs to ``GITHUB_OUTPUT``, or print ``name=value`` lines without one.
+
+        Every value uses the heredoc form with a fresh random delimiter, which is valid for
+        single-line values too and cannot be broken by a value's content.
+        """
+        values = {name: self.redact(value) for name, value in outputs.items()}
+        if not self.output_path:
+            for name, value in values.items():
+                self._write(f"{name}={value}")
+            return
+        with open(self.output_path, "a", encoding="utf-8") as out:
+            out.write("".join(format_output(name, value) for name, value in values.items()))
+
+    def write_summary(self, markdown: str) -> None:
+        """Append the job summary, truncated under the runner's 1 MiB limit."""
+        if not self.summary_path:
+            return
+        text = truncate_utf8(self.redact(markdown), SUMMARY_LIMIT_BYTES)
+        with open(self.summary_path, "a", encoding="utf-8") as out:
+            out.write(text)
+
+
+def format_output(name: str, value: str) -> str:
+    """One output in the runner's ``name<<DELIM`` syntax, every line ending in ``\\n``."""
+    delimiter = f"ghadelimiter_{uuid.uuid4()}"
+    while delimiter in value:  # practically never; the check is what makes it safe
+        delimiter = f"ghadelimiter_{uuid.uuid4()}"
+    return f"{name}<<{delimiter}\n{value}\n{delimiter}\n"
+
+
+def parse_output_file(text: str) -> dict[str, str]:
+    """Read a ``GITHUB_OUTPUT`` file the way the runner does (used by tests and the demo)."""
+    outputs: dict[str, str] = {}
+    lines: Iterable[str] = iter(text.split("\n"))
+    for line in lines:
+        if not line:
+            continue
+        if "<<" in line and ("=" not in line or line.index("<<") < line.index("=")):
+            name, delimiter = line.split("<<", 1)
+            value_lines = []
+            for value_line in lines:
+                if value_line == delimiter:
+                    break
+                value_lines.append(value_line)
+            else:
+                raise ValueError(f"output {name!r}: delimiter {delimiter!r} never closed")
+            outputs[name] = "\n".join(value_lines)
+        else:
+            name, _, value = line.partition("=")
+            outputs[name] = value
+    return outputs
+
+
+def truncate_utf8(text: str, limit: int) -> str:
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text
+    note = "\n\n…summary truncated to stay under the runner's 1 MiB limit; see the JSON report.\n"
+    cut = data[: limit - len(note.encode("utf-8"))].decode("utf-8", errors="ignore")
+    return cut + note
