@@ -20,6 +20,10 @@ class Clock:
     def now(self) -> float:
         return time.monotonic()
 
+    def wall(self) -> float:
+        """Epoch seconds, for server timestamps such as ``X-RateLimit-Reset``."""
+        return time.time()
+
     def sleep(self, seconds: float) -> None:
         if seconds > 0:
             time.sleep(seconds)
@@ -33,9 +37,14 @@ class FakeClock(Clock):
     slept: list[float] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    wall_offset: float = 1_800_000_000.0
+
     def now(self) -> float:
         with self._lock:
             return self.current
+
+    def wall(self) -> float:
+        return self.now() + self.wall_offset
 
     def sleep(self, seconds: float) -> None:
         with self._lock:
