@@ -1,0 +1,209 @@
+"""Stages 3 and 4: canary, soak, batches, and the coverage gate that quarantines stragglers.
+
+A batch is one scoped CP call. Its ``max_stragglers`` is what is left of the fleet-wide
+tolerance, so the CP halts a batch exactly when the fleet as a whole would be out of tolerance.
+The rollout stops before the next batch when a call fails (non-200, ``ok: false``, no answer
+after retries) or stragglers exceed the tolerance; it never raises for a CP failure, so
+everything that did happen reaches the report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from deploy.clock import Deadline
+from deploy.config import RolloutPlan
+from deploy.controlplane import CallResult, ControlPlaneClient, TenantRow
+from deploy.errors import DeadlineExceeded, DeployFailed
+from deploy.runner import Runner
+
+
+@dataclass(frozen=True)
+class RolloutResult:
+    fleet: tuple[str, ...]  # every tenant the enumeration returned, in order
+    max_stragglers: int
+    calls: tuple[CallResult, ...] = ()  # deploy calls only: canary and batches
+    halted: str = ""  # why the rollout stopped early; '' when it ran through (or was a dry run)
+    planned: tuple[tuple[str, ...], ...] = ()  # the batches, canary first
+    soak: tuple[float, float] | None = None  # (started, seconds) since the run started
+    dry_run: bool = False
+
+    @property
+    def rows(self) -> dict[str, TenantRow]:
+        """The latest row per tenant from the deploy calls."""
+        return {row.slug: row for call in self.calls for row in call.rows}
+
+    @property
+    def result_count(self) -> int:
+        if self.dry_run:
+            return len(self.fleet)
+        return sum(len(call.rows) for call in self.calls)
+
+    @property
+    def stragglers(self) -> tuple[str, ...]:
+        """Enumerated tenants with no row, or whose row says they are not on the target."""
+        if self.dry_run:
+            return ()
+        rows = self.rows
+        return tuple(slug for slug in self.fleet if slug not in rows or not rows[slug].on_target)
+
+    @property
+    def within_tolerance(self) -> bool:
+        return len(self.stragglers) <= self.max_stragglers
+
+    @property
+    def quarantined(self) -> tuple[str, ...]:
+        return self.stragglers if self.within_tolerance and not self.halted else ()
+
+    @property
+    def shipped(self) -> tuple[str, ...]:
+        stragglers = set(self.stragglers)
+        return tuple(slug for slug in self.fleet if slug in self.rows and slug not in stragglers)
+
+    @property
+    def ok(self) -> bool:
+        return not self.halted and self.within_tolerance
+
+    @property
+    def failure(self) -> str:
+        if self.halted:
+            return self.halted
+        if not self.within_tolerance:
+            names = ", ".join(self.stragglers)
+            return f"{len(self.stragglers)} stragglers exceed max-stragglers {self.max_stragglers}: {names}"
+        return ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "fleet": list(self.fleet), "planned_batches": [list(b) for b in self.planned],
+            "max_stragglers": self.max_stragglers, "dry_run": self.dry_run, "halted": self.halted,
+            "result_count": self.result_count, "stragglers": list(self.stragglers),
+            "quarantined": list(self.quarantined), "calls": [c.as_dict() for c in self.calls],
+            "soak": None if self.soak is None else {"started": self.soak[0], "seconds": self.soak[1]},
+        }
+
+
+def enumerate_fleet(client: ControlPlaneClient, runner: Runner) -> tuple[str, ...]:
+    """The live fleet by dry run; without it there is nothing to roll out, so failure is fatal."""
+    call = client.enumerate()
+    if call.error or not call.ok:
+        raise DeployFailed(f"could not enumerate the fleet: {call.error or 'the CP answered ok: false'}")
+    fleet = tuple(dict.fromkeys(row.slug for row in call.rows))
+    runner.log(f"fleet: {len(fleet)} tenants ({call.seconds:.1f} s): {', '.join(fleet) or 'none'}")
+    return fleet
+
+
+def plan_batches(fleet: Sequence[str], canary: str, batch_size: int) -> tuple[tuple[str, ...], ...]:
+    rest = [slug for slug in fleet if slug != canary]
+    batches = [tuple(rest[i : i + batch_size]) for i in range(0, len(rest), batch_size)]
+    return ((canary,), *batches) if canary else tuple(batches)
+
+
+def run_rollout(
+    plan: RolloutPlan, client: ControlPlaneClient, fleet: tuple[str, ...], runner: Runner, deadline: Deadline
+) -> RolloutResult:
+    if plan.canary and plan.canary not in fleet:
+        raise DeployFailed(f"canary {plan.canary!r} is not in the fleet the CP enumerated")
+    batches = plan_batches(fleet, plan.canary, plan.batch_size)
+    result = RolloutResult(fleet, plan.max_stragglers, planned=batches, dry_run=plan.dry_run)
+    if plan.dry_run:
+        _log_plan(result, plan, runner)
+        return result
+    progress = _Progress(result)
+    try:
+        for number, slugs in enumerate(batches, start=1):
+            if plan.canary and number == 1:
+                progress.canary(client, slugs[0], runner)
+                progress.soak(plan.soak_seconds, runner, deadline)
+            else:
+                label = f"batch {number - (1 if plan.canary else 0)}/{len(batches) - (1 if plan.canary else 0)}"
+                progress.batch(client, label, slugs, runner)
+            if progress.halted:
+                break
+    except DeadlineExceeded as exc:
+        progress.halted = str(exc)
+    return progress.result()
+
+
+@dataclass
+class _Progress:
+    """The rollout as it happens; mutable only inside :func:`run_rollout`."""
+
+    start: RolloutResult
+    calls: list[CallResult] = field(default_factory=list)
+    halted: str = ""
+    soak_span: tuple[float, float] | None = None
+
+    def result(self) -> RolloutResult:
+        return RolloutResult(
+            self.start.fleet, self.start.max_stragglers, tuple(self.calls), self.halted,
+            self.start.planned, self.soak_span,
+        )
+
+    def stragglers(self) -> tuple[str, ...]:
+        done = {slug for call in self.calls for slug in call.slugs}
+        return tuple(s for s in self.result().stragglers if s in done)
+
+    def canary(self, client: ControlPlaneClient, slug: str, runner: Runner) -> None:
+        runner.log(f"canary {slug}: redeploying alone")
+        call = client.redeploy("canary", (slug,), max_stragglers=0)
+        self.calls.append(call)
+        row = next((r for r in call.rows if r.slug == slug), None)
+        if call.error or not call.ok:
+            self.halted = f"canary {slug} failed: {call.error}"
+        elif row is None or not row.on_target or not row.healthy:
+            self.halted = f"canary {slug} did not come back verified: {_row_problem(row)}"
+        if self.halted:
+            runner.error(self.halted, title=f"canary {slug}")
+        else:
+            runner.log(f"canary {slug}: on target, healthy ({call.seconds:.1f} s)")
+
+    def soak(self, seconds: float, runner: Runner, deadline: Deadline) -> None:
+        if seconds <= 0:
+            return
+        runner.log(f"soak: waiting {seconds:g} s with the canary alone on the new build")
+        started = deadline.elapsed()
+        deadline.sleep(seconds, "soaking the canary")
+        self.soak_span = (started, seconds)
+
+    def batch(self, client: ControlPlaneClient, label: str, slugs: tuple[str, ...], runner: Runner) -> None:
+        tolerance = self.start.max_stragglers - len(self.stragglers())
+        runner.log(f"{label}: redeploying {', '.join(slugs)} (stragglers still tolerated: {tolerance})")
+        call = client.redeploy(label, slugs, max_stragglers=tolerance)
+        self.calls.append(call)
+        stragglers = [s for s in slugs if s in self.stragglers()]
+        runner.log(
+            f"{label}: {len(call.rows)}/{len(slugs)} rows, {len(slugs) - len(stragglers)} on target, "
+            f"stragglers {', '.join(stragglers) or 'none'} ({call.seconds:.1f} s)"
+        )
+        for slug in stragglers if call.status == 200 else ():
+            runner.warning(f"{slug} did not reach the target: {_row_problem(self.result().rows.get(slug))}",
+                           title=f"straggler {slug}")
+        if call.error or not call.ok:
+            self.halted = f"{label} ({', '.join(slugs)}) failed: {call.error}; later batches not started"
+            runner.error(self.halted, title=f"{label} failed")
+        elif len(self.stragglers()) > self.start.max_stragglers:
+            self.halted = (
+                f"{len(self.stragglers())} stragglers exceed max-stragglers {self.start.max_stragglers}: "
+                f"{', '.join(self.stragglers())}; later batches not started"
+            )
+            runner.error(self.halted, title="too many stragglers")
+
+
+def _row_problem(row: TenantRow | None) -> str:
+    if row is None:
+        return "the CP returned no row for it"
+    if row.error:
+        return row.error
+    if not row.healthy:
+        return "healthz_ok is false"
+    return f"verified_on_target is false (ssm_status {row.ssm_status or 'unknown'})"
+
+
+def _log_plan(result: RolloutResult, plan: RolloutPlan, runner: Runner) -> None:
+    runner.log(f"dry run: would deploy {plan.target_tag} to {len(result.fleet)} tenants in {len(result.planned)} calls")
+    for number, slugs in enumerate(result.planned, start=1):
+        kind = "canary" if plan.canary and number == 1 else "batch"
+        runner.log(f"  {number}. {kind}: {', '.join(slugs)}")

@@ -1,0 +1,227 @@
+"""A simulated control plane and its tenants, honouring DESIGN.md's ``redeploy-fleet`` contract.
+
+The CP redeploys a call's tenants concurrently and answers only after the slowest one, exactly
+the behaviour that made a 120 s client read timeout lose every result in the seed incident. A
+dead tenant makes a call slow (the CP's per-tenant timeout plus its health settle), not failed.
+
+Knobs per tenant (:class:`TenantSpec`) cover dead, slow, stale, unhealthy, flapping and settling
+tenants, rows missing or in an older CP's shape; :class:`Fault` scripts CP failures (502 JSON,
+503 HTML, a hang past the read budget, a dropped connection, ``ok: false``) for successive calls.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from deploy.sim.server import Request, Response
+
+OLD_SHA = "0" * 40
+HTML_503 = "<html><head><title>503 Service Temporarily Unavailable</title></head><body>nginx</body></html>"
+
+
+@dataclass
+class TenantSpec:
+    slug: str
+    dead: bool = False  # the redeploy never finishes; /buildinfo drops connections
+    deploy_seconds: float = 5.0  # how long the CP's redeploy of this tenant takes
+    settle_seconds: float = 0.0  # /buildinfo keeps reporting the old SHA this long after deploy
+    stale: bool = False  # /buildinfo never reports the new SHA, whatever the CP says
+    unhealthy: bool = False  # the CP row says healthz_ok: false
+    flapping: bool = False  # /buildinfo alternates a 503 with a good answer
+    slow_buildinfo: float = 0.0  # /buildinfo takes this long to answer
+    omit_row: bool = False  # the CP answers without a row for this tenant
+    legacy_row: bool = False  # the row lacks verified_on_target and healthz_ok (an older CP)
+
+
+@dataclass
+class Fault:
+    """One scripted CP failure, consumed by the next call it matches."""
+
+    kind: str  # "502" | "503-html" | "500" | "hang" | "reset" | "ok-false"
+    on: str = "deploy"  # "deploy" | "enumerate" | "any"
+    seconds: float = 0.0  # for "hang": real seconds before the (abandoned) answer
+
+    def matches(self, dry_run: bool) -> bool:
+        return self.on == "any" or self.on == ("enumerate" if dry_run else "deploy")
+
+
+@dataclass
+class FleetSim:
+    """The CP and tenant endpoints of the simulator, as one :class:`~deploy.sim.server.Component`."""
+
+    tenants: list[TenantSpec]
+    builds: dict[str, str]  # target tag → the git SHA that tag's image reports
+    token: str = "sim-cp-token"
+    time_scale: float = 1.0
+    cp_tenant_timeout: float = 300.0
+    cp_settle_seconds: float = 90.0
+    redeploy_path: str = "/cp/admin/tenants/redeploy-fleet"
+    image: str = "registry.example/acme/tenant"
+    faults: list[Fault] = field(default_factory=list)
+    calls: list[dict[str, Any]] = field(default_factory=list)  # every accepted CP body, in order
+    _running: dict[str, tuple[str, float]] = field(default_factory=dict)  # slug → (sha, ready at)
+    _buildinfo_hits: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def by_slug(self) -> dict[str, TenantSpec]:
+        return {t.slug: t for t in self.tenants}
+
+    def running_sha(self, slug: str) -> str:
+        """What the tenant's /buildinfo reports right now."""
+        sha, ready_at = self._running.get(slug, (OLD_SHA, 0.0))
+        return sha if time.monotonic() >= ready_at else OLD_SHA
+
+    def deploy_calls(self) -> list[dict[str, Any]]:
+        return [c for c in self.calls if not c.get("dry_run")]
+
+    # -- HTTP ----------------------------------------------------------------------------
+
+    def handle(self, request: Request) -> Response | None:
+        if request.path == self.redeploy_path and request.method == "POST":
+            return self._redeploy(request)
+        parts = request.path.strip("/").split("/")
+        if len(parts) == 3 and parts[0] == "tenants" and parts[2] == "buildinfo":
+            return self._buildinfo(parts[1])
+        return None
+
+    def _redeploy(self, request: Request) -> Response:
+        if request.headers.get("authorization") != f"Bearer {self.token}":
+            return Response.json({"ok": False, "error": "unauthorized"}, 401)
+        try:
+            body = request.json()
+        except ValueError:
+            return Response.json({"ok": False, "error": "body is not JSON"}, 400)
+        problem = _body_problem(body, self.by_slug)
+        if problem:
+            return Response.json({"ok": False, "error": problem}, 400)
+        fault = self._next_fault(bool(body.get("dry_run")))
+        if fault is not None:
+            return self._fail(fault)
+        with self._lock:
+            self.calls.append(body)
+        if body.get("dry_run"):
+            return Response.json({"ok": True, "results": [self._dry_run_row(t) for t in self._targets(body)]})
+        return self._deploy(body)
+
+    def _targets(self, body: dict[str, Any]) -> list[TenantSpec]:
+        by_slug = self.by_slug
+        if body.get("only_slugs"):
+            return [by_slug[s] for s in body["only_slugs"]]
+        canary = body.get("canary_slug")
+        return sorted(self.tenants, key=lambda t: t.slug != canary)
+
+    def _deploy(self, body: dict[str, Any]) -> Response:
+        sha = self.builds.get(body["target_tag"])
+        if sha is None:
+            return Response.json({"ok": False, "error": f"image tag {body['target_tag']!r} not found"}, 500)
+        targets = self._targets(body)
+        worst = max(self._deploy_seconds(t) for t in targets)
+        time.sleep(worst * self.time_scale)  # concurrent redeploys: the call lasts as long as the slowest
+        now = time.monotonic()
+        rows = []
+        for tenant in targets:
+            if not tenant.dead:
+                self._running[tenant.slug] = (sha, now + tenant.settle_seconds * self.time_scale)
+            if not tenant.omit_row:
+                rows.append(self._deploy_row(tenant, body["target_tag"]))
+        failed = [r["slug"] for r in rows if r.get("verified_on_target") is False]
+        failed += [t.slug for t in targets if t.omit_row]
+        tolerance = int(body.get("max_stragglers", 0))
+        if len(failed) > tolerance:
+            error = f"halted: {len(failed)} tenant(s) failed ({', '.join(failed)}), max_stragglers={tolerance}"
+            return Response.json({"ok": False, "results": rows, "error": error})
+        return Response.json({"ok": True, "results": rows})
+
+    def _deploy_seconds(self, tenant: TenantSpec) -> float:
+        return self.cp_tenant_timeout + self.cp_settle_seconds if tenant.dead else tenant.deploy_seconds
+
+    def _deploy_row(self, tenant: TenantSpec, tag: str) -> dict[str, Any]:
+        if tenant.dead:
+            return {
+                "slug": tenant.slug, "phase": "failed", "ssm_status": "TimedOut", "ssm_exit_code": None,
+                "healthz_ok": False, "verified_on_target": False, "running_image": "",
+                "error": f"SSM command timed out after {self.cp_tenant_timeout:g} s; /healthz never answered",
+            }
+        row = {
+            "slug": tenant.slug, "phase": "done", "ssm_status": "Success", "ssm_exit_code": 0,
+            "healthz_ok": not tenant.unhealthy, "verified_on_target": True,
+            "running_image": f"{self.image}:{tag}",
+        }
+        if tenant.legacy_row:
+            del row["verified_on_target"], row["healthz_ok"]
+        return row
+
+    @staticmethod
+    def _dry_run_row(tenant: TenantSpec) -> dict[str, Any]:
+        return {"slug": tenant.slug, "phase": "planned", "ssm_status": "DryRun", "ssm_exit_code": None}
+
+    def _next_fault(self, dry_run: bool) -> Fault | None:
+        with self._lock:
+            for i, fault in enumerate(self.faults):
+                if fault.matches(dry_run):
+                    return self.faults.pop(i)
+        return None
+
+    @staticmethod
+    def _fail(fault: Fault) -> Response:
+        if fault.kind == "502":
+            return Response.json({"ok": False, "error": "upstream connect error (bad gateway)"}, 502)
+        if fault.kind == "503-html":
+            return Response.text(HTML_503, 503, "text/html")
+        if fault.kind == "500":
+            return Response.json({"ok": False, "error": "internal error: fleet lock held by another rollout"}, 500)
+        if fault.kind == "ok-false":
+            return Response.json({"ok": False, "results": [], "error": "halted by operator: change freeze"})
+        if fault.kind == "hang":
+            time.sleep(fault.seconds)
+            return Response.json({"ok": False, "error": "answered after the client gave up"}, 504)
+        return Response(reset=True)
+
+    def _buildinfo(self, slug: str) -> Response:
+        tenant = self.by_slug.get(slug)
+        if tenant is None:
+            return Response.json({"error": "no such tenant"}, 404)
+        if tenant.dead:
+            return Response(reset=True)
+        with self._lock:
+            hits = self._buildinfo_hits[slug] = self._buildinfo_hits.get(slug, 0) + 1
+        if tenant.flapping and hits % 2:
+            return Response.text(HTML_503, 503, "text/html")
+        if tenant.slow_buildinfo:
+            time.sleep(tenant.slow_buildinfo * self.time_scale)
+        sha = OLD_SHA if tenant.stale else self.running_sha(slug)
+        return Response.json({"git_sha": sha, "service": "tenant", "slug": slug})
+
+
+def _body_problem(body: Any, known: dict[str, TenantSpec]) -> str:
+    """The CP's 400s: the contract requires confirm: true and a non-empty only_slugs."""
+    if not isinstance(body, dict) or not body:
+        return "body must be a non-empty JSON object"
+    if body.get("confirm") is not True:
+        return "confirm must be true"
+    if "only_slugs" in body:
+        slugs = body["only_slugs"]
+        if not isinstance(slugs, list) or not slugs:
+            return "only_slugs must be a non-empty list"
+        unknown = [s for s in slugs if s not in known]
+        if unknown:
+            return f"unknown tenant(s): {', '.join(map(str, unknown))}"
+    if not isinstance(body.get("target_tag"), str) or not body["target_tag"]:
+        return "target_tag is required"
+    for key in ("batch_size", "max_stragglers", "soak_seconds"):
+        if key in body and not isinstance(body[key], int):
+            return f"{key} must be an integer"
+    return ""
+
+
+def healthy_fleet(count: int, prefix: str = "tenant") -> list[TenantSpec]:
+    return [TenantSpec(f"{prefix}-{i:0{len(str(count))}d}") for i in range(1, count + 1)]
+
+
+def specs(slugs: Iterable[str], **knobs: Any) -> list[TenantSpec]:
+    return [TenantSpec(slug, **knobs) for slug in slugs]
