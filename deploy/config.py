@@ -216,6 +216,15 @@ class RunnerEnv:
         return self.workspace / raw
 
 
+def kill_switch(env: Mapping[str, str]) -> bool:
+    """Read ``disabled`` on its own, first: a freeze must not be blocked by an unrelated typo."""
+    raw = env.get(env_name("disabled"), "")
+    try:
+        return parse_kill_switch(raw)
+    except ValueError as exc:
+        raise ConfigErrors([ConfigError("disabled", f"{exc} (got {raw.strip()!r})")]) from None
+
+
 def secrets_in(env: Mapping[str, str]) -> tuple[str, ...]:
     """Secret values, to mask before anything is validated or printed."""
     return tuple(v for v in (env.get(env_name(n), "").strip() for n in SECRET_INPUTS) if v)

@@ -86,7 +86,9 @@ class ControlPlaneClient:
         self.plan = plan
         self.clock = clock
         self.deadline = deadline
-        self.session = http.session(cp.retry_delays, clock, on_retry=lambda line: runner.log(f"  ↻ {line}"))
+        self.session = http.session(
+            cp.retry_delays, clock, on_retry=lambda line: runner.log(f"  ↻ {line}"), deadline=deadline
+        )
         self.session.headers["Authorization"] = f"Bearer {cp.token}"
 
     def enumerate(self) -> CallResult:

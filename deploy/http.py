@@ -22,7 +22,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from deploy import __version__
-from deploy.clock import Clock
+from deploy.clock import Clock, Deadline
 
 TRANSIENT_STATUSES = frozenset({502, 503, 504})
 USER_AGENT = f"fleet-rollout/{__version__}"
@@ -38,6 +38,7 @@ class ScheduledRetry(Retry):
         delays: tuple[float, ...] = (),
         clock: Clock | None = None,
         on_retry: RetryLog | None = None,
+        deadline: Deadline | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("total", len(delays))
@@ -50,9 +51,10 @@ class ScheduledRetry(Retry):
         self.delays = delays
         self.clock = clock or Clock()
         self.on_retry = on_retry
+        self.deadline = deadline
 
     def new(self, **kw: Any) -> ScheduledRetry:
-        kw.update(delays=self.delays, clock=self.clock, on_retry=self.on_retry)
+        kw.update(delays=self.delays, clock=self.clock, on_retry=self.on_retry, deadline=self.deadline)
         return super().new(**kw)
 
     def get_backoff_time(self) -> float:
@@ -62,7 +64,11 @@ class ScheduledRetry(Retry):
         return self.delays[min(failures, len(self.delays)) - 1]
 
     def sleep(self, response: Any = None) -> None:
-        self.clock.sleep(self.get_backoff_time())
+        """Wait before the next attempt; past the overall deadline, stop instead of retrying."""
+        if self.deadline is not None:
+            self.deadline.sleep(self.get_backoff_time(), "waiting to retry a transient failure")
+        else:
+            self.clock.sleep(self.get_backoff_time())
 
     def increment(self, method: str | None = None, url: str | None = None, response: Any = None,
                   error: Exception | None = None, *args: Any, **kwargs: Any) -> ScheduledRetry:
@@ -83,10 +89,15 @@ def session(
     clock: Clock | None = None,
     on_retry: RetryLog | None = None,
     pool_size: int = 10,
+    deadline: Deadline | None = None,
 ) -> requests.Session:
-    """A session whose every call gets the transient-failure retry policy."""
+    """A session whose every call gets the transient-failure retry policy.
+
+    With a ``deadline``, a retry that would wait past it raises
+    :class:`~deploy.errors.DeadlineExceeded` instead (through requests, untouched).
+    """
     s = requests.Session()
-    retry = ScheduledRetry(delays=delays, clock=clock, on_retry=on_retry)
+    retry = ScheduledRetry(delays=delays, clock=clock, on_retry=on_retry, deadline=deadline)
     adapter = HTTPAdapter(max_retries=retry, pool_connections=pool_size, pool_maxsize=pool_size)
     s.mount("http://", adapter)
     s.mount("https://", adapter)

@@ -119,13 +119,16 @@ def _handler_for(server: SimServer) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
-            self.send_response(response.status)
-            for name, value in response.headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(response.body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(response.body)
+            try:
+                self.send_response(response.status)
+                for name, value in response.headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(response.body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(response.body)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client gave up (a read timeout): nothing to say
 
         do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = do_PATCH = _serve
 

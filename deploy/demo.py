@@ -1,0 +1,82 @@
+"""``python -m deploy demo``: the seed incident, replayed against the simulator, handled.
+
+A five-tenant fleet with one dead box. The CP's worst case for a batch holding it is its
+per-tenant timeout plus health settle (390 sim seconds); the demo runs the real entrypoint with
+the same log a GitHub job shows, then prints the outputs: the dead tenant is quarantined, the
+others are verified, and ``ok=true``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from deploy.runner import parse_output_file
+from deploy.sim.fleet import FleetSim, TenantSpec
+from deploy.sim.server import SimServer
+
+SHA = "8ddce85f3b2a4c6d9e0f1a2b3c4d5e6f708192a3"
+TAG = f"staging-{SHA[:7]}"
+SCALE = 0.01  # 1 sim second = 10 ms
+
+
+def demo_fleet() -> FleetSim:
+    tenants = [
+        TenantSpec("hongming", deploy_seconds=40, settle_seconds=60),
+        TenantSpec("reno-stars", deploy_seconds=55, settle_seconds=120),
+        TenantSpec("molecule-adk-demo", deploy_seconds=35, settle_seconds=30),
+        TenantSpec("philbrew-erton", dead=True),
+        TenantSpec("acme-prod", deploy_seconds=50, settle_seconds=90),
+    ]
+    return FleetSim(tenants, builds={TAG: SHA}, time_scale=SCALE)
+
+
+def demo_env(sim_url: str, workdir: Path, token: str) -> dict[str, str]:
+    """The inputs a workflow would pass, in sim time: CP worst case 300 + 90 sim s = 3.9 s."""
+    outputs, summary = workdir / "github_output", workdir / "step_summary.md"
+    outputs.touch()
+    summary.touch()
+    return {
+        "GITHUB_OUTPUT": str(outputs),
+        "GITHUB_STEP_SUMMARY": str(summary),
+        "GITHUB_WORKSPACE": str(workdir),
+        "FLEET_CP_URL": sim_url,
+        "FLEET_CP_TOKEN": token,
+        "FLEET_SHA": SHA,
+        "FLEET_CANARY": "hongming",
+        "FLEET_SOAK_SECONDS": "0.5",
+        "FLEET_BATCH_SIZE": "2",
+        "FLEET_MAX_STRAGGLERS": "1",
+        "FLEET_REQUEST_TIMEOUT": "1.2",  # the seed's fast budget, scaled: too short for the dead tenant
+        "FLEET_ROLLOUT_TIMEOUT": "6",  # the fix, scaled: above the CP's worst case
+        "FLEET_CP_TENANT_TIMEOUT": "3",
+        "FLEET_CP_SETTLE_SECONDS": "0.9",
+        "FLEET_RETRY_DELAYS": "0.2,0.4",
+        "FLEET_VERIFY_URL": f"{sim_url}/tenants/{{slug}}/buildinfo",
+        "FLEET_VERIFY_BUDGET": "10",
+        "FLEET_VERIFY_INTERVAL": "0.3",
+        "FLEET_TIMEOUT": "120",
+    }
+
+
+def main() -> int:
+    import entrypoint  # the real container entrypoint, not a re-implementation
+
+    fleet = demo_fleet()
+    with SimServer([fleet]) as server, tempfile.TemporaryDirectory(prefix="fleet-demo-") as tmp:
+        workdir = Path(tmp)
+        env = {**os.environ, **demo_env(server.url, workdir, fleet.token)}
+        print(f"# simulator: {server.url} — {len(fleet.tenants)} tenants, philbrew-erton is dead\n", flush=True)
+        code = entrypoint.main(env)
+        print("\n# outputs (GITHUB_OUTPUT)")
+        for name, value in parse_output_file((workdir / "github_output").read_text()).items():
+            print(f"{name}={value}")
+        print(f"\n# exit code {code}; the job summary (Markdown) follows\n")
+        print((workdir / "step_summary.md").read_text())
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""Stage 7: the only writer of outputs, the job summary and the JSON report.
+
+Everything is derived from :class:`~deploy.pipeline.Run`, so a failed or cut-short run reports
+exactly as much as happened. Every fact in the summary is also logged, because Gitea may not
+show summaries.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from deploy import __version__
+from deploy.pipeline import Run
+from deploy.runner import Runner
+
+OUTPUT_NAMES = (
+    "ok", "outcome", "reason", "result_count", "quarantined", "stragglers", "verified",
+    "stale", "unreachable", "unhealthy", "promoted-digest", "previous-digest", "report",
+)
+
+
+def outputs(run: Run, report_path: Path) -> dict[str, str]:
+    rollout, verify, promote = run.rollout, run.verify, run.promote
+    return {
+        "ok": "true" if run.ok else "false",
+        "outcome": run.outcome,
+        "reason": run.reason,
+        "result_count": str(rollout.result_count if rollout else 0),
+        "quarantined": _json_list(rollout.quarantined if rollout else ()),
+        "stragglers": _json_list(rollout.stragglers if rollout else ()),
+        "verified": str(len(verify.slugs("verified")) if verify else 0),
+        "stale": _json_list(verify.slugs("stale") if verify else ()),
+        "unreachable": _json_list(verify.slugs("unreachable") if verify else ()),
+        "unhealthy": _json_list(verify.slugs("unhealthy") if verify else ()),
+        "promoted-digest": promote.promoted_digest_output if promote else "",
+        "previous-digest": promote.previous_digest_output if promote else "",
+        "report": str(report_path),
+    }
+
+
+def publish(run: Run, runner: Runner, report_path: Path) -> None:
+    """Log the result, then write outputs, summary and report; each survives the others failing."""
+    with runner.group("Result"):
+        _log_result(run, runner)
+    if run.outcome == "failed":
+        runner.error(run.reason, title="fleet-rollout failed")
+    try:
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        report_path.write_text(runner.redact(json.dumps(report(run), indent=2)) + "\n", encoding="utf-8")
+    except OSError as exc:
+        runner.warning(f"could not write the JSON report to {report_path}: {exc}")
+    runner.write_outputs(outputs(run, report_path))
+    runner.write_summary(summary(run))
+
+
+def report(run: Run) -> dict[str, Any]:
+    config = run.config
+    return {
+        "tool": f"fleet-rollout {__version__}",
+        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "outcome": run.outcome,
+        "ok": run.ok,
+        "reason": run.reason,
+        "exit_code": run.exit_code,
+        "seconds": round(run.seconds, 3),
+        "sha": config.sha if config else "",
+        "target_tag": config.rollout.target_tag if config else "",
+        "stages": list(config.stages) if config else [],
+        "notes": run.notes,
+        "fleet": list(run.fleet),
+        "checks": _as_dict(run.checks),
+        "rollout": run.rollout.as_dict() if run.rollout else None,
+        "verify": _as_dict(run.verify),
+        "promote": _as_dict(run.promote),
+        "timeline": [
+            {"name": s.name, "started": round(s.started, 3), "seconds": round(s.seconds, 3)} for s in run.timeline()
+        ],
+    }
+
+
+def summary(run: Run) -> str:
+    lines = [f"## fleet-rollout: {_headline(run)}", ""]
+    if run.reason:
+        lines += [f"**Reason:** {_cell(run.reason)}", ""]
+    lines += _facts(run)
+    lines += _tenant_table(run)
+    lines += _promotion_table(run)
+    return "\n".join(lines) + "\n"
+
+
+def _headline(run: Run) -> str:
+    icon = {"deployed": "✅", "planned": "📝", "skipped": "⏭️", "failed": "❌"}.get(run.outcome, "❔")
+    config = run.config
+    what = f" `{config.rollout.target_tag}` ({config.sha[:12]})" if config and config.rollout.target_tag else ""
+    return f"{icon} {run.outcome}{what}"
+
+
+def _facts(run: Run) -> list[str]:
+    rows = []
+    if run.fleet:
+        rows.append(("Fleet", f"{len(run.fleet)} tenants"))
+    if run.rollout:
+        r = run.rollout
+        rows.append(("Shipped", f"{len(r.shipped)} (result rows: {r.result_count})"))
+        rows.append(("Quarantined", ", ".join(r.quarantined) or "none"))
+        if r.stragglers and not r.quarantined:
+            rows.append(("Stragglers", ", ".join(r.stragglers)))
+    if run.verify:
+        counts = ", ".join(f"{s} {len(run.verify.slugs(s))}" for s in ("verified", "stale", "unreachable", "unhealthy"))
+        rows.append(("Verify", f"{counts} in {run.verify.seconds:.1f} s"))
+    for stage, note in run.notes.items():
+        rows.append((stage.capitalize(), note))
+    rows.append(("Duration", f"{run.seconds:.1f} s"))
+    return ["| | |", "| --- | --- |", *[f"| {k} | {_cell(v)} |" for k, v in rows], ""]
+
+
+def _tenant_table(run: Run) -> list[str]:
+    if not run.fleet:
+        return []
+    rows = run.rollout.rows if run.rollout else {}
+    quarantined = set(run.rollout.quarantined) if run.rollout else set()
+    verdicts = {v.slug: v for v in run.verify.verdicts} if run.verify else {}
+    lines = [
+        "### Tenants", "",
+        "| tenant | phase | status | healthz | on target | verify | error |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for slug in run.fleet:
+        row, verdict = rows.get(slug), verdicts.get(slug)
+        verify = "quarantined" if slug in quarantined else (verdict.state if verdict else "")
+        if verdict and verdict.state != "verified" and verdict.running:
+            verify += f" (runs {verdict.running[:12]})"
+        error = (row.error if row else "no row from the CP" if run.rollout and not run.rollout.dry_run else "")
+        error = error or (verdict.detail if verdict and verdict.state != "verified" else "")
+        lines.append(
+            f"| {_cell(slug)} | {_cell(row.phase if row else '')} | {_cell(row.ssm_status if row else '')} "
+            f"| {_flag(row.healthz_ok if row else None)} | {_flag(row.verified_on_target if row else None)} "
+            f"| {_cell(verify)} | {_cell(error)} |"
+        )
+    return [*lines, ""]
+
+
+def _promotion_table(run: Run) -> list[str]:
+    if not run.promote:
+        return []
+    lines = [
+        f"### Promotion of `{run.promote.tag}`", "",
+        "| image | state | now | before | detail |", "| --- | --- | --- | --- | --- |",
+    ]
+    for p in run.promote.promotions:
+        lines.append(
+            f"| {_cell(p.image)} | {p.state} | `{p.promoted_digest or '-'}` | `{p.previous_digest or '-'}` "
+            f"| {_cell(p.detail)} |"
+        )
+    return [*lines, ""]
+
+
+def _log_result(run: Run, runner: Runner) -> None:
+    runner.log(f"outcome: {run.outcome}" + (f" — {run.reason}" if run.reason else ""))
+    if run.rollout:
+        r = run.rollout
+        runner.log(f"rollout: {len(r.shipped)}/{len(r.fleet)} shipped, result rows {r.result_count}")
+        runner.log(f"stragglers: {_names(r.stragglers)}; quarantined: {_names(r.quarantined)}")
+    if run.verify:
+        for state in ("verified", "stale", "unreachable", "unhealthy"):
+            slugs = run.verify.slugs(state)
+            names = f" ({_names(slugs)})" if slugs and state != "verified" else ""
+            runner.log(f"verify {state}: {len(slugs)}{names}")
+    if run.promote:
+        for p in run.promote.promotions:
+            runner.log(f"promote {p.image}:{run.promote.tag}: {p.state}, now {p.promoted_digest or '-'}, "
+                       f"before {p.previous_digest or '-'}")
+    for stage, note in run.notes.items():
+        runner.log(f"{stage}: {note}")
+
+
+def _names(slugs: Any) -> str:
+    return ", ".join(slugs) or "none"
+
+
+def _json_list(items: Any) -> str:
+    return json.dumps(list(items))
+
+
+def _as_dict(result: Any) -> Any:
+    if result is None:
+        return None
+    if hasattr(result, "as_dict"):
+        return result.as_dict()
+    return dict(result.__dict__)
+
+
+def _flag(value: bool | None) -> str:
+    return {True: "✅", False: "❌", None: ""}[value]
+
+
+def _cell(text: str) -> str:
+    """A Markdown table cell: one line, pipes escaped."""
+    return " ".join(str(text).split()).replace("|", "\\|")

@@ -1,0 +1,195 @@
+"""The Core acceptance scenarios, end to end: runner emulation → entrypoint → simulated CP."""
+
+from __future__ import annotations
+
+import json
+
+from deploy.sim.fleet import Fault, TenantSpec
+from tests.conftest import CP_TOKEN, TAG, assert_no_secrets
+
+
+def healthy(*slugs: str) -> list[TenantSpec]:
+    return [TenantSpec(slug, deploy_seconds=20) for slug in slugs]
+
+
+def test_one_dead_tenant_within_tolerance_is_quarantined_and_the_rest_ship(fleet, action):
+    sim, server = fleet([*healthy("a", "b", "c"), TenantSpec("dead", dead=True)])
+    result = action(server, batch_size="2", max_stragglers="1", verify_url="")
+
+    assert result.code == 0, result.stdout
+    assert result.outputs["ok"] == "true"
+    assert result.outputs["outcome"] == "deployed"
+    assert json.loads(result.outputs["quarantined"]) == ["dead"]
+    assert json.loads(result.outputs["stragglers"]) == ["dead"]
+    assert result.outputs["result_count"] == "4"
+    assert {s for call in sim.deploy_calls() for s in call["only_slugs"]} == {"a", "b", "c", "dead"}
+    assert all(sim.running_sha(s) != "0" * 40 for s in "abc")
+    assert "::warning title=quarantined dead::" in result.stdout
+    assert "| dead |" in result.summary and "quarantined" in result.summary
+    assert_no_secrets(result)
+
+
+def test_the_dead_tenant_outlasts_request_timeout_but_not_rollout_timeout(fleet, action):
+    """The seed incident's shape: a fast read budget would have abandoned this call."""
+    sim, server = fleet([*healthy("a"), TenantSpec("dead", dead=True)])
+    result = action(server, batch_size="2", verify_url="")
+
+    call = result.report["rollout"]["calls"][0]
+    assert call["seconds"] > float(result.report and 1.0)  # request-timeout in FAST_INPUTS
+    assert call["status"] == 200 and result.code == 0
+
+
+def test_two_dead_tenants_over_tolerance_fail_and_name_both(fleet, action):
+    sim, server = fleet([*healthy("a", "b"), TenantSpec("dead1", dead=True), TenantSpec("dead2", dead=True)])
+    result = action(server, batch_size="2", max_stragglers="1", verify_url="")
+
+    assert result.code == 1
+    assert result.outputs["ok"] == "false"
+    assert result.outputs["outcome"] == "failed"
+    assert "dead1" in result.outputs["reason"] and "dead2" in result.outputs["reason"]
+    assert json.loads(result.outputs["quarantined"]) == []
+    assert json.loads(result.outputs["stragglers"]) == ["dead1", "dead2"]
+    assert result.report is not None and result.report["outcome"] == "failed"
+    assert_no_secrets(result)
+
+
+def test_stragglers_over_tolerance_stop_later_batches(fleet, action):
+    sim, server = fleet([TenantSpec("dead1", dead=True), TenantSpec("dead2", dead=True), *healthy("c", "d")])
+    result = action(server, batch_size="2", max_stragglers="1", verify_url="")
+
+    assert result.code == 1
+    assert [call["only_slugs"] for call in sim.deploy_calls()] == [["dead1", "dead2"]]
+    assert "later batches not started" in result.outputs["reason"]
+
+
+def test_transient_502_json_then_503_html_are_retried(fleet, action):
+    sim, server = fleet(healthy("a", "b"), faults=[Fault("502"), Fault("503-html")])
+    result = action(server, batch_size="2", verify_url="")
+
+    assert result.code == 0, result.stdout
+    assert "HTTP 502: upstream connect error (bad gateway); retrying in 0.05 s (attempt 2/4)" in result.stdout
+    assert "HTTP 503: HTML page: 503 Service Temporarily Unavailable; retrying in 0.1 s (attempt 3/4)" in result.stdout
+    assert len(sim.deploy_calls()) == 1  # faults answer before the CP records a call
+
+
+def test_a_call_hanging_past_the_read_budget_is_retried(fleet, action):
+    sim, server = fleet(healthy("a"), faults=[Fault("hang", seconds=5)])
+    result = action(server, rollout_timeout="2.5", verify_url="")
+
+    assert result.code == 0, result.stdout
+    assert "read timed out (treated as a retryable 504)" in result.stdout
+    assert result.outputs["ok"] == "true"
+
+
+def test_a_dropped_connection_is_retried(fleet, action):
+    sim, server = fleet(healthy("a"), faults=[Fault("reset")])
+    result = action(server, verify_url="")
+
+    assert result.code == 0, result.stdout
+    assert "connection failed" in result.stdout
+
+
+def test_retries_exhausted_report_the_last_status_and_text(fleet, action):
+    sim, server = fleet(healthy("a", "b"), faults=[Fault("502")] * 4)
+    result = action(server, verify_url="")
+
+    assert result.code == 1
+    assert "HTTP 502: upstream connect error (bad gateway)" in result.outputs["reason"]
+    assert "a, b" in result.outputs["reason"]
+
+
+def test_a_non_transient_error_is_not_retried_and_halts_the_rollout(fleet, action):
+    sim, server = fleet(healthy("a", "b", "c"), faults=[Fault("500")])
+    result = action(server, batch_size="1", verify_url="")
+
+    assert result.code == 1
+    assert "fleet lock held by another rollout" in result.outputs["reason"]
+    assert "attempt 2/" not in result.stdout
+    assert sim.deploy_calls() == []  # the faulted call, and no later batch
+
+
+def test_a_canary_answering_ok_false_stops_before_any_batch(fleet, action):
+    sim, server = fleet(healthy("canary", "a", "b"), faults=[Fault("ok-false")])
+    result = action(server, canary="canary", verify_url="")
+
+    assert result.code == 1
+    assert "canary canary failed" in result.outputs["reason"]
+    assert "change freeze" in result.outputs["reason"]
+    assert sim.deploy_calls() == []
+
+
+def test_a_dead_canary_fails_even_when_max_stragglers_would_tolerate_it(fleet, action):
+    sim, server = fleet([TenantSpec("canary", dead=True), *healthy("a", "b")])
+    result = action(server, canary="canary", max_stragglers="1", verify_url="")
+
+    assert result.code == 1
+    assert [c["only_slugs"] for c in sim.deploy_calls()] == [["canary"]]
+    assert sim.deploy_calls()[0]["max_stragglers"] == 0
+
+
+def test_canary_goes_first_alone_then_batches_carry_the_remaining_tolerance(fleet, action):
+    sim, server = fleet([*healthy("canary", "a"), TenantSpec("dead", dead=True), *healthy("b")])
+    result = action(server, canary="canary", batch_size="2", max_stragglers="1", verify_url="")
+
+    assert result.code == 0, result.stdout
+    bodies = sim.deploy_calls()
+    assert [b["only_slugs"] for b in bodies] == [["canary"], ["a", "dead"], ["b"]]
+    assert [b["max_stragglers"] for b in bodies] == [0, 1, 0]
+    for body in bodies:
+        assert body["confirm"] is True and body["target_tag"] == TAG and "canary_slug" not in body
+        assert body["batch_size"] == len(body["only_slugs"]) and body["soak_seconds"] == 0
+
+
+def test_a_canary_missing_from_the_fleet_is_an_error_before_any_deploy(fleet, action):
+    sim, server = fleet(healthy("a", "b"))
+    result = action(server, canary="nope", verify_url="")
+
+    assert result.code == 1
+    assert "canary 'nope' is not in the fleet" in result.outputs["reason"]
+    assert sim.deploy_calls() == []
+
+
+def test_an_enumerated_tenant_that_never_gets_a_row_is_a_straggler(fleet, action):
+    sim, server = fleet([*healthy("a", "b"), TenantSpec("ghost", omit_row=True)])
+    result = action(server, batch_size="3", max_stragglers="1", verify_url="")
+
+    assert result.code == 0, result.stdout
+    assert json.loads(result.outputs["quarantined"]) == ["ghost"]
+    assert result.outputs["result_count"] == "2"
+
+
+def test_the_kill_switch_skips_with_zero_requests(fleet, action):
+    sim, server = fleet(healthy("a"))
+    result = action(server, disabled="TRUE")
+
+    assert result.code == 0
+    assert result.outputs["outcome"] == "skipped" and result.outputs["ok"] == "false"
+    assert server.requests == []
+
+
+def test_a_dry_run_plans_with_dry_run_calls_only(fleet, action):
+    sim, server = fleet(healthy("a", "b", "c"))
+    result = action(server, dry_run="true", batch_size="2")
+
+    assert result.code == 0
+    assert result.outputs["outcome"] == "planned" and result.outputs["ok"] == "true"
+    assert result.outputs["result_count"] == "3"
+    assert sim.calls and all(call["dry_run"] is True for call in sim.calls)
+    assert server.seen("/tenants/") == []
+
+
+def test_the_overall_timeout_stops_cleanly_with_outputs_and_report(fleet, action):
+    sim, server = fleet([TenantSpec("dead", dead=True), *healthy("a")])
+    result = action(server, batch_size="1", timeout="1.2", verify_url="")
+
+    assert result.code == 1
+    assert "overall timeout" in result.outputs["reason"]
+    assert result.report is not None and result.report["outcome"] == "failed"
+
+
+def test_secrets_are_masked_in_actions_and_appear_only_in_the_mask_command(fleet, action):
+    sim, server = fleet(healthy("a"), faults=[Fault("502")])
+    result = action(server, verify_url="")
+
+    assert f"::add-mask::{CP_TOKEN}" in result.stdout
+    assert_no_secrets(result, "ghs_jobtoken_0123456789")
