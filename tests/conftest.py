@@ -14,7 +14,7 @@ from tests.actions_runner import ActionResult, run_action
 
 SHA = "8ddce85f3b2a4c6d9e0f1a2b3c4d5e6f708192a3"
 TAG = f"staging-{SHA[:7]}"
-CP_TOKEN = "cp-secret-token-5a1c9e"  # noqa: S105 - a test secret whose absence the tests assert
+CP_TOKEN = "cp-secret-token-5a1c9e"
 SCALE = 0.005  # sim seconds → real seconds: the CP's 390 s worst case takes 1.95 s
 
 # Inputs in sim time: the dead tenant's 1.95 s is above request-timeout, within rollout-timeout.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from deploy.sim.fleet import Fault, TenantSpec
-from tests.conftest import CP_TOKEN, TAG, assert_no_secrets
+from tests.conftest import CP_TOKEN, FAST_INPUTS, TAG, assert_no_secrets
 
 
 def healthy(*slugs: str) -> list[TenantSpec]:
@@ -31,16 +31,16 @@ def test_one_dead_tenant_within_tolerance_is_quarantined_and_the_rest_ship(fleet
 
 def test_the_dead_tenant_outlasts_request_timeout_but_not_rollout_timeout(fleet, action):
     """The seed incident's shape: a fast read budget would have abandoned this call."""
-    sim, server = fleet([*healthy("a"), TenantSpec("dead", dead=True)])
+    _sim, server = fleet([*healthy("a"), TenantSpec("dead", dead=True)])
     result = action(server, batch_size="2", verify_url="")
 
     call = result.report["rollout"]["calls"][0]
-    assert call["seconds"] > float(result.report and 1.0)  # request-timeout in FAST_INPUTS
+    assert call["seconds"] > float(FAST_INPUTS["request-timeout"])
     assert call["status"] == 200 and result.code == 0
 
 
 def test_two_dead_tenants_over_tolerance_fail_and_name_both(fleet, action):
-    sim, server = fleet([*healthy("a", "b"), TenantSpec("dead1", dead=True), TenantSpec("dead2", dead=True)])
+    _sim, server = fleet([*healthy("a", "b"), TenantSpec("dead1", dead=True), TenantSpec("dead2", dead=True)])
     result = action(server, batch_size="2", max_stragglers="1", verify_url="")
 
     assert result.code == 1
@@ -73,7 +73,7 @@ def test_transient_502_json_then_503_html_are_retried(fleet, action):
 
 
 def test_a_call_hanging_past_the_read_budget_is_retried(fleet, action):
-    sim, server = fleet(healthy("a"), faults=[Fault("hang", seconds=5)])
+    _sim, server = fleet(healthy("a"), faults=[Fault("hang", seconds=5)])
     result = action(server, rollout_timeout="2.5", verify_url="")
 
     assert result.code == 0, result.stdout
@@ -82,7 +82,7 @@ def test_a_call_hanging_past_the_read_budget_is_retried(fleet, action):
 
 
 def test_a_dropped_connection_is_retried(fleet, action):
-    sim, server = fleet(healthy("a"), faults=[Fault("reset")])
+    _sim, server = fleet(healthy("a"), faults=[Fault("reset")])
     result = action(server, verify_url="")
 
     assert result.code == 0, result.stdout
@@ -90,7 +90,7 @@ def test_a_dropped_connection_is_retried(fleet, action):
 
 
 def test_retries_exhausted_report_the_last_status_and_text(fleet, action):
-    sim, server = fleet(healthy("a", "b"), faults=[Fault("502")] * 4)
+    _sim, server = fleet(healthy("a", "b"), faults=[Fault("502")] * 4)
     result = action(server, verify_url="")
 
     assert result.code == 1
@@ -150,7 +150,7 @@ def test_a_canary_missing_from_the_fleet_is_an_error_before_any_deploy(fleet, ac
 
 
 def test_an_enumerated_tenant_that_never_gets_a_row_is_a_straggler(fleet, action):
-    sim, server = fleet([*healthy("a", "b"), TenantSpec("ghost", omit_row=True)])
+    _sim, server = fleet([*healthy("a", "b"), TenantSpec("ghost", omit_row=True)])
     result = action(server, batch_size="3", max_stragglers="1", verify_url="")
 
     assert result.code == 0, result.stdout
@@ -159,7 +159,7 @@ def test_an_enumerated_tenant_that_never_gets_a_row_is_a_straggler(fleet, action
 
 
 def test_the_kill_switch_skips_with_zero_requests(fleet, action):
-    sim, server = fleet(healthy("a"))
+    _sim, server = fleet(healthy("a"))
     result = action(server, disabled="TRUE")
 
     assert result.code == 0
@@ -179,7 +179,7 @@ def test_a_dry_run_plans_with_dry_run_calls_only(fleet, action):
 
 
 def test_the_overall_timeout_stops_cleanly_with_outputs_and_report(fleet, action):
-    sim, server = fleet([TenantSpec("dead", dead=True), *healthy("a")])
+    _sim, server = fleet([TenantSpec("dead", dead=True), *healthy("a")])
     result = action(server, batch_size="1", timeout="1.2", verify_url="")
 
     assert result.code == 1
@@ -188,7 +188,7 @@ def test_the_overall_timeout_stops_cleanly_with_outputs_and_report(fleet, action
 
 
 def test_secrets_are_masked_in_actions_and_appear_only_in_the_mask_command(fleet, action):
-    sim, server = fleet(healthy("a"), faults=[Fault("502")])
+    _sim, server = fleet(healthy("a"), faults=[Fault("502")])
     result = action(server, verify_url="")
 
     assert f"::add-mask::{CP_TOKEN}" in result.stdout
