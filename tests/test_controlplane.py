@@ -1,0 +1,125 @@
+"""The CP client's edge cases, pinned with requests-mock: bodies, budgets, shapes, errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+
+import pytest
+import requests
+
+from deploy import config
+from deploy.clock import Deadline, FakeClock
+from deploy.controlplane import ControlPlaneClient, CPResponseError, parse_answer
+from deploy.runner import Runner
+
+URL = "https://cp.example.com/cp/admin/tenants/redeploy-fleet"
+
+
+@pytest.fixture
+def client() -> ControlPlaneClient:
+    env = {"FLEET_CP_URL": "https://cp.example.com", "FLEET_CP_TOKEN": "tok", "FLEET_SHA": "8ddce85f3b2a"}
+    cfg = config.load(env)
+    clock = FakeClock()
+    return ControlPlaneClient(cfg.cp, cfg.rollout, Runner(io.StringIO()), clock, Deadline.starting_now(clock, 3600))
+
+
+def test_enumeration_is_a_dry_run_with_the_fast_budget(client, requests_mock):
+    requests_mock.post(URL, json={"ok": True, "results": [{"slug": "a", "ssm_status": "DryRun"}]})
+    call = client.enumerate()
+    sent = requests_mock.last_request
+    assert sent.json() == {"target_tag": "staging-8ddce85", "soak_seconds": 0, "batch_size": 3,
+                           "max_stragglers": 1, "dry_run": True, "confirm": True}
+    assert sent.headers["Authorization"] == "Bearer tok"
+    assert sent.timeout == (10.0, 120.0)
+    assert call.ok and call.rows[0].dry_run and not call.rows[0].on_target
+
+
+def test_a_scoped_redeploy_gets_the_rollout_budget_and_integer_fields(client, requests_mock):
+    requests_mock.post(URL, json={"ok": True, "results": []})
+    client.redeploy("batch 1/1", ["a", "b"], max_stragglers=0)
+    body = requests_mock.last_request.json()
+    assert body["only_slugs"] == ["a", "b"] and body["batch_size"] == 2 and body["max_stragglers"] == 0
+    assert body["dry_run"] is False and body["confirm"] is True and "canary_slug" not in body
+    assert requests_mock.last_request.timeout == (10.0, 600.0)
+
+
+def test_a_read_timeout_becomes_a_synthetic_504_not_a_crash(client, requests_mock):
+    requests_mock.post(URL, exc=requests.exceptions.ReadTimeout("Read timed out. (read timeout=600)"))
+    call = client.redeploy("batch 1/1", ["a"], max_stragglers=1)
+    assert not call.ok and call.status is None
+    assert call.error == "HTTP 504 (synthetic): no answer within the 600 s read budget after 3 retries"
+
+
+def test_a_non_200_carries_the_cp_error_text(client, requests_mock):
+    requests_mock.post(URL, status_code=403, json={"error": "token lacks fleet:deploy"})
+    call = client.redeploy("batch 1/1", ["a"], max_stragglers=1)
+    assert call.status == 403 and call.error == "HTTP 403: token lacks fleet:deploy"
+
+
+def test_an_html_error_page_is_summarised_by_its_title(client, requests_mock):
+    requests_mock.post(URL, status_code=404, text="<html><title>404 Not Found</title><body>…</body></html>")
+    assert client.enumerate().error == "HTTP 404: HTML page: 404 Not Found"
+
+
+def test_ok_false_without_an_error_still_explains_itself(client, requests_mock):
+    requests_mock.post(URL, json={"ok": False, "results": []})
+    assert client.redeploy("b", ["a"], 0).error == "the CP answered ok: false without an error message"
+
+
+def test_an_older_cps_row_counts_as_verified_and_healthy():
+    ok, rows, _ = parse_answer(json.dumps({"ok": True, "results": [{"slug": "a", "phase": "done"}]}).encode())
+    assert ok and rows[0].on_target and rows[0].healthy
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b"<html>oops</html>", "not JSON"),
+        (b"[]", "not an object: list"),
+        (b'"ok"', "not an object: str"),
+        (b"{}", "no boolean 'ok'"),
+        (b'{"ok": "yes"}', "no boolean 'ok'"),
+        (b'{"ok": true, "results": {}}', "'results' is not a list: dict"),
+        (b'{"ok": true, "results": ["a"]}', "results[0] is not an object"),
+        (b'{"ok": true, "results": [{"phase": "done"}]}', "results[0] has no string 'slug'"),
+        (b'{"ok": true, "results": [{"slug": 7}]}', "results[0] has no string 'slug'"),
+        (b'{"ok": true, "results": [{"slug": ""}]}', "results[0] has no string 'slug'"),
+        (b'{"ok": true, "results": [{"slug": "a", "verified_on_target": "no"}]}', "tenant a: 'verified_on_target'"),
+        (b'{"ok": true, "results": [{"slug": "a", "ssm_exit_code": true}]}', "tenant a: 'ssm_exit_code'"),
+    ],
+)
+def test_a_malformed_answer_is_a_clear_error(body, words):
+    with pytest.raises(CPResponseError, match=words.replace("[", r"\[").replace("]", r"\]")):
+        parse_answer(body)
+
+
+def _random_json(rng: random.Random, depth: int = 0):
+    kinds = ["null", "bool", "int", "str", "list", "dict", "row"] if depth < 3 else ["null", "bool", "int", "str"]
+    kind = rng.choice(kinds)
+    if kind == "list":
+        return [_random_json(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    if kind == "dict":
+        keys = ["ok", "results", "error", "slug", "x"]
+        return {rng.choice(keys): _random_json(rng, depth + 1) for _ in range(rng.randint(0, 4))}
+    if kind == "row":
+        fields = ["slug", "phase", "healthz_ok", "verified_on_target", "ssm_exit_code", "error"]
+        return {f: _random_json(rng, 3) for f in rng.sample(fields, rng.randint(0, len(fields)))}
+    return {"null": None, "bool": rng.random() < 0.5, "int": rng.randint(-2, 2), "str": rng.choice(["", "a"])}[kind]
+
+
+def test_answers_of_any_shape_parse_or_fail_clearly_never_with_a_traceback():
+    rng = random.Random(20261126)
+    outcomes = {"parsed": 0, "refused": 0}
+    for _ in range(3000):
+        doc = _random_json(rng)
+        if rng.random() < 0.5:
+            doc = {"ok": rng.random() < 0.7, "results": doc if rng.random() < 0.3 else [_random_json(rng, 2)]}
+        try:
+            parse_answer(json.dumps(doc).encode())
+            outcomes["parsed"] += 1
+        except CPResponseError as exc:
+            assert str(exc).startswith(("the CP", "tenant "))
+            outcomes["refused"] += 1
+    assert outcomes["parsed"] > 20 and outcomes["refused"] > 1000  # both paths really exercised

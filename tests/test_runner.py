@@ -1,0 +1,102 @@
+"""The runner protocol: output file syntax, annotations, escaping, masking, summary size."""
+
+from __future__ import annotations
+
+import io
+
+from deploy.runner import SUMMARY_LIMIT_BYTES, Runner, format_output, parse_output_file
+
+
+def runner(tmp_path=None, **kw) -> tuple[Runner, io.StringIO]:
+    stream = io.StringIO()
+    return Runner(stream=stream, **kw), stream
+
+
+def test_outputs_use_the_heredoc_syntax_and_survive_multiline_values(tmp_path):
+    path = tmp_path / "output"
+    r, _ = runner(output_path=str(path))
+    r.write_outputs({"reason": "line one\nline two", "ok": "true", "empty": ""})
+    text = path.read_text()
+    assert text.endswith("\n")
+    assert parse_output_file(text) == {"reason": "line one\nline two", "ok": "true", "empty": ""}
+    first = text.splitlines()[0]
+    assert first.startswith("reason<<ghadelimiter_")
+
+
+def test_a_value_containing_the_delimiter_gets_another_one(monkeypatch):
+    import deploy.runner as module
+
+    ids = iter(["clash", "fresh"])
+    monkeypatch.setattr(module.uuid, "uuid4", lambda: next(ids))
+    text = format_output("x", "a\nghadelimiter_clash\nb")
+    assert text.startswith("x<<ghadelimiter_fresh\n")
+    assert parse_output_file(text) == {"x": "a\nghadelimiter_clash\nb"}
+
+
+def test_without_github_output_outputs_are_printed_as_name_value_lines():
+    r, stream = runner()
+    r.write_outputs({"ok": "false", "outcome": "failed"})
+    assert stream.getvalue() == "ok=false\noutcome=failed\n"
+
+
+def test_annotation_messages_and_titles_are_escaped():
+    r, stream = runner()
+    r.error("100% down\r\nnext line", title="tenant a:b,c")
+    assert stream.getvalue() == "::error title=tenant a%3Ab%2Cc::100%25 down%0D%0Anext line\n"
+
+
+def test_nine_annotations_per_kind_then_one_that_counts_the_rest():
+    r, stream = runner()
+    for i in range(12):
+        r.warning(f"tenant-{i} lagging")
+    r.error("one failure")
+    r.finish()
+    lines = stream.getvalue().splitlines()
+    assert sum(line.startswith("::warning::") for line in lines) == 10
+    assert "warning: tenant-11 lagging" in lines  # still in the log, just not annotated
+    assert lines[-1] == (
+        "::warning::3 more warnings not annotated (GitHub shows 10 per step); see the log and the job summary"
+    )
+    assert sum(line.startswith("::error::") for line in lines) == 1
+
+
+def test_secrets_are_redacted_everywhere_and_masked_only_inside_actions(tmp_path):
+    r, stream = runner(output_path=str(tmp_path / "o"), summary_path=str(tmp_path / "s"), in_actions=True)
+    r.mask("s3cr3t-token", "")
+    r.log("auth with s3cr3t-token failed")
+    r.error("s3cr3t-token", title="s3cr3t-token")
+    r.write_outputs({"reason": "s3cr3t-token"})
+    r.write_summary("s3cr3t-token")
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "::add-mask::s3cr3t-token"
+    assert all("s3cr3t-token" not in line for line in lines[1:])
+    assert "s3cr3t-token" not in (tmp_path / "o").read_text() + (tmp_path / "s").read_text()
+
+    laptop, out = runner()
+    laptop.mask("s3cr3t-token")
+    assert out.getvalue() == ""  # outside a runner, add-mask would itself print the secret
+
+
+def test_a_log_line_from_a_server_cannot_inject_a_workflow_command():
+    r, stream = runner()
+    r.log("CP said:\n::set-env name=PATH::/evil\n  ::error::fake")
+    assert all(not line.lstrip().startswith("::") for line in stream.getvalue().splitlines())
+
+
+def test_groups_open_and_close_even_when_the_body_raises():
+    r, stream = runner()
+    try:
+        with r.group("Rollout"):
+            raise RuntimeError
+    except RuntimeError:
+        pass
+    assert stream.getvalue() == "::group::Rollout\n::endgroup::\n"
+
+
+def test_the_summary_is_truncated_below_the_runner_limit(tmp_path):
+    path = tmp_path / "summary"
+    r, _ = runner(summary_path=str(path))
+    r.write_summary("| tenant-é | ok |\n" * 200_000)
+    data = path.read_bytes()
+    assert len(data) <= SUMMARY_LIMIT_BYTES < 1024 * 1024
+    assert data.decode("utf-8").endswith("see the JSON report.\n")
