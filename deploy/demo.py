@@ -62,14 +62,14 @@ def demo_env(sim_url: str, workdir: Path, token: str) -> dict[str, str]:
 
 
 def main() -> int:
-    import entrypoint  # the real container entrypoint, not a re-implementation
+    from deploy.main import run  # what the container runs, not a re-implementation
 
     fleet = demo_fleet()
     with SimServer([fleet]) as server, tempfile.TemporaryDirectory(prefix="fleet-demo-") as tmp:
         workdir = Path(tmp)
         env = {**os.environ, **demo_env(server.url, workdir, fleet.token)}
         print(f"# simulator: {server.url} — {len(fleet.tenants)} tenants, philbrew-erton is dead\n", flush=True)
-        code = entrypoint.main(env)
+        code = run(env)
         print("\n# outputs (GITHUB_OUTPUT)")
         for name, value in parse_output_file((workdir / "github_output").read_text()).items():
             print(f"{name}={value}")

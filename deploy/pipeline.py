@@ -15,20 +15,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from deploy.clock import Clock, Deadline
 from deploy.config import Config
 from deploy.controlplane import ControlPlaneClient, TenantRow
 from deploy.errors import DeployFailed
+from deploy.forge import ForgeClient
+from deploy.gates import ChecksResult, live_kill_switch, newer_head, wait_for_required_checks
+from deploy.promote import PromoteResult, promote_images
 from deploy.rollout import RolloutResult, enumerate_fleet, run_rollout
 from deploy.runner import Runner
-
-if TYPE_CHECKING:
-    from deploy.forge import ForgeClient
-    from deploy.gates import ChecksResult
-    from deploy.promote import PromoteResult
-    from deploy.verify import VerifyResult
+from deploy.verify import VerifyResult, verify_tenants
 
 
 class Skip(Exception):
@@ -139,8 +136,6 @@ def _stage(run: Run, runner: Runner, title: str, deadline: Deadline, record: boo
 def _forge_client(config: Config, runner: Runner, clock: Clock, deadline: Deadline) -> ForgeClient | None:
     if not config.forge.token or not config.forge.repository:
         return None
-    from deploy.forge import ForgeClient
-
     return ForgeClient(config.forge, runner, clock, deadline)
 
 
@@ -149,8 +144,6 @@ def _gates(config: Config, run: Run, forge: ForgeClient | None, runner: Runner, 
     gates = config.gates
     if not (gates.required_checks or gates.skip_if_superseded or gates.disabled_variable):
         return
-    from deploy.gates import live_kill_switch, wait_for_required_checks
-
     with _stage(run, runner, "Gates", deadline):
         if gates.skip_if_superseded and forge is None:
             runner.log("superseded guard: off (it needs github-token and GITHUB_REPOSITORY)")
@@ -166,8 +159,6 @@ def _gates(config: Config, run: Run, forge: ForgeClient | None, runner: Runner, 
 def _superseded(config: Config, forge: ForgeClient | None, runner: Runner, when: str) -> None:
     if not config.gates.skip_if_superseded or forge is None:
         return
-    from deploy.gates import newer_head
-
     head = newer_head(config.gates, config.sha, forge, runner)
     if head:
         raise Skip(f"superseded {when}: {config.gates.branch} is now at {head}, not {config.sha}")
@@ -202,8 +193,6 @@ def _verify(config: Config, run: Run, forge: ForgeClient | None, runner: Runner,
         return
     if run.rollout is not None:
         _superseded(config, forge, runner, "before verify")
-    from deploy.verify import verify_tenants
-
     with _stage(run, runner, "Verify", deadline):
         run.verify = verify_tenants(config.verify, config.sha, _verify_rows(run), runner, clock, deadline)
     if not run.verify.ok:
@@ -219,8 +208,6 @@ def _promote(config: Config, run: Run, forge: ForgeClient | None, runner: Runner
         runner.log("promote: skipped, promote-images is empty")
         return
     _superseded(config, forge, runner, "before promote")
-    from deploy.promote import promote_images
-
     with _stage(run, runner, "Promote", deadline):
         run.promote = promote_images(config.promote, runner, clock, deadline)
     if not run.promote.ok:

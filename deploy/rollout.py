@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from deploy.clock import Deadline
@@ -30,7 +31,7 @@ class RolloutResult:
     soak: tuple[float, float] | None = None  # (started, seconds) since the run started
     dry_run: bool = False
 
-    @property
+    @cached_property
     def rows(self) -> dict[str, TenantRow]:
         """The latest row per tenant from the deploy calls."""
         return {row.slug: row for call in self.calls for row in call.rows}
@@ -41,7 +42,7 @@ class RolloutResult:
             return len(self.fleet)
         return sum(len(call.rows) for call in self.calls)
 
-    @property
+    @cached_property
     def stragglers(self) -> tuple[str, ...]:
         """Enumerated tenants with no row, or whose row says they are not on the target."""
         if self.dry_run:
@@ -59,8 +60,8 @@ class RolloutResult:
 
     @property
     def shipped(self) -> tuple[str, ...]:
-        stragglers = set(self.stragglers)
-        return tuple(slug for slug in self.fleet if slug in self.rows and slug not in stragglers)
+        stragglers, rows = set(self.stragglers), self.rows
+        return tuple(slug for slug in self.fleet if slug in rows and slug not in stragglers)
 
     @property
     def ok(self) -> bool:
@@ -173,7 +174,8 @@ class _Progress:
         runner.log(f"{label}: redeploying {', '.join(slugs)} (stragglers still tolerated: {tolerance})")
         call = client.redeploy(label, slugs, max_stragglers=tolerance)
         self.calls.append(call)
-        stragglers = [s for s in slugs if s in self.stragglers()]
+        so_far = self.stragglers()
+        stragglers = [s for s in slugs if s in so_far]
         runner.log(
             f"{label}: {len(call.rows)}/{len(slugs)} rows, {len(slugs) - len(stragglers)} on target, "
             f"stragglers {', '.join(stragglers) or 'none'} ({call.seconds:.1f} s)"
@@ -184,10 +186,10 @@ class _Progress:
         if call.error or not call.ok:
             self.halted = f"{label} ({', '.join(slugs)}) failed: {call.error}; later batches not started"
             runner.error(self.halted, title=f"{label} failed")
-        elif len(self.stragglers()) > self.start.max_stragglers:
+        elif len(so_far) > self.start.max_stragglers:
             self.halted = (
-                f"{len(self.stragglers())} stragglers exceed max-stragglers {self.start.max_stragglers}: "
-                f"{', '.join(self.stragglers())}; later batches not started"
+                f"{len(so_far)} stragglers exceed max-stragglers {self.start.max_stragglers}: "
+                f"{', '.join(so_far)}; later batches not started"
             )
             runner.error(self.halted, title="too many stragglers")
 

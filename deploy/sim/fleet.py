@@ -67,9 +67,8 @@ class FleetSim:
     _buildinfo_hits: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    @property
-    def by_slug(self) -> dict[str, TenantSpec]:
-        return {t.slug: t for t in self.tenants}
+    def __post_init__(self) -> None:
+        self.by_slug = {t.slug: t for t in self.tenants}
 
     def running_sha(self, slug: str) -> str:
         """What the tenant's /buildinfo reports right now."""
