@@ -52,6 +52,11 @@ class Component(Protocol):
     def handle(self, request: Request) -> Response | None: ...
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # a 1000-tenant verify round connects all at once
+
+
 class SimServer:
     """A threaded HTTP server on loopback; ``with SimServer([...]) as server:`` runs it."""
 
@@ -59,8 +64,7 @@ class SimServer:
         self.components = list(components)
         self.requests: list[Request] = []
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer((host, port), _handler_for(self))
-        self._httpd.daemon_threads = True
+        self._httpd = _Server((host, port), _handler_for(self))
         self._thread: threading.Thread | None = None
 
     @property
@@ -69,7 +73,9 @@ class SimServer:
         return f"http://{host}:{port}"
 
     def start(self) -> SimServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fleet-sim", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="fleet-sim", daemon=True
+        )
         self._thread.start()
         return self
 

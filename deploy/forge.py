@@ -1,0 +1,251 @@
+"""The forge API the gates read: GitHub REST or Gitea ``/api/v1``, one client for both.
+
+The two speak almost the same dialect; the differences live in :data:`SHAPES` (page size and its
+parameter, where a branch head and a variable's value sit) and nowhere else. Two server habits
+shape the reading code:
+
+- servers clamp the page size (Gitea to 50 whatever we ask), so a short page is not the end:
+  lists are read until an *empty* page — a check that is green only on page 2 must not look
+  "missing" for the whole ``checks-timeout``;
+- GitHub rate limits (403/429 with ``Retry-After``, or ``X-RateLimit-Remaining: 0`` and
+  ``X-RateLimit-Reset``) are waited out on the injected clock, within the caller's budget, with a
+  log line saying until when; a wait that would not fit fails at once instead.
+
+Transient 502/503/504, read timeouts and dropped connections are retried by the shared session
+(:func:`deploy.http.session`). The token travels only in the ``Authorization`` header; it is
+masked, and scrubbed from any server text an error carries.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+from deploy import http
+from deploy.clock import Clock, Deadline
+from deploy.config import Forge
+from deploy.errors import DeployFailed
+from deploy.runner import MASK, Runner
+
+MAX_PAGES = 100  # 5,000 statuses on Gitea: far beyond a real commit; stops a server that ignores `page`
+RATE_LIMIT_MARGIN = 1.0  # seconds past the announced reset, for clock skew between us and the forge
+UNANNOUNCED_RATE_LIMIT_WAIT = 60.0  # GitHub: a 429 without headers means "wait at least a minute"
+
+
+@dataclass(frozen=True)
+class ApiShape:
+    """Where GitHub and Gitea differ in the few calls we make."""
+
+    label: str
+    page_size_param: str
+    page_size: int  # the server's maximum: asking for more is clamped anyway
+    head_key: str  # branch → commit.<head_key>
+    value_key: str  # variable → <value_key>
+    accept: str
+
+
+SHAPES = {
+    "github": ApiShape("GitHub", "per_page", 100, "sha", "value", "application/vnd.github+json"),
+    "gitea": ApiShape("Gitea", "limit", 50, "id", "data", "application/json"),
+}
+
+
+class ForgeError(DeployFailed):
+    """A forge call that failed: carries the HTTP status (None for network errors) and the server's text."""
+
+    def __init__(self, message: str, status: int | None = None, text: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.text = text
+
+
+class ForgeClient:
+    """Reads branch heads, repository variables and commit check states from one repository."""
+
+    def __init__(self, forge: Forge, runner: Runner, clock: Clock, deadline: Deadline) -> None:
+        self.forge, self.runner, self.clock, self.deadline = forge, runner, clock, deadline
+        self.shape = SHAPES[forge.kind]
+        runner.mask(forge.token)
+        self.session = http.session(forge.retry_delays, clock, on_retry=runner.log)
+        # `token` works on both forges (GitHub also takes Bearer; Gitea's job token only `token`).
+        self.session.headers.update({"Authorization": f"token {forge.token}", "Accept": self.shape.accept})
+        if forge.kind == "github":
+            self.session.headers["X-GitHub-Api-Version"] = "2022-11-28"
+
+    def branch_head(self, branch: str) -> str:
+        """The commit SHA at the head of ``branch`` (lower case)."""
+        what = f"reading the head of branch {branch!r}"
+        doc = _json(self._get(f"branches/{quote(branch, safe='/')}", what), what)
+        commit = doc.get("commit") if isinstance(doc, dict) else None
+        head = commit.get(self.shape.head_key) if isinstance(commit, dict) else None
+        if not isinstance(head, str) or not head:
+            raise ForgeError(f"{what}: the {self.shape.label} API answered without commit.{self.shape.head_key}")
+        return head.lower()
+
+    def variable(self, name: str) -> str | None:
+        """The repository variable's value, or None when it is not set (404)."""
+        what = f"reading repository variable {name}"
+        response = self._get(f"actions/variables/{quote(name, safe='')}", what, missing_ok=True)
+        if response is None:
+            return None
+        doc = _json(response, what)
+        value = doc.get(self.shape.value_key) if isinstance(doc, dict) else None
+        if not isinstance(value, str):
+            raise ForgeError(f"{what}: the {self.shape.label} API answered without `{self.shape.value_key}`")
+        return value
+
+    def check_states(self, sha: str, budget: Deadline | None = None) -> dict[str, tuple[str, ...]]:
+        """Every check reported on ``sha``: name → the newest state from each source that has it.
+
+        A commit status contributes its ``state`` (GitHub) or ``status`` (Gitea); on GitHub a
+        check run contributes its ``conclusion`` once completed, else its ``status``
+        (``queued``, ``in_progress``, …). A name reported both ways maps to two states
+        (status first), and the gate requires both to be green. States are lower case.
+        ``budget`` is the caller's own time budget (``checks-timeout``): a rate-limit wait must fit
+        in it as well as in the overall deadline.
+        """
+        what = f"reading the checks of {sha[:12]}"
+        statuses = _newest(self._pages(f"commits/{sha}/statuses", None, what, budget), "context")
+        states = {name: (_state(row.get("state") or row.get("status")),) for name, row in statuses.items()}
+        if self.forge.kind == "github":
+            runs = _newest(self._pages(f"commits/{sha}/check-runs", "check_runs", what, budget), "name")
+            for name, row in runs.items():
+                run_state = row.get("conclusion") if row.get("status") == "completed" else row.get("status")
+                states[name] = (*states.get(name, ()), _state(run_state))
+        return states
+
+    # -- HTTP ---------------------------------------------------------------------------------
+
+    def _pages(self, path: str, key: str | None, what: str, budget: Deadline | None) -> list[dict[str, Any]]:
+        """Every row of a paginated list, read until an empty page (a short page is not the end)."""
+        rows: list[dict[str, Any]] = []
+        for page in range(1, MAX_PAGES + 1):
+            params = {"page": page, self.shape.page_size_param: self.shape.page_size}
+            doc = _json(self._get(path, what, params=params, budget=budget), what)
+            items = doc.get(key) if key and isinstance(doc, dict) else doc
+            if not isinstance(items, list):
+                raise ForgeError(f"{what}: page {page} of {path} is not a list")
+            if not items:
+                return rows
+            rows.extend(item for item in items if isinstance(item, dict))
+        raise ForgeError(f"{what}: {path} still had rows after {MAX_PAGES} pages; giving up")
+
+    def _get(
+        self, path: str, what: str, params: dict[str, Any] | None = None,
+        budget: Deadline | None = None, missing_ok: bool = False,
+    ) -> requests.Response | None:
+        owner, _, name = self.forge.repository.partition("/")
+        if not owner or not name or "/" in name:
+            raise ForgeError(f"{what}: no repository to ask (GITHUB_REPOSITORY is {self.forge.repository!r})")
+        url = f"{self.forge.api_url.rstrip('/')}/repos/{owner}/{name}/{path}"
+        while True:
+            self.deadline.check(what)
+            try:
+                response = self.session.get(url, params=params, timeout=self.deadline.cap(self.forge.request_timeout))
+            except requests.RequestException as exc:
+                raise ForgeError(f"{what}: the {self.shape.label} API is unreachable ({_describe(exc)})") from None
+            wait = self._rate_limit_wait(response)
+            if wait is None:
+                break
+            self._wait_out_rate_limit(wait, what, budget, response.status_code)
+        if response.status_code == 404 and missing_ok:
+            return None
+        if response.status_code != 200:
+            text = self._scrub(http.error_text(response.content))
+            detail = f": {text}" if text else ""
+            raise ForgeError(
+                f"{what}: the {self.shape.label} API answered HTTP {response.status_code}{detail}",
+                response.status_code, text,
+            )
+        return response
+
+    def _rate_limit_wait(self, response: requests.Response) -> float | None:
+        """Seconds until the forge lifts a rate limit, or None when ``response`` is not one.
+
+        A 403 alone is a permission error: only the headers make it a rate limit.
+        """
+        if response.status_code not in (403, 429):
+            return None
+        headers = response.headers
+        if headers.get("Retry-After"):
+            return _retry_after(headers["Retry-After"], self.clock.wall())
+        if headers.get("X-RateLimit-Remaining") == "0" and headers.get("X-RateLimit-Reset", "").isdigit():
+            return float(headers["X-RateLimit-Reset"]) - self.clock.wall()
+        return UNANNOUNCED_RATE_LIMIT_WAIT if response.status_code == 429 else None
+
+    def _wait_out_rate_limit(self, wait: float, what: str, budget: Deadline | None, status: int) -> None:
+        wait = max(wait, 0.0) + RATE_LIMIT_MARGIN
+        limits = [(self.deadline.remaining(), "timeout")]
+        if budget is not None:
+            limits.append((budget.remaining(), "checks-timeout"))
+        left, limit_name = min(limits)
+        until = time.strftime("%H:%M:%S UTC", time.gmtime(self.clock.wall() + wait))
+        if wait > left:
+            raise ForgeError(
+                f"{what}: the {self.shape.label} API rate limit lifts in {wait:.0f} s (at {until}), "
+                f"beyond the {left:.0f} s left of the budget (input `{limit_name}`)",
+                status,
+            )
+        self.runner.log(f"{self.shape.label} API rate limit reached while {what}: waiting {wait:.0f} s, until {until}")
+        self.clock.sleep(wait)
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self.forge.token, MASK) if self.forge.token else text
+
+
+def _json(response: requests.Response | None, what: str) -> Any:
+    try:
+        return response.json() if response is not None else None
+    except ValueError:
+        raise ForgeError(f"{what}: the forge answered HTTP 200 with a body that is not JSON") from None
+
+
+def _newest(rows: list[dict[str, Any]], name_key: str) -> dict[str, dict[str, Any]]:
+    """One row per name: the newest. Ties keep the first seen (both forges list newest first)."""
+    newest: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        name = row.get(name_key)
+        if isinstance(name, str) and (name not in newest or _recency(row) > _recency(newest[name])):
+            newest[name] = row
+    return newest
+
+
+def _recency(row: dict[str, Any]) -> tuple[int, float]:
+    """Ids grow with time on both forges; timestamps decide for rows that carry none."""
+    row_id = row.get("id")
+    stamp = row.get("updated_at") or row.get("completed_at") or row.get("started_at") or row.get("created_at")
+    try:
+        seconds = datetime.fromisoformat(stamp).timestamp() if isinstance(stamp, str) else float("-inf")
+    except ValueError:
+        seconds = float("-inf")
+    return (row_id if isinstance(row_id, int) else -1, seconds)
+
+
+def _state(value: Any) -> str:
+    return value.lower() if isinstance(value, str) and value else "unknown"
+
+
+def _retry_after(value: str, now: float) -> float:
+    """``Retry-After`` is seconds, or an HTTP date."""
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp() - now
+    except (TypeError, ValueError):
+        return UNANNOUNCED_RATE_LIMIT_WAIT
+
+
+def _describe(exc: requests.RequestException) -> str:
+    if isinstance(exc, requests.Timeout):
+        return "timed out, after retries"
+    if isinstance(exc, requests.ConnectionError):
+        return "connection failed, after retries"
+    return type(exc).__name__

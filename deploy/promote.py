@@ -1,0 +1,194 @@
+"""Promote: move the moving tag (``latest``) to the verified build, by digest, every image or none.
+
+For each image: resolve the source (a tag, or a ``sha256:`` digest for a rollback), remember what
+the tag pointed at, put the source's exact bytes under the tag with their own media type, and
+read the tag back until it hashes to the source digest. A multi-arch index moves whole; replacing
+a multi-arch tag with a single-arch manifest is refused unless ``allow-single-arch`` says so.
+
+All or nothing: when an image fails, the images already moved are put back on their previous
+manifests (same bytes again). A tag that did not exist before is left on the new digest and said
+so, because deleting a tag is not portable across registries. The put-back may overrun the
+overall deadline by one ``request-timeout``: half the images moved is worse than a late finish.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from deploy import http
+from deploy.clock import Clock, Deadline
+from deploy.config import PromoteSettings
+from deploy.errors import DeployFailed
+from deploy.registry import Manifest, RegistryError, Repository
+from deploy.runner import Runner
+
+STATES = ("promoted", "rolled-back", "failed", "not-started", "rollback-failed")
+
+
+@dataclass(frozen=True)
+class Promotion:
+    image: str  # host/repository
+    source: str  # the tag or digest promoted from
+    promoted_digest: str  # digest under the tag after this run ('' if the run never moved it)
+    previous_digest: str  # digest under the tag before ('' if the tag did not exist, or was never read)
+    media_type: str
+    state: str  # one of STATES
+    detail: str  # one line for humans
+
+
+@dataclass(frozen=True)
+class PromoteResult:
+    tag: str
+    promotions: tuple[Promotion, ...]
+    error: str  # '' when every image promoted
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and all(p.state == "promoted" for p in self.promotions)
+
+    @property
+    def promoted_digest_output(self) -> str:
+        return self._per_image("promoted_digest")
+
+    @property
+    def previous_digest_output(self) -> str:
+        return self._per_image("previous_digest")
+
+    def as_dict(self) -> dict:
+        return {"tag": self.tag, "ok": self.ok, "error": self.error,
+                "promotions": [asdict(p) for p in self.promotions]}
+
+    def _per_image(self, name: str) -> str:
+        """A plain digest for one image, a JSON object keyed by image for several."""
+        if len(self.promotions) == 1:
+            return getattr(self.promotions[0], name)
+        return json.dumps({p.image: getattr(p, name) for p in self.promotions}) if self.promotions else ""
+
+
+@dataclass
+class _Attempt:
+    """What one image's promotion learned so far, so a failure can still report and undo it."""
+
+    repository: Repository
+    source: Manifest | None = None
+    previous: Manifest | None = None
+    pushed: bool = False  # a PUT was sent: the tag may have moved even if the step failed
+
+    @property
+    def image(self) -> str:
+        return self.repository.image
+
+
+def promote_images(settings: PromoteSettings, runner: Runner, clock: Clock, deadline: Deadline) -> PromoteResult:
+    """Move ``settings.tag`` to ``settings.source`` in every image, or in none of them."""
+    attempts: list[_Attempt] = []
+    with http.session(settings.retry_delays, clock, on_retry=runner.log, deadline=deadline) as session:
+        for image in settings.images:
+            attempt = _Attempt(Repository(
+                image, session=session, deadline=deadline, request_timeout=settings.request_timeout,
+                username=settings.username, password=settings.password, mask=runner.mask,
+                allow_insecure_http=settings.allow_insecure_http))
+            attempts.append(attempt)
+            try:
+                _promote(attempt, settings, runner)
+            except DeployFailed as exc:
+                error = str(exc) if isinstance(exc, RegistryError) else f"{image}: {exc}"
+                runner.log(f"{image}: FAILED: {error}")
+                grace = Deadline.starting_now(clock, deadline.remaining() + settings.request_timeout)
+                return _undo(attempts, settings, runner, grace, error)
+    return PromoteResult(settings.tag, tuple(_promoted(a, settings) for a in attempts), "")
+
+
+def _promote(attempt: _Attempt, settings: PromoteSettings, runner: Runner) -> None:
+    repository, image, tag = attempt.repository, attempt.image, settings.tag
+    source = repository.find_manifest(settings.source)
+    if source is None:
+        raise RegistryError(f"{image}: source {settings.source} not found (was the build pushed under that name?)")
+    attempt.source = source
+    runner.log(f"{image}: source {settings.source} is {source.digest} ({source.describe()})")
+    previous = attempt.previous = repository.find_manifest(tag)
+    runner.log(f"{image}: {tag} was {previous.digest} ({previous.describe()})" if previous
+               else f"{image}: {tag} does not exist yet")
+    if previous and previous.is_index and not source.is_index and not settings.allow_single_arch:
+        raise RegistryError(
+            f"{image}: refusing to replace multi-arch {tag} ({previous.describe()}) with the single-arch "
+            f"{source.digest} ({source.media_type}); set allow-single-arch: true to do it on purpose")
+    if previous and previous.digest == source.digest:
+        runner.log(f"{image}: {tag} is already on {source.digest}; nothing to push")
+    else:
+        attempt.pushed = True
+        repository.put_manifest(tag, source)
+        runner.log(f"{image}: pushed {source.digest} as {tag}")
+    _read_back(repository, tag, source.digest)
+    runner.log(f"{image}: read back {tag}: {source.digest} OK")
+
+
+def _read_back(repository: Repository, tag: str, expected: str) -> None:
+    found = repository.find_manifest(tag)
+    if found is None or found.digest != expected:
+        now = found.digest if found else "nothing"
+        raise RegistryError(f"{repository.image}: read back {tag}: expected {expected}, the registry serves {now}")
+
+
+def _promoted(attempt: _Attempt, settings: PromoteSettings) -> Promotion:
+    source, previous, tag = attempt.source, attempt.previous, settings.tag
+    assert source is not None  # a finished attempt resolved its source
+    was = previous.digest if previous else ""
+    moved = f"{tag}: {was or '(new tag)'} → {source.digest}"
+    detail = f"{tag} already on {source.digest}" if was == source.digest else moved
+    return Promotion(attempt.image, settings.source, source.digest, was, source.media_type, "promoted", detail)
+
+
+def _undo(attempts: list[_Attempt], settings: PromoteSettings, runner: Runner, grace: Deadline,
+          error: str) -> PromoteResult:
+    """Put every moved tag back, and say per image what state it was left in."""
+    *moved, failed = attempts
+    promotions = []
+    for attempt in moved:
+        state, now, note = _restore(attempt, settings.tag, runner, grace)
+        promotions.append(_promotion(attempt, settings, now, state, f"{note} because {failed.image} failed"))
+    now, detail = "", error
+    if failed.pushed:
+        _, now, note = _restore(failed, settings.tag, runner, grace)
+        now, detail = ("" if now == _digest(failed.previous) else now), f"{error}; {note}"
+    promotions.append(_promotion(failed, settings, now, "failed", detail))
+    promotions += [Promotion(image, settings.source, "", "", "", "not-started", f"not started: {failed.image} failed")
+                   for image in settings.images[len(attempts):]]
+    return PromoteResult(settings.tag, tuple(promotions), error)
+
+
+def _restore(attempt: _Attempt, tag: str, runner: Runner, grace: Deadline) -> tuple[str, str, str]:
+    """Put ``tag`` back where it was: (state, digest now under the tag or '' if absent, note)."""
+    repository, previous = attempt.repository, attempt.previous
+    repository.deadline = grace
+    now = attempt.source.digest if attempt.source else ""
+    try:
+        current = repository.find_manifest(tag)
+        now = current.digest if current else ""
+        if previous is None and current is None:
+            state, note = "rolled-back", f"{tag} still does not exist"
+        elif previous is None:
+            state, note = "rollback-failed", (
+                f"{tag} did not exist before and is left on {now} (deleting a tag is not portable across "
+                "registries: delete it by hand if it must go)")
+        elif now == previous.digest:
+            state, note = "rolled-back", f"{tag} is still on the previous {now}"
+        else:
+            repository.put_manifest(tag, previous)
+            _read_back(repository, tag, previous.digest)
+            state, now, note = "rolled-back", previous.digest, f"{tag} put back on the previous {previous.digest}"
+    except DeployFailed as exc:
+        was = previous.digest if previous else "(none)"
+        state, note = "rollback-failed", f"could not put {tag} back on {was}: {exc}; it may still be on {now}"
+    runner.log(f"{attempt.image}: rollback: {note}")
+    return state, now, note
+
+
+def _promotion(attempt: _Attempt, settings: PromoteSettings, now: str, state: str, detail: str) -> Promotion:
+    media_type = attempt.source.media_type if attempt.source else ""
+    return Promotion(attempt.image, settings.source, now, _digest(attempt.previous), media_type, state, detail)
+
+
+def _digest(manifest: Manifest | None) -> str:
+    return manifest.digest if manifest else ""

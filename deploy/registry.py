@@ -1,0 +1,240 @@
+"""Just enough of the OCI distribution API to move a tag: read a manifest, put the same bytes back.
+
+Why not ``docker buildx imagetools`` or ``crane``: the action has no Docker daemon and ships no
+extra binary, and promote must control the exact bytes. Registry facts this module relies on:
+- ``Accept`` lists all four manifest media types; a narrower one gets a 404 (OCI content on
+  ``docker-registry``) or, on Docker Hub, silently the amd64 child of a multi-arch index, and
+  re-pushing that would demote the tag to single-arch;
+- a digest is the sha256 of the bytes received, which we compute ourselves; a
+  ``Docker-Content-Digest`` header that disagrees is an error, never the tie-breaker;
+- auth is negotiated from the ``401`` challenge: ``Basic`` (``docker-registry`` with htpasswd,
+  ECR) or ``Bearer`` with a token realm (GHCR, Docker Hub, Gitea), asked once for
+  ``pull,push`` and reused for every later call on the repository.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import requests
+
+from deploy.clock import Deadline
+from deploy.config import is_loopback
+from deploy.errors import DeployFailed
+from deploy.http import error_text
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+MANIFEST_TYPES = (OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST)
+INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
+MANIFEST_ACCEPT = ", ".join(MANIFEST_TYPES)
+
+API_HOSTS = {"docker.io": "registry-1.docker.io", "index.docker.io": "registry-1.docker.io"}
+CHALLENGE_PARAM_RE = re.compile(r'([A-Za-z_][\w-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))')
+
+
+class RegistryError(DeployFailed):
+    """A registry refused or failed a step; the message names the image and the step."""
+
+
+def digest_of(body: bytes) -> str:
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A manifest exactly as the registry served it: bytes, media type, and their digest."""
+
+    body: bytes = field(repr=False)
+    media_type: str
+    digest: str
+
+    @classmethod
+    def of(cls, body: bytes, media_type: str) -> Manifest:
+        return cls(body, media_type, digest_of(body))
+
+    @property
+    def is_index(self) -> bool:
+        return self.media_type in INDEX_TYPES
+
+    def describe(self) -> str:
+        if not self.is_index:
+            return self.media_type
+        try:
+            count = len(json.loads(self.body).get("manifests") or [])
+        except (ValueError, AttributeError):
+            count = 0
+        return f"{self.media_type}, index of {count} manifests"
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """A parsed ``WWW-Authenticate`` header: scheme (lower case) and its parameters."""
+
+    scheme: str
+    params: Mapping[str, str]
+
+
+def parse_challenge(header: str) -> Challenge:
+    """``Bearer realm="https://ghcr.io/token",service="ghcr.io",scope="repository:a/b:pull,push"``."""
+    scheme, _, rest = header.strip().partition(" ")
+    params = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
+              for m in CHALLENGE_PARAM_RE.finditer(rest)}
+    return Challenge(scheme.lower(), {k: re.sub(r"\\(.)", r"\1", v) for k, v in params.items()})
+
+
+def registry_error_text(response: requests.Response) -> str:
+    """The registry's ``errors`` list as ``code: message``, or whatever text it sent."""
+    try:
+        errors = response.json().get("errors")
+    except (ValueError, AttributeError):
+        errors = None
+    if isinstance(errors, list) and errors:
+        parts = [f"{str(e.get('code', '')).lower()}: {e.get('message', '')}".strip(": ")
+                 for e in errors if isinstance(e, dict)]
+        return error_text("; ".join(parts))
+    return error_text(response.content) or response.reason or ""
+
+
+class Repository:
+    """One repository on one registry (``host[:port]/name``), with the auth it negotiated."""
+
+    def __init__(self, image: str, *, session: requests.Session, deadline: Deadline, request_timeout: float,
+                 username: str = "", password: str = "", mask: Callable[[str], None] = lambda secret: None,
+                 allow_insecure_http: bool = False) -> None:
+        host, _, self.name = image.partition("/")
+        self.image = image
+        self.session = session
+        self.deadline = deadline  # promote swaps in a short grace deadline to put tags back
+        self.request_timeout = request_timeout
+        self.username, self._password = username, password
+        self.mask = mask
+        self.allow_insecure_http = allow_insecure_http
+        self.base_url = f"{self._scheme(urlsplit('//' + host).hostname or host)}://{API_HOSTS.get(host, host)}"
+        self._authorization = ""
+
+    def find_manifest(self, reference: str) -> Manifest | None:
+        """The manifest under a tag or digest, or None when the registry has none there."""
+        step = f"GET manifest {reference}"
+        response = self._send("GET", reference, step, {"Accept": MANIFEST_ACCEPT})
+        if response.status_code == 404:
+            return None
+        self._expect_success(response, step)
+        manifest = Manifest.of(response.content, self._media_type(response, step))
+        self._check_digest(response, manifest.digest, step)
+        if reference.startswith("sha256:") and manifest.digest != reference:
+            raise RegistryError(f"{self.image}: {step}: the bytes served hash to {manifest.digest}")
+        return manifest
+
+    def put_manifest(self, tag: str, manifest: Manifest) -> None:
+        """Store the same bytes under ``tag``, declaring the manifest's own media type."""
+        step = f"PUT manifest {tag}"
+        response = self._send("PUT", tag, step, {"Content-Type": manifest.media_type}, manifest.body)
+        self._expect_success(response, step)
+        self._check_digest(response, manifest.digest, step)
+
+    # -- requests and auth ---------------------------------------------------------------
+
+    def _scheme(self, hostname: str) -> str:
+        return "http" if self.allow_insecure_http or is_loopback(hostname) else "https"
+
+    def _send(self, method: str, reference: str, step: str, headers: dict[str, str],
+              body: bytes | None = None) -> requests.Response:
+        url = f"{self.base_url}/v2/{self.name}/manifests/{reference}"
+        response = self._request(method, url, step, headers, body)
+        if response.status_code == 401 and self._authenticate(response, step):
+            response = self._request(method, url, step, headers, body)
+        if response.status_code in (401, 403):
+            raise self._refused("registry", step, response)
+        return response
+
+    def _request(self, method: str, url: str, step: str, headers: dict[str, str], body: bytes | None = None,
+                 **kwargs: object) -> requests.Response:
+        self.deadline.check(f"{step} on {self.image}")
+        if self._authorization and "auth" not in kwargs:
+            headers = {**headers, "Authorization": self._authorization}
+        try:
+            return self.session.request(method, url, headers=headers, data=body,
+                                        timeout=self.deadline.cap(self.request_timeout), **kwargs)
+        except requests.RequestException as exc:
+            host = urlsplit(url).netloc
+            raise RegistryError(f"{self.image}: {step} failed: could not reach {host} ({type(exc).__name__})") from None
+
+    def _authenticate(self, response: requests.Response, step: str) -> bool:
+        """Answer a 401 challenge; False when retrying could not change the answer."""
+        challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
+        if challenge.scheme == "bearer":
+            self._authorization = "Bearer " + self._token(challenge, step)
+            return True
+        if challenge.scheme == "basic" and self.username and not self._authorization.startswith("Basic "):
+            pair = f"{self.username}:{self._password}".encode()
+            self._authorization = "Basic " + base64.b64encode(pair).decode()
+            return True
+        return False
+
+    def _token(self, challenge: Challenge, step: str) -> str:
+        realm = challenge.params.get("realm", "")
+        parts = urlsplit(realm)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise RegistryError(f"{self.image}: {step}: bearer challenge without a usable realm ({realm!r})")
+        if parts.scheme == "http" and self._scheme(parts.hostname) == "https":
+            raise RegistryError(f"{self.image}: {step}: refusing to ask the plain-http token realm {realm} "
+                                "(allowed only on loopback, or with allow-insecure-http: true)")
+        params = {"scope": f"repository:{self.name}:pull,push"}
+        if challenge.params.get("service"):
+            params["service"] = challenge.params["service"]
+        auth = (self.username, self._password) if self.username else None
+        response = self._request("GET", realm, f"token for {step}", {}, params=params, auth=auth)
+        if response.status_code != 200:
+            raise self._refused(f"token service {parts.netloc}", step, response)
+        try:
+            doc = response.json()
+            token = doc.get("token") or doc.get("access_token")
+        except (ValueError, AttributeError):
+            token = None
+        if not isinstance(token, str) or not token:
+            raise RegistryError(f"{self.image}: token service {parts.netloc} answered {step} without a token")
+        self.mask(token)
+        return token
+
+    # -- checks --------------------------------------------------------------------------
+
+    def _refused(self, who: str, step: str, response: requests.Response) -> RegistryError:
+        hint = ""
+        if response.status_code == 401:
+            hint = (" (check registry-username and registry-password)" if self.username
+                    else " (the registry wants credentials: set registry-username and registry-password)")
+        text = registry_error_text(response)
+        return RegistryError(f"{self.image}: {who} refused {step}: {response.status_code} {text}{hint}")
+
+    def _expect_success(self, response: requests.Response, step: str) -> None:
+        if not 200 <= response.status_code < 300:
+            raise RegistryError(f"{self.image}: registry answered {step} with "
+                                f"{response.status_code} {registry_error_text(response)}")
+
+    def _media_type(self, response: requests.Response, step: str) -> str:
+        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        if media_type in MANIFEST_TYPES:
+            return media_type
+        try:
+            declared = json.loads(response.content).get("mediaType", "")
+        except (ValueError, AttributeError):
+            declared = ""
+        if declared in MANIFEST_TYPES:
+            return declared
+        raise RegistryError(f"{self.image}: {step}: unsupported manifest media type {media_type or '(none)'}; "
+                            f"expected one of {MANIFEST_ACCEPT}")
+
+    def _check_digest(self, response: requests.Response, digest: str, step: str) -> None:
+        claimed = response.headers.get("Docker-Content-Digest", "")
+        if claimed and claimed != digest:
+            raise RegistryError(f"{self.image}: {step}: Docker-Content-Digest says {claimed} "
+                                f"but the bytes hash to {digest}")

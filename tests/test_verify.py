@@ -1,0 +1,477 @@
+"""Verify: every tenant that shipped must itself report the build, polled in concurrent rounds.
+
+Edge cases of one answer (match rule, field path, malformed or oversized bodies, redirects,
+quoting) are pinned with requests-mock and a FakeClock, so rounds and waits are exact. What users
+meet — tenants draining the old container, stale, dead, flapping, a whole fleet settling — runs
+against the simulator's real /buildinfo endpoints.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+
+import pytest
+import requests
+
+from deploy.clock import Clock, Deadline, FakeClock
+from deploy.config import VerifySettings
+from deploy.controlplane import TenantRow
+from deploy.runner import Runner
+from deploy.sim.fleet import OLD_SHA, FleetSim, TenantSpec
+from deploy.sim.server import SimServer
+from deploy.verify import (
+    BODY_LIMIT,
+    buildinfo_url,
+    sha_matches,
+    verification_session,
+    verify_tenants,
+)
+
+SHA = "3f786850e387550fdab836ed7e6dc881de23001b"
+TEMPLATE = "https://{slug}.tenants.example.test/buildinfo"
+SETTINGS = VerifySettings(
+    url_template=TEMPLATE, field="git_sha", budget=60.0, interval=10.0, concurrency=4, request_timeout=5.0
+)
+
+
+def url(slug: str) -> str:
+    return buildinfo_url(TEMPLATE, slug)
+
+
+def rows(*slugs: str, healthz_ok: bool | None = True) -> list[TenantRow]:
+    return [TenantRow(slug, phase="done", ssm_status="Success", healthz_ok=healthz_ok) for slug in slugs]
+
+
+class Run:
+    """One verify call with a FakeClock: waits are instant and recorded."""
+
+    def __init__(self, settings: VerifySettings = SETTINGS, overall: float = 3600.0) -> None:
+        self.settings = settings
+        self.clock = FakeClock()
+        self.deadline = Deadline.starting_now(self.clock, overall)
+        self.log = io.StringIO()
+        self.runner = Runner(stream=self.log)
+
+    def __call__(self, tenant_rows: list[TenantRow], sha: str = SHA, **kw: object):
+        return verify_tenants(self.settings, sha, tenant_rows, self.runner, self.clock, self.deadline, **kw)
+
+    @property
+    def output(self) -> str:
+        return self.log.getvalue()
+
+
+# -- the match rule --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reported", "expected"),
+    [
+        (SHA, True),
+        (SHA.upper(), True),
+        (f"  {SHA}\n", True),
+        (SHA[:7], True),
+        (SHA[:12].upper(), True),
+        (SHA + "-dirty", True),  # the build's SHA is a prefix of what it reports
+        (SHA[:6], False),  # too short to prove anything
+        (OLD_SHA, False),
+        (SHA[:7] + "f", False),
+        ("", False),
+    ],
+)
+def test_sha_matches_equal_or_a_prefix_of_seven_or_more_in_any_case(reported: str, expected: bool) -> None:
+    assert sha_matches(reported, SHA) is expected
+
+
+def test_a_short_configured_sha_proves_a_full_reported_one() -> None:
+    assert sha_matches(SHA, SHA[:7].upper())
+    assert not sha_matches(SHA, SHA[:6])
+
+
+# -- one answer, pinned with requests-mock ---------------------------------------------------
+
+
+def test_tenant_reporting_a_short_prefix_in_upper_case_is_verified(requests_mock) -> None:
+    requests_mock.get(url("t1"), json={"git_sha": SHA[:9].upper()})
+    result = Run()(rows("t1"))
+    assert result.ok and result.slugs("verified") == ("t1",)
+    assert result.verdicts[0].running == SHA[:9].upper()
+    assert result.rounds == 1
+
+
+def test_a_six_character_prefix_is_not_proof_and_ends_stale(requests_mock) -> None:
+    requests_mock.get(url("t1"), json={"git_sha": SHA[:6]})
+    result = Run()(rows("t1"))
+    assert not result.ok
+    assert result.slugs("stale") == ("t1",)
+    assert result.verdicts[0].running == SHA[:6]
+
+
+def test_dotted_field_path_reads_a_nested_sha(requests_mock) -> None:
+    requests_mock.get(url("t1"), json={"git_sha": OLD_SHA, "build": {"commit": {"sha": SHA}}})
+    result = Run(replace(SETTINGS, field="build.commit.sha"))(rows("t1"))
+    assert result.slugs("verified") == ("t1",)
+
+
+def test_dotted_field_path_through_a_non_object_is_a_missing_field(requests_mock) -> None:
+    requests_mock.get(url("t1"), json={"build": "v1.2.3"})
+    result = Run(replace(SETTINGS, field="build.commit.sha"))(rows("t1"))
+    assert result.slugs("unreachable") == ("t1",)
+    assert "without the field 'build.commit.sha'" in result.verdicts[0].detail
+
+
+def test_non_json_answer_is_no_answer_yet_and_polled_every_round(requests_mock) -> None:
+    requests_mock.get(url("t1"), text="<html><title>Welcome to nginx!</title></html>")
+    run = Run()
+    result = run(rows("t1"))
+    assert result.slugs("unreachable") == ("t1",)
+    assert "not JSON" in result.verdicts[0].detail
+    assert result.rounds == 6  # ticks at 0, 10, ..., 50 of a 60 s budget
+    assert requests_mock.call_count == 6
+    assert run.clock.slept == [10.0] * 5
+
+
+def test_missing_field_is_no_answer_yet(requests_mock) -> None:
+    requests_mock.get(url("t1"), json={"version": "1.4.2"})
+    result = Run()(rows("t1"))
+    verdict = result.verdicts[0]
+    assert (verdict.state, verdict.running) == ("unreachable", "")
+    assert "without the field 'git_sha'" in verdict.detail
+
+
+def test_a_non_string_field_is_no_answer_yet(requests_mock) -> None:
+    requests_mock.get(url("t1"), json={"git_sha": 3786850})
+    result = Run()(rows("t1"))
+    assert result.slugs("unreachable") == ("t1",)
+    assert "is not a SHA" in result.verdicts[0].detail
+
+
+def test_oversized_body_is_not_read_and_not_trusted(requests_mock) -> None:
+    padded = json.dumps({"git_sha": SHA, "padding": "x" * BODY_LIMIT}).encode()
+    requests_mock.get(url("t1"), content=padded)  # no Content-Length: the cap must stop the read
+    result = Run()(rows("t1"))
+    assert result.slugs("unreachable") == ("t1",)
+    assert "over 64 KiB" in result.verdicts[0].detail
+
+
+def test_oversized_declared_length_is_not_trusted(requests_mock) -> None:
+    body = json.dumps({"git_sha": SHA}).encode()
+    requests_mock.get(url("t1"), content=body, headers={"Content-Length": str(BODY_LIMIT + 1)})
+    result = Run()(rows("t1"))
+    assert result.slugs("unreachable") == ("t1",)
+
+
+def test_5xx_then_the_new_sha_is_verified_in_the_next_round(requests_mock) -> None:
+    requests_mock.get(url("t1"), [{"status_code": 503, "text": "upstream connect error"},
+                                  {"json": {"git_sha": SHA}}])
+    run = Run()
+    result = run(rows("t1"))
+    assert result.ok
+    assert result.rounds == 2
+    assert run.clock.slept == [10.0]
+    assert result.verdicts[0].seconds == pytest.approx(10.0)
+
+
+def test_old_sha_while_draining_then_new_sha_is_verified(requests_mock) -> None:
+    requests_mock.get(url("t1"), [{"json": {"git_sha": OLD_SHA}}] * 3 + [{"json": {"git_sha": SHA}}])
+    result = Run()(rows("t1"))
+    assert result.slugs("verified") == ("t1",)
+    assert result.rounds == 4
+
+
+def test_tenant_still_on_the_old_sha_at_the_deadline_is_stale_naming_what_it_runs(requests_mock) -> None:
+    requests_mock.get(url("t1"), json={"git_sha": SHA})
+    requests_mock.get(url("t2"), json={"git_sha": OLD_SHA})
+    run = Run()
+    result = run(rows("t1", "t2"))
+    assert not result.ok
+    assert result.slugs("verified") == ("t1",)
+    assert result.slugs("stale") == ("t2",)
+    stale = result.verdicts[1]
+    assert stale.running == OLD_SHA
+    assert OLD_SHA[:12] in stale.detail and SHA[:12] in stale.detail
+    assert f"::error title=verify t2::t2 is stale: still runs {OLD_SHA}" in run.output
+    assert "::error title=verify t1" not in run.output
+
+
+def test_stale_wins_over_unreachable_once_a_tenant_reported_a_sha(requests_mock) -> None:
+    requests_mock.get(url("t1"), [{"json": {"git_sha": OLD_SHA}}, {"status_code": 502}])
+    result = Run()(rows("t1"))
+    verdict = result.verdicts[0]
+    assert (verdict.state, verdict.running) == ("stale", OLD_SHA)
+    assert "last poll: HTTP 502" in verdict.detail
+
+
+def test_redirect_loop_is_bounded_and_reported(requests_mock) -> None:
+    requests_mock.get(url("t1"), status_code=302, headers={"Location": url("t1")})
+    result = Run(replace(SETTINGS, budget=10.0))(rows("t1"))
+    assert result.slugs("unreachable") == ("t1",)
+    assert "more than 3 redirects" in result.verdicts[0].detail
+    assert requests_mock.call_count == 4  # one round: the request and three redirects
+
+
+def test_slug_is_quoted_whole_into_the_url(requests_mock) -> None:
+    template = "https://fleet.example.test/tenants/{slug}/buildinfo"
+    requests_mock.get("https://fleet.example.test/tenants/acme%20eu%2F2%3Fx%3D1/buildinfo", json={"git_sha": SHA})
+    result = Run(replace(SETTINGS, url_template=template))(rows("acme eu/2?x=1"))
+    assert result.slugs("verified") == ("acme eu/2?x=1",)
+    assert requests_mock.last_request.path == "/tenants/acme%20eu%2f2%3fx%3d1/buildinfo"  # mock lowercases
+
+
+def test_timeouts_and_connection_errors_are_polled_again_then_unreachable(requests_mock) -> None:
+    requests_mock.get(url("t1"), exc=requests.ConnectTimeout)
+    requests_mock.get(url("t2"), exc=requests.ConnectionError("Connection reset by peer"))
+    result = Run()(rows("t1", "t2"))
+    assert result.slugs("unreachable") == ("t1", "t2")
+    assert result.verdicts[0].detail.endswith("no answer within 5 s")
+    assert result.verdicts[1].detail.endswith("connection failed: Connection reset by peer")
+    assert requests_mock.call_count == 2 * 6
+
+
+def test_request_timeout_is_capped_by_interval_and_time_left(requests_mock) -> None:
+    requests_mock.get(url("t1"), json={"git_sha": OLD_SHA})
+    Run(replace(SETTINGS, budget=25.0, interval=10.0, request_timeout=30.0))(rows("t1"))
+    assert [r.timeout for r in requests_mock.request_history] == [10.0, 10.0, 5.0]
+
+
+def test_overall_deadline_shortens_the_budget(requests_mock) -> None:
+    requests_mock.get(url("t1"), json={"git_sha": OLD_SHA})
+    run = Run(overall=15.0)
+    run.clock.sleep(3.0)  # earlier stages used part of the run's time
+    result = run(rows("t1"))
+    assert result.rounds == 2  # ticks at 0 and 10 of the 12 s the run has left
+    assert result.started == pytest.approx(3.0)
+    assert result.seconds <= 12.0
+    assert "cut short by the overall timeout" in run.output
+
+
+def test_tenants_queued_for_a_worker_are_not_polled_past_the_deadline(requests_mock) -> None:
+    run = Run(replace(SETTINGS, budget=10.0, concurrency=1))
+
+    def slow_old_sha(request, context):  # each answer takes 4 s of the shared 10 s
+        run.clock.sleep(4.0)
+        return {"git_sha": OLD_SHA}
+
+    slugs = [f"t{i}" for i in range(5)]
+    for slug in slugs:
+        requests_mock.get(url(slug), json=slow_old_sha)
+    result = run(rows(*slugs))
+    assert result.rounds == 1
+    assert [r.timeout for r in requests_mock.request_history] == [5.0, 5.0, 2.0]  # the third gets what is left
+    assert result.slugs("stale") == ("t0", "t1")
+    assert result.slugs("unreachable") == ("t2", "t3", "t4")
+    assert "answer took longer than 2 s" in result.verdicts[2].detail
+    assert "no time was left to poll it" in result.verdicts[3].detail
+
+
+def test_an_error_status_with_a_huge_page_still_reports_the_status(requests_mock) -> None:
+    requests_mock.get(url("t1"), status_code=503, reason="Service Unavailable", text="<html>" + "x" * (2 * BODY_LIMIT))
+    result = Run(replace(SETTINGS, budget=10.0))(rows("t1"))
+    assert result.verdicts[0].detail.endswith("HTTP 503: Service Unavailable")
+
+
+def test_no_time_left_means_no_poll_and_no_proof(requests_mock) -> None:
+    run = Run(overall=5.0)
+    run.clock.sleep(5.0)
+    result = run(rows("t1"))
+    assert result.rounds == 0 and requests_mock.call_count == 0
+    assert result.slugs("unreachable") == ("t1",)
+
+
+def test_unhealthy_row_is_not_polled_and_fails_verify(requests_mock) -> None:
+    requests_mock.get(url("t1"), json={"git_sha": SHA})
+    unhealthy = TenantRow("t2", healthz_ok=False, error="/healthz answered 500")
+    legacy = TenantRow("t3")  # an older CP without healthz_ok: /buildinfo decides
+    requests_mock.get(url("t3"), json={"git_sha": SHA})
+    result = Run()([*rows("t1"), unhealthy, legacy])
+    assert not result.ok
+    assert result.slugs("verified") == ("t1", "t3")
+    assert result.slugs("unhealthy") == ("t2",)
+    assert "/healthz answered 500" in result.verdicts[1].detail
+    polled = sorted(r.hostname for r in requests_mock.request_history)
+    assert polled == ["t1.tenants.example.test", "t3.tenants.example.test"]
+
+
+def test_each_round_polls_every_pending_tenant_once_and_logs_one_progress_line(requests_mock) -> None:
+    slugs = [f"t{i}" for i in range(10)]
+    for slug in slugs[:7]:
+        requests_mock.get(url(slug), json={"git_sha": SHA})
+    for slug in slugs[7:]:
+        requests_mock.get(url(slug), [{"json": {"git_sha": OLD_SHA}}, {"json": {"git_sha": SHA}}])
+    run = Run(replace(SETTINGS, concurrency=3))
+    result = run(rows(*slugs))
+    assert result.ok and result.rounds == 2
+    assert requests_mock.call_count == 10 + 3
+    progress = [line for line in run.output.splitlines() if "on target" in line]
+    assert progress == ["verify: 7/10 on target, 3 waiting, 60 s left", "verify: 10/10 on target, 0 waiting, 50 s left"]
+
+
+def test_final_lists_are_logged_and_in_the_result(requests_mock) -> None:
+    requests_mock.get(url("ok"), json={"git_sha": SHA})
+    requests_mock.get(url("old"), json={"git_sha": OLD_SHA})
+    requests_mock.get(url("down"), status_code=503)
+    run = Run(replace(SETTINGS, budget=20.0))
+    result = run([*rows("ok", "old", "down"), TenantRow("sick", healthz_ok=False)])
+    doc = result.as_dict()
+    assert doc["ok"] is False
+    assert (doc["verified"], doc["stale"], doc["unreachable"], doc["unhealthy"]) == (
+        ["ok"], ["old"], ["down"], ["sick"]
+    )
+    assert [t["slug"] for t in doc["tenants"]] == ["ok", "old", "down", "sick"]
+    assert "verify: 1 verified, 1 stale, 1 unreachable, 1 unhealthy in 2 rounds" in run.output
+    assert "verify: stale: old" in run.output
+    assert "verify: unreachable: down" in run.output
+    assert run.runner.annotation_count("error") == 3
+
+
+def test_a_token_in_the_verify_url_never_reaches_the_log_or_result(requests_mock) -> None:
+    token = "s3cr3t-buildinfo-token"
+    template = f"https://reader:{token}@{{slug}}.tenants.example.test/buildinfo?token={token}"
+    requests_mock.get(buildinfo_url(template, "t1"), exc=requests.ConnectionError("Connection refused"))
+    run = Run(replace(SETTINGS, url_template=template, budget=10.0))
+    result = run(rows("t1"))
+    assert result.slugs("unreachable") == ("t1",)
+    assert token not in run.output
+    assert token not in json.dumps(result.as_dict())
+
+
+def test_injected_session_is_used_and_left_open(requests_mock) -> None:
+    requests_mock.get(url("t1"), json={"git_sha": SHA})
+    session = requests.Session()
+    session.headers["X-Probe"] = "verify"
+    Run()(rows("t1"), session=session)
+    assert requests_mock.last_request.headers["X-Probe"] == "verify"
+    assert session.adapters  # close() would have cleared the mounted adapters
+
+
+def test_default_session_verifies_tls_bounds_redirects_and_pools_per_worker() -> None:
+    session = verification_session(16)
+    adapter = session.get_adapter("https://t1.example.test/")
+    assert session.verify is True
+    assert session.max_redirects == 3
+    assert adapter.max_retries.total == 0
+    assert adapter._pool_maxsize == 16
+
+
+def test_no_tenants_is_vacuously_ok_with_no_rounds(requests_mock) -> None:
+    result = Run()([])
+    assert result.ok and result.rounds == 0 and result.verdicts == ()
+
+
+# -- the simulator's tenants over real HTTP --------------------------------------------------
+
+
+@contextmanager
+def fleet(tenants: list[TenantSpec], time_scale: float = 1.0) -> Iterator[tuple[SimServer, FleetSim, str]]:
+    sim = FleetSim(tenants=tenants, builds={"staging-new": SHA}, time_scale=time_scale)
+    with SimServer([sim]) as server:
+        yield server, sim, f"{server.url}/tenants/{{slug}}/buildinfo"
+
+
+def deploy(server: SimServer, sim: FleetSim, slugs: list[str]) -> None:
+    """Ship the build through the simulator's CP, as the rollout stage would."""
+    body = {
+        "target_tag": "staging-new", "confirm": True, "only_slugs": slugs, "dry_run": False,
+        "max_stragglers": len(slugs), "batch_size": len(slugs), "soak_seconds": 0,
+    }
+    response = requests.post(
+        server.url + sim.redeploy_path, json=body, headers={"Authorization": f"Bearer {sim.token}"}, timeout=30
+    )
+    assert response.status_code == 200, response.text
+
+
+def buildinfo_hits(server: SimServer, slug: str) -> int:
+    return len(server.seen(f"/tenants/{slug}/buildinfo"))
+
+
+def real_run(settings: VerifySettings, tenant_rows: list[TenantRow]):
+    clock = Clock()
+    runner = Runner(stream=io.StringIO())
+    return verify_tenants(settings, SHA, tenant_rows, runner, clock, Deadline.starting_now(clock, 120.0))
+
+
+def test_tenants_draining_the_old_container_are_verified_once_they_settle() -> None:
+    slugs = ["acme", "globex", "initech"]
+    # 20 sim-seconds of draining = 1 s real: the first round surely still sees the old SHA.
+    with fleet([TenantSpec(s, deploy_seconds=0, settle_seconds=20) for s in slugs], time_scale=0.05) as (
+        server, sim, template
+    ):
+        deploy(server, sim, slugs)
+        settings = replace(SETTINGS, url_template=template, budget=10.0, interval=0.25, request_timeout=2.0)
+        result = real_run(settings, rows(*slugs))
+    assert result.ok
+    assert result.slugs("verified") == tuple(slugs)
+    assert {v.running for v in result.verdicts} == {SHA}
+    assert result.rounds >= 2
+    assert all(buildinfo_hits(server, s) == result.rounds for s in slugs)
+
+
+def test_simulated_stale_tenant_is_stale_with_its_running_sha() -> None:
+    specs = [TenantSpec("fresh", deploy_seconds=0), TenantSpec("stuck", deploy_seconds=0, stale=True)]
+    with fleet(specs) as (server, sim, template):
+        deploy(server, sim, ["fresh", "stuck"])
+        result = Run(replace(SETTINGS, url_template=template, budget=30.0))(rows("fresh", "stuck"))
+        assert buildinfo_hits(server, "stuck") == 3
+    assert result.slugs("verified") == ("fresh",)
+    assert result.slugs("stale") == ("stuck",)
+    assert result.verdicts[1].running == OLD_SHA
+
+
+def test_simulated_dead_tenant_is_unreachable_with_the_last_error() -> None:
+    with fleet([TenantSpec("alive", deploy_seconds=0), TenantSpec("dead", dead=True)]) as (server, sim, template):
+        deploy(server, sim, ["alive"])
+        result = Run(replace(SETTINGS, url_template=template, budget=30.0))(rows("alive", "dead"))
+        assert buildinfo_hits(server, "dead") == 3
+    assert result.slugs("unreachable") == ("dead",)
+    assert result.verdicts[1].detail.startswith("no usable answer after 3 polls")
+    assert "connection failed" in result.verdicts[1].detail
+
+
+def test_simulated_flapping_tenant_is_verified_on_its_good_answer() -> None:
+    with fleet([TenantSpec("flappy", deploy_seconds=0, flapping=True)]) as (server, sim, template):
+        deploy(server, sim, ["flappy"])
+        run = Run(replace(SETTINGS, url_template=template))
+        result = run(rows("flappy"))
+    assert result.ok
+    assert result.rounds == 2  # a 503 HTML page first, then the build
+    assert "verify: 0/1 on target, 1 waiting" in run.output
+
+
+def test_simulated_slow_tenant_times_out_within_the_round() -> None:
+    with fleet([TenantSpec("slow", deploy_seconds=0, slow_buildinfo=5.0)]) as (server, sim, template):
+        deploy(server, sim, ["slow"])
+        settings = replace(SETTINGS, url_template=template, budget=0.6, interval=0.2)
+        result = Run(settings)(rows("slow"))
+    assert result.slugs("unreachable") == ("slow",)
+    assert "no answer within 0.2 s" in result.verdicts[0].detail
+
+
+def test_unhealthy_row_is_never_polled() -> None:
+    with fleet([TenantSpec("ok", deploy_seconds=0), TenantSpec("sick", deploy_seconds=0, unhealthy=True)]) as (
+        server, sim, template
+    ):
+        deploy(server, sim, ["ok", "sick"])
+        result = Run(replace(SETTINGS, url_template=template))([*rows("ok"), *rows("sick", healthz_ok=False)])
+        assert buildinfo_hits(server, "sick") == 0
+        assert buildinfo_hits(server, "ok") == 1
+    assert result.slugs("unhealthy") == ("sick",)
+    assert not result.ok
+
+
+def test_forty_settling_tenants_take_rounds_not_the_sequential_sum() -> None:
+    slugs = [f"tenant-{i:02d}" for i in range(40)]
+    # each tenant drains for 2 sim-seconds = 0.2 s real; a one-by-one poller would pay 40 × 0.2 s
+    with fleet([TenantSpec(s, deploy_seconds=0, settle_seconds=2) for s in slugs], time_scale=0.1) as (
+        server, sim, template
+    ):
+        deploy(server, sim, slugs)
+        settings = replace(SETTINGS, url_template=template, budget=20.0, interval=0.5, concurrency=8)
+        result = real_run(settings, rows(*slugs))
+        hits = len(server.seen("/tenants/"))
+    assert result.slugs("verified") == tuple(slugs)
+    # the second round starts one interval (0.5 s) after the first, past every tenant's 0.2 s settle
+    assert result.rounds <= 2
+    assert hits <= 2 * len(slugs)
