@@ -1,25 +1,33 @@
 """``python -m deploy demo``: the seed incident, replayed against the simulator, handled.
 
 A five-tenant fleet with one dead box. The CP's worst case for a batch holding it is its
-per-tenant timeout plus health settle (390 sim seconds); the demo runs the real entrypoint with
+per-tenant timeout plus health settle (390 sim seconds); the demo runs the real pipeline with
 the same log a GitHub job shows, then prints the outputs: the dead tenant is quarantined, the
-others are verified, and ``ok=true``.
+others are verified, ``latest`` moves to the build's multi-arch index and ``ok=true``.
+
+The registry is Debian's ``docker-registry`` when it is installed, otherwise the simulator's own.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from deploy.runner import parse_output_file
+from deploy.sim import local_registry
 from deploy.sim.fleet import FleetSim, TenantSpec
+from deploy.sim.registry import SimRegistry
 from deploy.sim.server import SimServer
 
 SHA = "8ddce85f3b2a4c6d9e0f1a2b3c4d5e6f708192a3"
 TAG = f"staging-{SHA[:7]}"
 SCALE = 0.01  # 1 sim second = 10 ms
+REPOSITORY = "acme/platform-tenant"
 
 
 def demo_fleet() -> FleetSim:
@@ -33,7 +41,26 @@ def demo_fleet() -> FleetSim:
     return FleetSim(tenants, builds={TAG: SHA}, time_scale=SCALE)
 
 
-def demo_env(sim_url: str, workdir: Path, token: str) -> dict[str, str]:
+@contextmanager
+def demo_registry(workdir: Path, server: SimServer, sim_registry: SimRegistry) -> Iterator[str]:
+    """A registry host holding an old ``latest`` and the new build; yields ``host:port``."""
+    if shutil.which("docker-registry"):
+        process, registry = local_registry.start_registry(workdir / "registry")
+        kind = "Debian's docker-registry"
+    else:
+        process, registry = None, local_registry.RunningRegistry(server.url.removeprefix("http://"), workdir)
+        kind = "the simulator's registry (install docker-registry to use the real one)"
+    try:
+        registry.seed_index(REPOSITORY, "latest", variant="previous-build")
+        registry.seed_index(REPOSITORY, TAG, variant=SHA[:7])
+        print(f"# registry: {kind} at {registry.host}; {REPOSITORY}:latest is the previous build", flush=True)
+        yield registry.host
+    finally:
+        if process is not None:
+            local_registry.stop_registry(process)
+
+
+def demo_env(sim_url: str, workdir: Path, token: str, registry_host: str) -> dict[str, str]:
     """The inputs a workflow would pass, in sim time: CP worst case 300 + 90 sim s = 3.9 s."""
     outputs, summary = workdir / "github_output", workdir / "step_summary.md"
     outputs.touch()
@@ -57,6 +84,7 @@ def demo_env(sim_url: str, workdir: Path, token: str) -> dict[str, str]:
         "FLEET_VERIFY_URL": f"{sim_url}/tenants/{{slug}}/buildinfo",
         "FLEET_VERIFY_BUDGET": "10",
         "FLEET_VERIFY_INTERVAL": "0.3",
+        "FLEET_PROMOTE_IMAGES": f"{registry_host}/{REPOSITORY}",
         "FLEET_TIMEOUT": "120",
     }
 
@@ -64,10 +92,12 @@ def demo_env(sim_url: str, workdir: Path, token: str) -> dict[str, str]:
 def main() -> int:
     from deploy.main import run  # what the container runs, not a re-implementation
 
-    fleet = demo_fleet()
-    with SimServer([fleet]) as server, tempfile.TemporaryDirectory(prefix="fleet-demo-") as tmp:
-        workdir = Path(tmp)
-        env = {**os.environ, **demo_env(server.url, workdir, fleet.token)}
+    fleet, sim_registry = demo_fleet(), SimRegistry()
+    with ExitStack() as stack:
+        server = stack.enter_context(SimServer([fleet, sim_registry]))
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fleet-demo-")))
+        registry_host = stack.enter_context(demo_registry(workdir, server, sim_registry))
+        env = {**os.environ, **demo_env(server.url, workdir, fleet.token, registry_host)}
         print(f"# simulator: {server.url} — {len(fleet.tenants)} tenants, philbrew-erton is dead\n", flush=True)
         code = run(env)
         print("\n# outputs (GITHUB_OUTPUT)")

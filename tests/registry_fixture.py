@@ -1,167 +1,24 @@
-"""A real registry for the promote tests: Debian's ``docker-registry`` on a free loopback port.
+"""Pytest fixtures for a real registry: Debian's ``docker-registry`` on a free loopback port.
 
-Promote is tested against the registry users meet, not a mock, because the details that bite
-are the server's (which media types it stores and serves for which ``Accept``, what it answers
-a bad password with). Each registry runs from a temp directory with a generated ``config.yml``;
-the secured one uses htpasswd with bcrypt, the only hash the registry accepts.
-
-Without the binary the tests skip locally but fail under ``CI=true``: CI must not go green by
-testing nothing (``.ci/run`` installs ``docker-registry`` and ``apache2-utils``).
+The registry itself and the seeding client live in :mod:`deploy.sim.local_registry` (the demo
+uses them too). Without the binary the tests skip locally but fail under ``CI=true``: CI must
+not go green by testing nothing (``.ci/run`` installs ``docker-registry`` and ``apache2-utils``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import requests
 
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-ALL_MANIFEST_TYPES = ", ".join((OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST))
-CONFIG_TYPES = {OCI_MANIFEST: "application/vnd.oci.image.config.v1+json",
-                DOCKER_MANIFEST: "application/vnd.docker.container.image.v1+json"}
-LAYER_TYPES = {OCI_MANIFEST: "application/vnd.oci.image.layer.v1.tar+gzip",
-               DOCKER_MANIFEST: "application/vnd.docker.image.rootfs.diff.tar.gzip"}
-CHILD_TYPES = {OCI_INDEX: OCI_MANIFEST, DOCKER_LIST: DOCKER_MANIFEST}
-
-STARTUP_SECONDS = 15.0
-
-CONFIG_TEMPLATE = """\
-version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: {root}
-  delete:
-    enabled: true
-http:
-  addr: 127.0.0.1:{port}
-  secret: {secret}
-{auth}"""
-
-AUTH_TEMPLATE = """\
-auth:
-  htpasswd:
-    realm: fleet-rollout-tests
-    path: {htpasswd}
-"""
-
-
-def digest_of(body: bytes) -> str:
-    return "sha256:" + hashlib.sha256(body).hexdigest()
-
-
-@dataclass(frozen=True)
-class Seeded:
-    """A manifest pushed by :meth:`RunningRegistry.seed_image` or ``seed_index``."""
-
-    digest: str
-    media_type: str
-    body: bytes = field(repr=False)
-    children: tuple[str, ...] = ()  # digests of an index's platform manifests
-
-
-@dataclass
-class RunningRegistry:
-    """A started ``docker-registry``; ``host`` is what goes in front of a repository name."""
-
-    host: str
-    root: Path
-    username: str = ""
-    password: str = field(default="", repr=False)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}"
-
-    def image(self, repository: str) -> str:
-        return f"{self.host}/{repository}"
-
-    def api(self) -> requests.Session:
-        """A session for seeding and inspecting, outside the code under test."""
-        session = requests.Session()
-        if self.username:
-            session.auth = (self.username, self.password)
-        return session
-
-    def push_blob(self, repository: str, body: bytes) -> str:
-        digest = digest_of(body)
-        with self.api() as api:
-            started = api.post(f"{self.url}/v2/{repository}/blobs/uploads/", timeout=10)
-            assert started.status_code == 202, started.text
-            location = started.headers["Location"]
-            if location.startswith("/"):
-                location = self.url + location
-            separator = "&" if "?" in location else "?"
-            done = api.put(f"{location}{separator}digest={digest}", data=body, timeout=10,
-                           headers={"Content-Type": "application/octet-stream"})
-            assert done.status_code == 201, done.text
-        return digest
-
-    def push_manifest(self, repository: str, reference: str, body: bytes, media_type: str) -> str:
-        with self.api() as api:
-            response = api.put(f"{self.url}/v2/{repository}/manifests/{reference}", data=body, timeout=10,
-                               headers={"Content-Type": media_type})
-            assert response.status_code == 201, response.text
-        return digest_of(body)
-
-    def seed_image(self, repository: str, tag: str, variant: str = "amd64", media_type: str = OCI_MANIFEST) -> Seeded:
-        """Push a config, a layer and a single-platform manifest; ``variant`` makes the bytes unique."""
-        arch = variant.split("-")[0]
-        config = json.dumps({"architecture": arch, "os": "linux", "variant_of_test": variant,
-                             "rootfs": {"type": "layers", "diff_ids": []}}).encode()
-        layer = f"layer of {repository} {variant}".encode()
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": media_type,
-            "config": {"mediaType": CONFIG_TYPES[media_type], "digest": self.push_blob(repository, config),
-                       "size": len(config)},
-            "layers": [{"mediaType": LAYER_TYPES[media_type], "digest": self.push_blob(repository, layer),
-                        "size": len(layer)}],
-        }
-        body = json.dumps(manifest, indent=3).encode()  # unusual formatting: re-serialising would change the digest
-        return Seeded(self.push_manifest(repository, tag, body, media_type), media_type, body)
-
-    def seed_index(self, repository: str, tag: str, variant: str = "v1", media_type: str = OCI_INDEX) -> Seeded:
-        """Push two platform manifests (amd64, arm64) and an index of them under ``tag``."""
-        child_type = CHILD_TYPES[media_type]
-        entries, children = [], []
-        for arch in ("amd64", "arm64"):
-            child = self.seed_image(repository, f"{tag}-{arch}", f"{arch}-{variant}", child_type)
-            children.append(child.digest)
-            entries.append({"mediaType": child_type, "digest": child.digest, "size": len(child.body),
-                            "platform": {"architecture": arch, "os": "linux"}})
-        body = json.dumps({"schemaVersion": 2, "mediaType": media_type, "manifests": entries}).encode()
-        return Seeded(self.push_manifest(repository, tag, body, media_type), media_type, body, tuple(children))
-
-    def read(self, repository: str, reference: str) -> tuple[int, bytes, str]:
-        """(status, bytes, content type) of a manifest, asking for every media type."""
-        with self.api() as api:
-            response = api.get(f"{self.url}/v2/{repository}/manifests/{reference}", timeout=10,
-                               headers={"Accept": ALL_MANIFEST_TYPES})
-        return response.status_code, response.content, response.headers.get("Content-Type", "")
-
-    def digest(self, repository: str, reference: str) -> str:
-        """The digest under ``reference`` ('' when absent), hashed from the bytes."""
-        status, body, _ = self.read(repository, reference)
-        return digest_of(body) if status == 200 else ""
+from deploy.sim import local_registry
+from deploy.sim.local_registry import RunningRegistry, stop_registry
 
 
 def _require(tool: str) -> str:
@@ -175,48 +32,13 @@ def _require(tool: str) -> str:
     pytest.skip(message)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def start_registry(root: Path, username: str = "", password: str = "") -> tuple[subprocess.Popen, RunningRegistry]:
-    """Start ``docker-registry`` in ``root`` and wait until ``/v2/`` answers (200, or 401 when secured)."""
     binary = _require("docker-registry")
-    auth = ""
-    if username:
-        htpasswd = root / "htpasswd"
-        line = subprocess.run([_require("htpasswd"), "-Bbn", username, password],
-                              check=True, capture_output=True, text=True).stdout.strip()
-        htpasswd.write_text(line + "\n")
-        auth = AUTH_TEMPLATE.format(htpasswd=htpasswd)
-    port = _free_port()
-    config = root / "config.yml"
-    config.write_text(CONFIG_TEMPLATE.format(root=root / "data", port=port, secret=secrets.token_hex(16), auth=auth))
-    log = (root / "registry.log").open("wb")
-    process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
-    registry = RunningRegistry(f"127.0.0.1:{port}", root, username, password)
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            break
-        try:
-            if requests.get(f"{registry.url}/v2/", timeout=1).status_code in (200, 401):
-                return process, registry
-        except requests.ConnectionError:
-            time.sleep(0.05)
-    stop_registry(process)
-    pytest.fail(f"docker-registry did not start: {(root / 'registry.log').read_text()[-2000:]}", pytrace=False)
-
-
-def stop_registry(process: subprocess.Popen) -> None:
-    process.terminate()
+    tool = _require("htpasswd") if username else "htpasswd"
     try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+        return local_registry.start_registry(root, username, password, binary, tool)
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture(scope="session")
