@@ -193,8 +193,12 @@ def _verify(config: Config, run: Run, forge: ForgeClient | None, runner: Runner,
         return
     if run.rollout is not None:
         _superseded(config, forge, runner, "before verify")
+    rows = _verify_rows(run)
+    if not rows:
+        raise DeployFailed("verify: no tenant left to verify (the fleet is empty or all quarantined); "
+                           "latest never moves without proof")
     with _stage(run, runner, "Verify", deadline):
-        run.verify = verify_tenants(config.verify, config.sha, _verify_rows(run), runner, clock, deadline)
+        run.verify = verify_tenants(config.verify, config.sha, rows, runner, clock, deadline)
     if not run.verify.ok:
         bad = [f"{state} {', '.join(run.verify.slugs(state))}" for state in ("stale", "unreachable", "unhealthy")
                if run.verify.slugs(state)]

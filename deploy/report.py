@@ -86,6 +86,7 @@ def summary(run: Run) -> str:
     if run.reason:
         lines += [f"**Reason:** {_cell(run.reason)}", ""]
     lines += _facts(run)
+    lines += _timeline(run)
     lines += _tenant_table(run)
     lines += _promotion_table(run)
     return "\n".join(lines) + "\n"
@@ -115,6 +116,28 @@ def _facts(run: Run) -> list[str]:
         rows.append((stage.capitalize(), note))
     rows.append(("Duration", f"{run.seconds:.1f} s"))
     return ["| | |", "| --- | --- |", *[f"| {k} | {_cell(v)} |" for k, v in rows], ""]
+
+
+SECTIONS = {"gates": "Gates", "plan": "Plan", "verify": "Verify", "promote": "Promote"}
+
+
+def _timeline(run: Run) -> list[str]:
+    """A Mermaid gantt of the real durations (GitHub renders Mermaid in job summaries)."""
+    spans = run.timeline()
+    if not spans:
+        return []
+    lines = ["### Timeline", "", "```mermaid", "gantt", "    dateFormat x", "    axisFormat %M:%S"]
+    section = ""
+    for span in spans:
+        name = SECTIONS.get(span.name, "Rollout")
+        if name != section:
+            section = name
+            lines.append(f"    section {name}")
+        start = round(span.started * 1000)
+        end = start + max(round(span.seconds * 1000), 1)
+        label = "".join(c for c in span.name if c not in ":;#")
+        lines.append(f"    {label} {span.seconds:.1f} s :{start}, {end}")
+    return [*lines, "```", ""]
 
 
 def _tenant_table(run: Run) -> list[str]:

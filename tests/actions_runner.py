@@ -23,6 +23,7 @@ import yaml
 from deploy.runner import parse_output_file
 
 ROOT = Path(__file__).resolve().parent.parent
+JOB_TOKEN = "ghs_jobtoken_0123456789"  # the emulated github.token
 EXPRESSION = re.compile(r"\$\{\{\s*([a-z]+)\.([A-Za-z0-9_-]+)\s*\}\}")
 
 
@@ -95,7 +96,7 @@ def run_action(
     cwd: Path = ROOT,
     timeout: float = 120,
 ) -> ActionResult:
-    github = {"sha": "8ddce85f3b2a4c6d9e0f1a2b3c4d5e6f708192a3", "token": "ghs_jobtoken_0123456789", **(github or {})}
+    github = {"sha": "8ddce85f3b2a4c6d9e0f1a2b3c4d5e6f708192a3", "token": JOB_TOKEN, **(github or {})}
     env = container_env(with_, github, workdir)
     base = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "INPUT_", "FLEET_", "GITEA_"))}
     proc = subprocess.run(

@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 
 from deploy.sim.fleet import FleetSim, TenantSpec
-from deploy.sim.server import SimServer
-from tests.actions_runner import ActionResult, run_action
+from deploy.sim.server import Component, SimServer
+from tests.actions_runner import JOB_TOKEN, ActionResult, run_action
+
+pytest_plugins = ["tests.registry_fixture"]
 
 SHA = "8ddce85f3b2a4c6d9e0f1a2b3c4d5e6f708192a3"
 TAG = f"staging-{SHA[:7]}"
@@ -33,14 +35,18 @@ FAST_INPUTS = {
 
 @pytest.fixture
 def fleet() -> Iterator[Callable[..., tuple[FleetSim, SimServer]]]:
-    """``fleet([TenantSpec, ...], **knobs)`` starts a simulated CP with those tenants."""
+    """``fleet([TenantSpec, ...], *more_components, **knobs)`` starts a simulated CP with those tenants.
+
+    More components (a :class:`~deploy.sim.forge.ForgeSim`) share the port; without a forge the
+    superseded guard reads a 404 and carries on, as it does when a head is unreadable.
+    """
     servers: list[SimServer] = []
 
-    def start(tenants: list[TenantSpec], **knobs: Any) -> tuple[FleetSim, SimServer]:
+    def start(tenants: list[TenantSpec], *more: Component, **knobs: Any) -> tuple[FleetSim, SimServer]:
         knobs.setdefault("time_scale", SCALE)
         knobs.setdefault("token", CP_TOKEN)
         sim = FleetSim(tenants, builds={TAG: SHA}, **knobs)
-        server = SimServer([sim]).start()
+        server = SimServer([sim, *more]).start()
         servers.append(server)
         return sim, server
 
@@ -54,7 +60,8 @@ def action(tmp_path: Path) -> Callable[..., ActionResult]:
     """``action(server, **inputs)`` runs entrypoint.py as the runner would, against ``server``."""
     runs = iter(range(1000))
 
-    def run(server: SimServer | None, github: dict[str, str] | None = None, **inputs: str) -> ActionResult:
+    def run(server: SimServer | None, github: dict[str, str] | None = None, extra_env: dict[str, str] | None = None,
+            **inputs: str) -> ActionResult:
         with_ = dict(FAST_INPUTS)
         github = dict(github or {})
         if server is not None:
@@ -63,7 +70,7 @@ def action(tmp_path: Path) -> Callable[..., ActionResult]:
         with_.update({k.replace("_", "-"): v for k, v in inputs.items()})
         workdir = tmp_path / f"run{next(runs)}"
         workdir.mkdir()
-        return run_action(with_, workdir, github)
+        return run_action(with_, workdir, github, extra_env)
 
     return run
 
@@ -71,5 +78,5 @@ def action(tmp_path: Path) -> Callable[..., ActionResult]:
 def assert_no_secrets(result: ActionResult, *secrets: str) -> None:
     """Secrets appear nowhere a person could see: the log, stderr, outputs, summary, report."""
     visible = "\n".join([result.visible_log(), result.stderr, result.files_text])
-    for secret in (CP_TOKEN, *secrets):
+    for secret in (CP_TOKEN, JOB_TOKEN, *secrets):
         assert secret not in visible

@@ -19,7 +19,6 @@ from deploy.sim.server import SimServer
 if TYPE_CHECKING:
     from tests.registry_fixture import RunningRegistry
 
-pytest_plugins = ["tests.registry_fixture"]
 
 SOURCE = "staging-abc1234"
 

@@ -30,7 +30,6 @@ from deploy.runner import Runner
 if TYPE_CHECKING:
     from tests.registry_fixture import RunningRegistry
 
-pytest_plugins = ["tests.registry_fixture"]
 
 BASE = "https://ghcr.io/v2/acme/app/manifests"
 TOKEN_URL = "https://ghcr.io/token"

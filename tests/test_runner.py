@@ -100,3 +100,24 @@ def test_the_summary_is_truncated_below_the_runner_limit(tmp_path):
     data = path.read_bytes()
     assert len(data) <= SUMMARY_LIMIT_BYTES < 1024 * 1024
     assert data.decode("utf-8").endswith("see the JSON report.\n")
+
+
+def test_the_summary_opens_with_a_gantt_of_real_durations():
+    from deploy.controlplane import CallResult
+    from deploy.pipeline import Run, Span
+    from deploy.report import summary
+    from deploy.rollout import RolloutResult
+
+    canary = CallResult("canary", ("a",), True, (), 200, "", started=1.0, seconds=2.5)
+    batch = CallResult("batch 1/1", ("b",), True, (), 200, "", started=4.0, seconds=3.0)
+    calls = (canary, batch)
+    run = Run(outcome="deployed", fleet=("a", "b"), spans=[Span("verify", 7.5, 1.25)],
+              rollout=RolloutResult(("a", "b"), 0, calls, soak=(3.5, 0.5)))
+    text = summary(run)
+    gantt = text.split("```mermaid\n", 1)[1].split("```", 1)[0].splitlines()
+    assert gantt[:3] == ["gantt", "    dateFormat x", "    axisFormat %M:%S"]
+    assert gantt[3:] == [
+        "    section Rollout", "    canary 2.5 s :1000, 3500", "    soak 0.5 s :3500, 4000",
+        "    batch 1/1 3.0 s :4000, 7000", "    section Verify", "    verify 1.2 s :7500, 8750",
+    ]
+    assert text.index("### Timeline") < text.index("### Tenants")

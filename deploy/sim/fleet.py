@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +63,7 @@ class FleetSim:
     image: str = "registry.example/acme/tenant"
     faults: list[Fault] = field(default_factory=list)
     calls: list[dict[str, Any]] = field(default_factory=list)  # every accepted CP body, in order
+    after_deploy: Callable[[dict[str, Any]], None] | None = None  # e.g. a newer commit lands mid-run
     _running: dict[str, tuple[str, float]] = field(default_factory=dict)  # slug → (sha, ready at)
     _buildinfo_hits: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -131,6 +132,8 @@ class FleetSim:
         failed = [r["slug"] for r in rows if r.get("verified_on_target") is False]
         failed += [t.slug for t in targets if t.omit_row]
         tolerance = int(body.get("max_stragglers", 0))
+        if self.after_deploy is not None:
+            self.after_deploy(body)
         if len(failed) > tolerance:
             error = f"halted: {len(failed)} tenant(s) failed ({', '.join(failed)}), max_stragglers={tolerance}"
             return Response.json({"ok": False, "results": rows, "error": error})

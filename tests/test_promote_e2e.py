@@ -1,0 +1,128 @@
+"""Verify and promote end to end: runner emulation, simulated fleet, Debian's docker-registry."""
+
+from __future__ import annotations
+
+import json
+
+from deploy.sim.fleet import TenantSpec
+from tests.conftest import TAG, assert_no_secrets
+
+OLD_TENANT_SHA = "0" * 40
+
+
+def buildinfo(server) -> str:
+    return f"{server.url}/tenants/{{slug}}/buildinfo"
+
+
+def seed(registry, repository):
+    """A previous build under latest and the new build (multi-arch) under the target tag."""
+    old = registry.seed_index(repository, "latest", variant="previous")
+    new = registry.seed_index(repository, TAG, variant="new")
+    return old, new
+
+
+def test_seed_incident_end_to_end_dead_quarantined_rest_verified_latest_promoted(fleet, action, registry, repository):
+    old, new = seed(registry, repository)
+    tenants = [TenantSpec(s, deploy_seconds=20, settle_seconds=200) for s in ("hongming", "reno-stars", "adk")]
+    _sim, server = fleet([*tenants, TenantSpec("philbrew-erton", dead=True)])
+    result = action(server, batch_size="2", verify_url=buildinfo(server), promote_images=registry.image(repository))
+
+    assert result.code == 0, result.stdout
+    assert result.outputs["ok"] == "true"
+    assert json.loads(result.outputs["quarantined"]) == ["philbrew-erton"]
+    assert result.outputs["verified"] == "3"
+    assert registry.digest(repository, "latest") == new.digest
+    assert result.outputs["promoted-digest"] == new.digest
+    assert result.outputs["previous-digest"] == old.digest
+    assert not [r for r in server.seen("/tenants/philbrew-erton/")]  # quarantined: never polled
+    assert "verify: " in result.stdout and " on target, " in result.stdout  # a progress line per round
+    assert new.digest in result.summary and old.digest in result.summary
+    assert_no_secrets(result)
+
+
+def test_tenants_reporting_the_old_sha_while_draining_are_polled_until_they_settle(fleet, action):
+    _sim, server = fleet([TenantSpec(s, deploy_seconds=1, settle_seconds=300) for s in "abc"])
+    result = action(server, verify_url=buildinfo(server), verify_interval="0.2", verify_budget="10")
+
+    assert result.code == 0, result.stdout
+    assert result.outputs["verified"] == "3"
+    assert result.report["verify"]["rounds"] >= 2
+
+
+def test_a_stale_tenant_that_the_cp_calls_verified_fails_and_latest_stays(fleet, action, registry, repository):
+    old, _ = seed(registry, repository)
+    liar = TenantSpec("liar", deploy_seconds=1, stale=True, legacy_row=True)
+    _sim, server = fleet([TenantSpec("a", deploy_seconds=1), liar])
+    result = action(server, verify_url=buildinfo(server), verify_budget="1", promote_images=registry.image(repository))
+
+    assert result.code == 1
+    assert result.outputs["outcome"] == "failed"
+    assert json.loads(result.outputs["stale"]) == ["liar"]
+    assert OLD_TENANT_SHA[:12] in result.summary  # says what it runs
+    assert "::error title=verify liar::" in result.stdout
+    assert registry.digest(repository, "latest") == old.digest
+    assert result.outputs["promoted-digest"] == ""
+
+
+def test_an_unhealthy_row_is_never_polled_and_fails_the_run(fleet, action):
+    _sim, server = fleet([TenantSpec("a", deploy_seconds=1), TenantSpec("sick", deploy_seconds=1, unhealthy=True)])
+    result = action(server, verify_url=buildinfo(server))
+
+    assert result.code == 1
+    assert json.loads(result.outputs["unhealthy"]) == ["sick"]
+    assert server.seen("/tenants/sick/") == []
+
+
+def test_forty_tenants_settling_concurrently_take_a_few_rounds_not_forty(fleet, action):
+    _sim, server = fleet([TenantSpec(f"t{i:02d}", deploy_seconds=1, settle_seconds=200) for i in range(40)])
+    result = action(server, batch_size="40", verify_url=buildinfo(server), verify_interval="0.5",
+                    verify_budget="20")
+
+    assert result.code == 0, result.stdout
+    assert result.outputs["verified"] == "40"
+    assert result.report["verify"]["rounds"] <= 6  # 1 s of settle at 0.5 s a round; one-by-one would be 40+
+
+
+def test_a_kill_switch_or_a_dry_run_leaves_latest_alone(fleet, action, registry, repository):
+    old, _ = seed(registry, repository)
+    sim, server = fleet([TenantSpec("a", deploy_seconds=1)])
+    for inputs in ({"disabled": "on"}, {"dry_run": "true"}):
+        result = action(server, verify_url=buildinfo(server), promote_images=registry.image(repository), **inputs)
+        assert result.code == 0 and result.outputs["outcome"] in ("skipped", "planned")
+        assert registry.digest(repository, "latest") == old.digest
+    assert sim.deploy_calls() == []
+
+
+def test_htpasswd_registry_promotes_with_the_right_password(fleet, action, secured_registry, repository):
+    _old, new = seed(secured_registry, repository)
+    _sim, server = fleet([TenantSpec("a", deploy_seconds=1)])
+    result = action(server, verify_url=buildinfo(server), promote_images=secured_registry.image(repository),
+                    registry_username=secured_registry.username, registry_password=secured_registry.password)
+
+    assert result.code == 0, result.stdout
+    assert secured_registry.digest(repository, "latest") == new.digest
+    assert_no_secrets(result, secured_registry.password)
+
+
+def test_a_wrong_registry_password_fails_clearly_and_leaves_latest(fleet, action, secured_registry, repository):
+    old, _ = seed(secured_registry, repository)
+    _sim, server = fleet([TenantSpec("a", deploy_seconds=1)])
+    wrong = "wrong-password-7c1d"
+    result = action(server, verify_url=buildinfo(server), promote_images=secured_registry.image(repository),
+                    registry_username=secured_registry.username, registry_password=wrong)
+
+    assert result.code == 1
+    assert secured_registry.host in result.outputs["reason"]
+    assert "401" in result.outputs["reason"]
+    assert secured_registry.digest(repository, "latest") == old.digest
+    assert_no_secrets(result, wrong)
+
+
+def test_rollback_with_stages_promote_puts_back_the_previous_digest(action, registry, repository):
+    old, new = seed(registry, repository)
+    registry.push_manifest(repository, "latest", new.body, new.media_type)  # a bad release went out
+    result = action(None, stages="promote", promote_images=registry.image(repository), promote_source=old.digest)
+
+    assert result.code == 0, result.stdout
+    assert registry.digest(repository, "latest") == old.digest
+    assert result.outputs["previous-digest"] == new.digest
