@@ -72,7 +72,7 @@ class ForgeClient:
         self.forge, self.runner, self.clock, self.deadline = forge, runner, clock, deadline
         self.shape = SHAPES[forge.kind]
         runner.mask(forge.token)
-        self.session = http.session(forge.retry_delays, clock, on_retry=runner.log)
+        self.session = http.session(forge.retry_delays, clock, on_retry=runner.log, deadline=deadline)
         # `token` works on both forges (GitHub also takes Bearer; Gitea's job token only `token`).
         self.session.headers.update({"Authorization": f"token {forge.token}", "Accept": self.shape.accept})
         if forge.kind == "github":

@@ -17,7 +17,7 @@ from typing import Any
 from deploy.clock import Deadline
 from deploy.config import RolloutPlan
 from deploy.controlplane import CallResult, ControlPlaneClient, TenantRow
-from deploy.errors import DeadlineExceeded, DeployFailed
+from deploy.errors import DeployFailed
 from deploy.runner import Runner
 
 
@@ -123,7 +123,7 @@ def run_rollout(
                 progress.batch(client, label, slugs, runner)
             if progress.halted:
                 break
-    except DeadlineExceeded as exc:
+    except DeployFailed as exc:  # the deadline, a cancellation, an unreadable answer: keep what happened
         progress.halted = str(exc)
     return progress.result()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from deploy.sim.fleet import TenantSpec
-from tests.conftest import TAG, assert_no_secrets
+from tests.conftest import SHA, TAG, assert_no_secrets
 
 OLD_TENANT_SHA = "0" * 40
 
@@ -126,3 +126,24 @@ def test_rollback_with_stages_promote_puts_back_the_previous_digest(action, regi
     assert result.code == 0, result.stdout
     assert registry.digest(repository, "latest") == old.digest
     assert result.outputs["previous-digest"] == new.digest
+
+
+def test_a_verify_only_drill_polls_every_tenant_and_deploys_nothing(fleet, action):
+    sim, server = fleet([TenantSpec("a"), TenantSpec("b", stale=True)])
+    sim.mark_deployed("a", SHA)
+    result = action(server, stages="verify", verify_url=buildinfo(server), verify_budget="0.5")
+
+    assert result.code == 1
+    assert sim.deploy_calls() == [] and sim.calls and all(c["dry_run"] for c in sim.calls)
+    assert result.outputs["verified"] == "1" and json.loads(result.outputs["stale"]) == ["b"]
+    assert result.outputs["result_count"] == "0"
+
+
+def test_rollout_and_promote_without_verify_is_allowed_when_said_explicitly(fleet, action, registry, repository):
+    _, new = seed(registry, repository)
+    _sim, server = fleet([TenantSpec("a", deploy_seconds=1)])
+    result = action(server, stages="rollout,promote", promote_images=registry.image(repository))
+
+    assert result.code == 0, result.stdout
+    assert registry.digest(repository, "latest") == new.digest
+    assert server.seen("/tenants/") == []

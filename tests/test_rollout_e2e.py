@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+from deploy.runner import parse_output_file
 from deploy.sim.fleet import Fault, TenantSpec
-from tests.conftest import CP_TOKEN, FAST_INPUTS, TAG, assert_no_secrets
+from tests.actions_runner import ROOT, container_env
+from tests.conftest import CP_TOKEN, FAST_INPUTS, SHA, TAG, assert_no_secrets
 
 
 def healthy(*slugs: str) -> list[TenantSpec]:
@@ -193,3 +200,23 @@ def test_secrets_are_masked_in_actions_and_appear_only_in_the_mask_command(fleet
 
     assert f"::add-mask::{CP_TOKEN}" in result.stdout
     assert_no_secrets(result, "ghs_jobtoken_0123456789")
+
+
+
+def test_a_cancelled_job_still_writes_outputs_and_the_report(fleet, tmp_path):
+    """The runner stops a cancelled container with SIGTERM: what happened so far must survive."""
+    sim, server = fleet([*healthy("a"), TenantSpec("dead", dead=True)])
+    with_ = {**FAST_INPUTS, "cp-url": server.url, "cp-token": CP_TOKEN, "verify-url": "", "batch-size": "1"}
+    env = container_env(with_, {"sha": SHA}, tmp_path)
+    proc = subprocess.Popen([sys.executable, "entrypoint.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    for _ in range(400):  # until the dead tenant's batch is in flight (bounded: 20 s)
+        if any(r.json().get("only_slugs") == ["dead"] for r in server.seen(sim.redeploy_path)):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate(timeout=30)
+
+    assert proc.returncode == 1, stdout
+    outputs = parse_output_file(Path(env["GITHUB_OUTPUT"]).read_text())
+    assert outputs["outcome"] == "failed" and "cancelled by signal SIGTERM" in outputs["reason"]
+    assert outputs["result_count"] == "1"  # batch 1 (tenant a) finished before the signal

@@ -76,6 +76,10 @@ class FleetSim:
         sha, ready_at = self._running.get(slug, (OLD_SHA, 0.0))
         return sha if time.monotonic() >= ready_at else OLD_SHA
 
+    def mark_deployed(self, slug: str, sha: str) -> None:
+        """The tenant already runs ``sha`` (as after an earlier rollout): for verify-only drills."""
+        self._running[slug] = (sha, 0.0)
+
     def deploy_calls(self) -> list[dict[str, Any]]:
         return [c for c in self.calls if not c.get("dry_run")]
 
