@@ -10,6 +10,7 @@ The registry is Debian's ``docker-registry`` when it is installed, otherwise the
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import sys
@@ -66,6 +67,7 @@ def demo_env(sim_url: str, workdir: Path, token: str, registry_host: str) -> dic
     outputs.touch()
     summary.touch()
     return {
+        "GITHUB_ACTIONS": "true",  # log as in a job: groups and annotations as workflow commands
         "GITHUB_OUTPUT": str(outputs),
         "GITHUB_STEP_SUMMARY": str(summary),
         "GITHUB_WORKSPACE": str(workdir),
@@ -89,6 +91,18 @@ def demo_env(sim_url: str, workdir: Path, token: str, registry_host: str) -> dic
     }
 
 
+class RunnerView(io.TextIOBase):
+    """stdout as the runner displays it: it consumes ``::add-mask::`` lines and never shows them."""
+
+    def write(self, text: str) -> int:
+        if not text.startswith("::add-mask::"):
+            sys.stdout.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
 def main() -> int:
     from deploy.main import run  # what the container runs, not a re-implementation
 
@@ -99,7 +113,7 @@ def main() -> int:
         registry_host = stack.enter_context(demo_registry(workdir, server, sim_registry))
         env = {**os.environ, **demo_env(server.url, workdir, fleet.token, registry_host)}
         print(f"# simulator: {server.url} — {len(fleet.tenants)} tenants, philbrew-erton is dead\n", flush=True)
-        code = run(env)
+        code = run(env, stream=RunnerView())
         print("\n# outputs (GITHUB_OUTPUT)")
         for name, value in parse_output_file((workdir / "github_output").read_text()).items():
             print(f"{name}={value}")

@@ -50,7 +50,7 @@ def run(env: Mapping[str, str], stream: TextIO | None = None, clock: Clock | Non
     except Exception as exc:  # noqa: BLE001 - a bug must still leave outputs and a report behind
         runner.log(traceback.format_exc())
         record.fail(f"internal error ({type(exc).__name__}: {exc}); this is a bug in fleet-rollout, please report it")
-    report.publish(record, runner, report_path)
+    report.publish(record, runner, report_path, runner_env.workspace)
     runner.finish()
     return record.exit_code
 

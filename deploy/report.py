@@ -22,7 +22,7 @@ OUTPUT_NAMES = (
 )
 
 
-def outputs(run: Run, report_path: Path) -> dict[str, str]:
+def outputs(run: Run, report_shown: str) -> dict[str, str]:
     rollout, verify, promote = run.rollout, run.verify, run.promote
     return {
         "ok": "true" if run.ok else "false",
@@ -37,12 +37,17 @@ def outputs(run: Run, report_path: Path) -> dict[str, str]:
         "unhealthy": _json_list(verify.slugs("unhealthy") if verify else ()),
         "promoted-digest": promote.promoted_digest_output if promote else "",
         "previous-digest": promote.previous_digest_output if promote else "",
-        "report": str(report_path),
+        "report": report_shown,
     }
 
 
-def publish(run: Run, runner: Runner, report_path: Path) -> None:
-    """Log the result, then write outputs, summary and report; each survives the others failing."""
+def publish(run: Run, runner: Runner, report_path: Path, workspace: Path) -> None:
+    """Log the result, then write outputs, summary and report; each survives the others failing.
+
+    The ``report`` output is relative to the workspace when the file is in it: inside a Docker
+    action the absolute path is the container's (``/github/workspace/…``), which later steps on the
+    host cannot open, while a relative one works for them (their working directory is the workspace).
+    """
     with runner.group("Result"):
         _log_result(run, runner)
     if run.outcome == "failed":
@@ -52,7 +57,8 @@ def publish(run: Run, runner: Runner, report_path: Path) -> None:
         report_path.write_text(runner.redact(json.dumps(report(run), indent=2)) + "\n", encoding="utf-8")
     except OSError as exc:
         runner.warning(f"could not write the JSON report to {report_path}: {exc}")
-    runner.write_outputs(outputs(run, report_path))
+    shown = report_path.relative_to(workspace) if report_path.is_relative_to(workspace) else report_path
+    runner.write_outputs(outputs(run, str(shown)))
     runner.write_summary(summary(run))
 
 

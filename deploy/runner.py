@@ -12,6 +12,9 @@ Runner facts this module relies on (GitHub's runner and Gitea's act_runner):
 - the job summary is dropped whole above 1 MiB, so we truncate below that;
 - Gitea shows annotations as plain log lines and may ignore the summary, so the stages also
   log every fact the summary shows.
+
+Outside a runner (``GITHUB_ACTIONS`` is not ``true``: GitLab, Jenkins, a laptop) nothing would
+interpret workflow commands, so groups and annotations are written as plain lines instead.
 """
 
 from __future__ import annotations
@@ -79,11 +82,13 @@ class Runner:
 
     @contextmanager
     def group(self, title: str) -> Iterator[None]:
-        self._write(f"::group::{escape_data(self.redact(title))}")
+        title = self.redact(title)
+        self._write(f"::group::{escape_data(title)}" if self.in_actions else f"== {title} ==")
         try:
             yield
         finally:
-            self._write("::endgroup::")
+            if self.in_actions:
+                self._write("::endgroup::")
 
     def error(self, message: str, title: str = "") -> None:
         self._annotate("error", message, title)
@@ -99,6 +104,8 @@ class Runner:
 
     def finish(self) -> None:
         """Emit the one annotation per kind that counts what the cap held back."""
+        if not self.in_actions:
+            return
         for kind, count in sorted(self._counts.items()):
             hidden = count - ANNOTATIONS_PER_KIND
             if hidden > 0:
@@ -111,7 +118,7 @@ class Runner:
     def _annotate(self, kind: str, message: str, title: str) -> None:
         self._counts[kind] = self._counts.get(kind, 0) + 1
         message, title = self.redact(message), self.redact(title)
-        if self._counts[kind] > ANNOTATIONS_PER_KIND:
+        if self._counts[kind] > ANNOTATIONS_PER_KIND or not self.in_actions:
             prefix = f"{title}: " if title else ""
             self.log(f"{kind}: {prefix}{message}")
             return

@@ -35,7 +35,7 @@ def test_every_input_is_mapped_to_its_fleet_variable():
 def test_declared_outputs_are_exactly_the_ones_written():
     declared = set(manifest()["outputs"])
     assert declared == set(report.OUTPUT_NAMES)
-    assert set(report.outputs(Run(), Path("r.json"))) == declared
+    assert set(report.outputs(Run(), "r.json")) == declared
 
 
 def dockerfile_copies() -> list[tuple[str, str]]:

@@ -208,12 +208,12 @@ def test_unreadable_head_warns_and_is_not_superseded(requests_mock, status_code)
     client, runner, _, _ = make()
 
     assert newer_head(GATES, SHA, client, runner) == ""
-    assert "::warning title=Superseded guard off::reading the head of branch 'main'" in log_of(runner)
+    assert "warning: Superseded guard off: reading the head of branch 'main'" in log_of(runner)
     assert f"HTTP {status_code}" in log_of(runner)
 
 
 def test_without_token_the_guard_is_off_with_a_warning():
-    runner = Runner(stream=io.StringIO())
+    runner = Runner(stream=io.StringIO(), in_actions=True)
 
     assert newer_head(GATES, SHA, None, runner) == ""
     assert "::warning title=Superseded guard off::no github-token" in log_of(runner)

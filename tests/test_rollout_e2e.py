@@ -29,6 +29,7 @@ def test_one_dead_tenant_within_tolerance_is_quarantined_and_the_rest_ship(fleet
     assert json.loads(result.outputs["quarantined"]) == ["dead"]
     assert json.loads(result.outputs["stragglers"]) == ["dead"]
     assert result.outputs["result_count"] == "4"
+    assert result.outputs["report"] == "fleet-rollout-report.json"  # usable by later steps on the host
     assert {s for call in sim.deploy_calls() for s in call["only_slugs"]} == {"a", "b", "c", "dead"}
     assert all(sim.running_sha(s) != "0" * 40 for s in "abc")
     assert "::warning title=quarantined dead::" in result.stdout

@@ -9,6 +9,7 @@ from deploy.runner import SUMMARY_LIMIT_BYTES, Runner, format_output, parse_outp
 
 def runner(tmp_path=None, **kw) -> tuple[Runner, io.StringIO]:
     stream = io.StringIO()
+    kw.setdefault("in_actions", True)
     return Runner(stream=stream, **kw), stream
 
 
@@ -34,7 +35,7 @@ def test_a_value_containing_the_delimiter_gets_another_one(monkeypatch):
 
 
 def test_without_github_output_outputs_are_printed_as_name_value_lines():
-    r, stream = runner()
+    r, stream = runner(in_actions=False)
     r.write_outputs({"ok": "false", "outcome": "failed"})
     assert stream.getvalue() == "ok=false\noutcome=failed\n"
 
@@ -72,7 +73,7 @@ def test_secrets_are_redacted_everywhere_and_masked_only_inside_actions(tmp_path
     assert all("s3cr3t-token" not in line for line in lines[1:])
     assert "s3cr3t-token" not in (tmp_path / "o").read_text() + (tmp_path / "s").read_text()
 
-    laptop, out = runner()
+    laptop, out = runner(in_actions=False)
     laptop.mask("s3cr3t-token")
     assert out.getvalue() == ""  # outside a runner, add-mask would itself print the secret
 
@@ -81,6 +82,15 @@ def test_a_log_line_from_a_server_cannot_inject_a_workflow_command():
     r, stream = runner()
     r.log("CP said:\n::set-env name=PATH::/evil\n  ::error::fake")
     assert all(not line.lstrip().startswith("::") for line in stream.getvalue().splitlines())
+
+
+def test_outside_a_runner_groups_and_annotations_are_plain_lines():
+    r, stream = runner(in_actions=False)
+    with r.group("Rollout"):
+        r.warning("tenant-3 lagging", title="straggler tenant-3")
+        r.error("boom")
+    r.finish()
+    assert stream.getvalue() == "== Rollout ==\nwarning: straggler tenant-3: tenant-3 lagging\nerror: boom\n"
 
 
 def test_groups_open_and_close_even_when_the_body_raises():

@@ -54,7 +54,7 @@ class Run:
         self.clock = FakeClock()
         self.deadline = Deadline.starting_now(self.clock, overall)
         self.log = io.StringIO()
-        self.runner = Runner(stream=self.log)
+        self.runner = Runner(stream=self.log, in_actions=True)
 
     def __call__(self, tenant_rows: list[TenantRow], sha: str = SHA, **kw: object):
         return verify_tenants(self.settings, sha, tenant_rows, self.runner, self.clock, self.deadline, **kw)
