@@ -86,9 +86,9 @@ class ControlPlaneClient:
         self.plan = plan
         self.clock = clock
         self.deadline = deadline
-        self.session = http.session(
-            cp.retry_delays, clock, on_retry=lambda line: runner.log(f"  ↻ {line}"), deadline=deadline
-        )
+        self.runner = runner
+        self._calling = ""  # which call and tenants a retry line is about
+        self.session = http.session(cp.retry_delays, clock, on_retry=self._log_retry, deadline=deadline)
         self.session.headers["Authorization"] = f"Bearer {cp.token}"
 
     def enumerate(self) -> CallResult:
@@ -115,8 +115,12 @@ class ControlPlaneClient:
         body.update(scope)
         return body
 
+    def _log_retry(self, line: str) -> None:
+        self.runner.log(f"  ↻ {self._calling}: {line}")
+
     def _call(self, label: str, slugs: tuple[str, ...], body: dict[str, Any], budget: float) -> CallResult:
         self.deadline.check(f"starting the {label} call")
+        self._calling = f"{label} ({', '.join(slugs)})" if slugs else label
         started = self.clock.now()
         timeout = (min(10.0, self.cp.request_timeout), self.deadline.cap(budget))
         try:

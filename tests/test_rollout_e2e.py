@@ -75,6 +75,7 @@ def test_transient_502_json_then_503_html_are_retried(fleet, action):
     result = action(server, batch_size="2", verify_url="")
 
     assert result.code == 0, result.stdout
+    assert "  ↻ batch 1/1 (a, b): POST " in result.stdout  # which call, which tenants
     assert "HTTP 502: upstream connect error (bad gateway); retrying in 0.05 s (attempt 2/4)" in result.stdout
     assert "HTTP 503: HTML page: 503 Service Temporarily Unavailable; retrying in 0.1 s (attempt 3/4)" in result.stdout
     assert len(sim.deploy_calls()) == 1  # faults answer before the CP records a call
