@@ -342,7 +342,8 @@ def parse_url(value: str, allow_insecure: bool) -> str:
     return value
 
 
-def parse_image(value: str, allow_insecure: bool) -> str:
+def parse_image(value: str) -> str:
+    """``host[:port]/repository``; whether the host may be plain HTTP is the registry client's call."""
     host, _, repository = value.partition("/")
     if "://" in value:
         raise ValueError(f"{value!r}: write host/repository without a scheme")
@@ -498,7 +499,7 @@ def _promote_settings(
 ) -> PromoteSettings:
     images = inputs.parse(
         "promote-images",
-        lambda v: tuple(parse_image(i, insecure) for i in parse_list(v)),
+        lambda v: tuple(parse_image(i) for i in parse_list(v)),
         (),
     )
     tag = inputs.text("promote-tag")
