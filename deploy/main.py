@@ -56,6 +56,11 @@ def run(env: Mapping[str, str], stream: TextIO | None = None, clock: Clock | Non
 
 
 def cli() -> None:
-    """The process entry: a SIGTERM from the runner ends the run cleanly, still reporting."""
+    """The process entry: a cancelled job ends the run cleanly, still reporting.
+
+    On cancel the runner interrupts the step (SIGINT, then SIGTERM); ``docker run`` forwards both
+    to the container. Either becomes :class:`Cancelled`, so outputs and the report are written.
+    """
     signal.signal(signal.SIGTERM, _cancel)
+    signal.signal(signal.SIGINT, _cancel)
     sys.exit(run(os.environ))

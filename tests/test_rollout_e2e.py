@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from deploy.runner import parse_output_file
 from deploy.sim.fleet import Fault, TenantSpec
 from tests.actions_runner import ROOT, container_env
@@ -205,8 +207,9 @@ def test_secrets_are_masked_in_actions_and_appear_only_in_the_mask_command(fleet
 
 
 
-def test_a_cancelled_job_still_writes_outputs_and_the_report(fleet, tmp_path):
-    """The runner stops a cancelled container with SIGTERM: what happened so far must survive."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_cancelled_job_still_writes_outputs_and_the_report(fleet, tmp_path, signum):
+    """The runner interrupts a cancelled step: what happened so far must survive."""
     sim, server = fleet([*healthy("a"), TenantSpec("dead", dead=True)])
     with_ = {**FAST_INPUTS, "cp-url": server.url, "cp-token": CP_TOKEN, "verify-url": "", "batch-size": "1"}
     env = container_env(with_, {"sha": SHA}, tmp_path)
@@ -215,10 +218,10 @@ def test_a_cancelled_job_still_writes_outputs_and_the_report(fleet, tmp_path):
         if any(r.json().get("only_slugs") == ["dead"] for r in server.seen(sim.redeploy_path)):
             break
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     stdout, _ = proc.communicate(timeout=30)
 
     assert proc.returncode == 1, stdout
     outputs = parse_output_file(Path(env["GITHUB_OUTPUT"]).read_text())
-    assert outputs["outcome"] == "failed" and "cancelled by signal SIGTERM" in outputs["reason"]
+    assert outputs["outcome"] == "failed" and f"cancelled by signal {signum.name}" in outputs["reason"]
     assert outputs["result_count"] == "1"  # batch 1 (tenant a) finished before the signal
