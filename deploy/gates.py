@@ -76,7 +76,7 @@ def wait_for_required_checks(
             )
         if all(state == PASSING for state in current.values()):
             waited = clock.now() - started
-            runner.log(f"All {len(current)} required checks are green on {sha[:12]} (waited {waited:g} s)")
+            runner.log(f"All {len(current)} required checks are green on {sha[:12]} (waited {waited:.1f} s)")
             return ChecksResult(tuple(current.items()), waited)
         if budget.remaining() <= 0:
             raise DeployFailed(

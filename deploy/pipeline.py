@@ -22,7 +22,7 @@ from deploy.controlplane import ControlPlaneClient, TenantRow
 from deploy.errors import DeployFailed
 from deploy.forge import ForgeClient
 from deploy.gates import ChecksResult, live_kill_switch, newer_head, wait_for_required_checks
-from deploy.promote import PromoteResult, promote_images
+from deploy.promote import PromoteResult, check_sources, promote_images
 from deploy.rollout import RolloutResult, enumerate_fleet, run_rollout
 from deploy.runner import Runner
 from deploy.verify import VerifyResult, verify_tenants
@@ -105,6 +105,8 @@ def _stages(config: Config, run: Run, runner: Runner, clock: Clock, deadline: De
         cp = ControlPlaneClient(config.cp, config.rollout, runner, clock, deadline)
         with _stage(run, runner, "Plan", deadline):
             run.fleet = enumerate_fleet(cp, runner)
+            if config.wants("rollout") and config.wants("promote") and config.promote.images:
+                check_sources(config.promote, runner, clock, deadline)
     if cp and config.wants("rollout"):
         with _stage(run, runner, "Rollout", deadline, record=False):
             run.rollout = run_rollout(config.rollout, cp, run.fleet, runner, deadline)

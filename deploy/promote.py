@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
+import requests
+
 from deploy import http
 from deploy.clock import Clock, Deadline
 from deploy.config import PromoteSettings
@@ -80,15 +82,30 @@ class _Attempt:
         return self.repository.image
 
 
+def check_sources(settings: PromoteSettings, runner: Runner, clock: Clock, deadline: Deadline) -> None:
+    """Before the fleet moves, read every image's source: read-only, and it fails fast.
+
+    A wrong registry password or a build pushed under another tag would otherwise surface only
+    after the whole fleet was rolled out and verified, with ``latest`` left behind.
+    """
+    with http.session(settings.retry_delays, clock, on_retry=runner.log, deadline=deadline) as session:
+        for image in settings.images:
+            try:
+                source = _repository(image, settings, session, runner, deadline).find_manifest(settings.source)
+            except RegistryError as exc:
+                raise DeployFailed(f"promote preflight, before any deploy: {exc}") from None
+            if source is None:
+                raise DeployFailed(f"promote preflight, before any deploy: {image} has no {settings.source} "
+                                   "(was the build pushed under that name?)")
+            runner.log(f"promote preflight: {image}:{settings.source} is {source.digest} ({source.describe()})")
+
+
 def promote_images(settings: PromoteSettings, runner: Runner, clock: Clock, deadline: Deadline) -> PromoteResult:
     """Move ``settings.tag`` to ``settings.source`` in every image, or in none of them."""
     attempts: list[_Attempt] = []
     with http.session(settings.retry_delays, clock, on_retry=runner.log, deadline=deadline) as session:
         for image in settings.images:
-            attempt = _Attempt(Repository(
-                image, session=session, deadline=deadline, request_timeout=settings.request_timeout,
-                username=settings.username, password=settings.password, mask=runner.mask,
-                allow_insecure_http=settings.allow_insecure_http))
+            attempt = _Attempt(_repository(image, settings, session, runner, deadline))
             attempts.append(attempt)
             try:
                 _promote(attempt, settings, runner)
@@ -98,6 +115,14 @@ def promote_images(settings: PromoteSettings, runner: Runner, clock: Clock, dead
                 grace = Deadline.starting_now(clock, deadline.remaining() + settings.request_timeout)
                 return _undo(attempts, settings, runner, grace, error)
     return PromoteResult(settings.tag, tuple(_promoted(a, settings) for a in attempts), "")
+
+
+def _repository(image: str, settings: PromoteSettings, session: requests.Session, runner: Runner,
+                deadline: Deadline) -> Repository:
+    return Repository(
+        image, session=session, deadline=deadline, request_timeout=settings.request_timeout,
+        username=settings.username, password=settings.password, mask=runner.mask,
+        allow_insecure_http=settings.allow_insecure_http)
 
 
 def _promote(attempt: _Attempt, settings: PromoteSettings, runner: Runner) -> None:

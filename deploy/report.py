@@ -115,6 +115,8 @@ def _facts(run: Run) -> list[str]:
         rows.append(("Quarantined", ", ".join(r.quarantined) or "none"))
         if r.stragglers and not r.quarantined:
             rows.append(("Stragglers", ", ".join(r.stragglers)))
+        if r.halted and r.not_started:
+            rows.append(("Not started", f"{len(r.not_started)} (the rollout halted first)"))
     if run.verify:
         counts = ", ".join(f"{s} {len(run.verify.slugs(s))}" for s in ("verified", "stale", "unreachable", "unhealthy"))
         rows.append(("Verify", f"{counts} in {run.verify.seconds:.1f} s"))
@@ -162,7 +164,7 @@ def _tenant_table(run: Run) -> list[str]:
         verify = "quarantined" if slug in quarantined else (verdict.state if verdict else "")
         if verdict and verdict.state != "verified" and verdict.running:
             verify += f" (runs {verdict.running[:12]})"
-        error = (row.error if row else "no row from the CP" if run.rollout and not run.rollout.dry_run else "")
+        error = row.error if row else _missing_row(run, slug)
         error = error or (verdict.detail if verdict and verdict.state != "verified" else "")
         lines.append(
             f"| {_cell(slug)} | {_cell(row.phase if row else '')} | {_cell(row.ssm_status if row else '')} "
@@ -170,6 +172,12 @@ def _tenant_table(run: Run) -> list[str]:
             f"| {_cell(verify)} | {_cell(error)} |"
         )
     return [*lines, ""]
+
+
+def _missing_row(run: Run, slug: str) -> str:
+    if not run.rollout or run.rollout.dry_run:
+        return ""
+    return "not started: the rollout halted first" if slug in run.rollout.not_started else "no row from the CP"
 
 
 def _promotion_table(run: Run) -> list[str]:
@@ -200,8 +208,9 @@ def _log_result(run: Run, runner: Runner) -> None:
             runner.log(f"verify {state}: {len(slugs)}{names}")
     if run.promote:
         for p in run.promote.promotions:
-            runner.log(f"promote {p.image}:{run.promote.tag}: {p.state}, now {p.promoted_digest or '-'}, "
-                       f"before {p.previous_digest or '-'}")
+            moved = f"now {p.promoted_digest}, before {p.previous_digest or '(no tag)'}"
+            what = moved if p.state == "promoted" else p.detail
+            runner.log(f"promote {p.image}:{run.promote.tag}: {p.state}: {what}")
     for stage, note in run.notes.items():
         runner.log(f"{stage}: {note}")
 

@@ -51,6 +51,12 @@ class RolloutResult:
         return tuple(slug for slug in self.fleet if slug not in rows or not rows[slug].on_target)
 
     @property
+    def not_started(self) -> tuple[str, ...]:
+        """Tenants no call was made for, because the rollout halted first (stragglers too)."""
+        attempted = {slug for call in self.calls for slug in call.slugs}
+        return () if self.dry_run else tuple(slug for slug in self.fleet if slug not in attempted)
+
+    @property
     def within_tolerance(self) -> bool:
         return len(self.stragglers) <= self.max_stragglers
 
@@ -122,6 +128,8 @@ def run_rollout(
                 label = f"batch {number - (1 if plan.canary else 0)}/{len(batches) - (1 if plan.canary else 0)}"
                 progress.batch(client, label, slugs, runner)
             if progress.halted:
+                if number < len(batches):
+                    progress.halted += f"; {len(batches) - number} later call(s) not started"
                 break
     except DeployFailed as exc:  # the deadline, a cancellation, an unreadable answer: keep what happened
         progress.halted = str(exc)
@@ -183,15 +191,15 @@ class _Progress:
         for slug in stragglers if call.status == 200 else ():
             runner.warning(f"{slug} did not reach the target: {_row_problem(self.result().rows.get(slug))}",
                            title=f"straggler {slug}")
-        if call.error or not call.ok:
-            self.halted = f"{label} ({', '.join(slugs)}) failed: {call.error}; later batches not started"
-            runner.error(self.halted, title=f"{label} failed")
-        elif len(so_far) > self.start.max_stragglers:
-            self.halted = (
-                f"{len(so_far)} stragglers exceed max-stragglers {self.start.max_stragglers}: "
-                f"{', '.join(so_far)}; later batches not started"
-            )
+        cp_error = f"{label} ({', '.join(slugs)}) failed: {call.error}" if call.error or not call.ok else ""
+        if len(so_far) > self.start.max_stragglers:  # name them all, whether or not the CP halted too
+            names = ", ".join(so_far)
+            self.halted = f"{len(so_far)} stragglers exceed max-stragglers {self.start.max_stragglers}: {names}"
+            self.halted += f" ({cp_error})" if cp_error else ""
             runner.error(self.halted, title="too many stragglers")
+        elif cp_error:
+            self.halted = cp_error
+            runner.error(self.halted, title=f"{label} failed")
 
 
 def _row_problem(row: TenantRow | None) -> str:

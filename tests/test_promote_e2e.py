@@ -106,7 +106,7 @@ def test_htpasswd_registry_promotes_with_the_right_password(fleet, action, secur
 
 def test_a_wrong_registry_password_fails_clearly_and_leaves_latest(fleet, action, secured_registry, repository):
     old, _ = seed(secured_registry, repository)
-    _sim, server = fleet([TenantSpec("a", deploy_seconds=1)])
+    sim, server = fleet([TenantSpec("a", deploy_seconds=1)])
     wrong = "wrong-password-7c1d"
     result = action(server, verify_url=buildinfo(server), promote_images=secured_registry.image(repository),
                     registry_username=secured_registry.username, registry_password=wrong)
@@ -114,8 +114,20 @@ def test_a_wrong_registry_password_fails_clearly_and_leaves_latest(fleet, action
     assert result.code == 1
     assert secured_registry.host in result.outputs["reason"]
     assert "401" in result.outputs["reason"]
+    assert "before any deploy" in result.outputs["reason"]
+    assert sim.deploy_calls() == []  # found by the preflight, before the fleet moved
     assert secured_registry.digest(repository, "latest") == old.digest
     assert_no_secrets(result, wrong)
+
+
+def test_a_source_tag_missing_from_the_registry_stops_before_any_deploy(fleet, action, registry, repository):
+    registry.seed_index(repository, "latest", variant="previous")
+    sim, server = fleet([TenantSpec("a", deploy_seconds=1)])
+    result = action(server, verify_url=buildinfo(server), promote_images=registry.image(repository))
+
+    assert result.code == 1
+    assert f"has no {TAG}" in result.outputs["reason"]
+    assert sim.deploy_calls() == []
 
 
 def test_rollback_with_stages_promote_puts_back_the_previous_digest(action, registry, repository):

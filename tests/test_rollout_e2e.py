@@ -63,13 +63,24 @@ def test_two_dead_tenants_over_tolerance_fail_and_name_both(fleet, action):
     assert_no_secrets(result)
 
 
+def test_dead_tenants_in_different_batches_are_all_named_when_the_cp_halts(fleet, action):
+    """Batch 2 goes out with tolerance 0, so the CP itself halts it; the reason still names both."""
+    _sim, server = fleet([TenantSpec("dead1", dead=True), *healthy("b"), TenantSpec("dead2", dead=True), *healthy("d")])
+    result = action(server, batch_size="2", max_stragglers="1", verify_url="")
+
+    assert result.code == 1
+    assert result.outputs["reason"].startswith("2 stragglers exceed max-stragglers 1: dead1, dead2 (batch 2/2")
+    assert "max_stragglers=0" in result.outputs["reason"]  # the CP's own words are kept
+    assert "not started" not in result.outputs["reason"]  # it was the last batch
+
+
 def test_stragglers_over_tolerance_stop_later_batches(fleet, action):
     sim, server = fleet([TenantSpec("dead1", dead=True), TenantSpec("dead2", dead=True), *healthy("c", "d")])
     result = action(server, batch_size="2", max_stragglers="1", verify_url="")
 
     assert result.code == 1
     assert [call["only_slugs"] for call in sim.deploy_calls()] == [["dead1", "dead2"]]
-    assert "later batches not started" in result.outputs["reason"]
+    assert "1 later call(s) not started" in result.outputs["reason"]
 
 
 def test_transient_502_json_then_503_html_are_retried(fleet, action):
