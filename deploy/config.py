@@ -124,6 +124,11 @@ class RolloutPlan:
     cp_settle_seconds: float
     dry_run: bool
 
+    @property
+    def call_worst_case(self) -> float:
+        """How long the CP may take to answer a scoped call: its slowest tenant, then the settle."""
+        return self.cp_tenant_timeout + self.cp_settle_seconds
+
 
 @dataclass(frozen=True)
 class VerifySettings:
@@ -342,15 +347,22 @@ def parse_url(value: str, allow_insecure: bool) -> str:
     return value
 
 
-def parse_image(value: str) -> str:
-    """``host[:port]/repository``; whether the host may be plain HTTP is the registry client's call."""
-    host, _, repository = value.partition("/")
-    if "://" in value:
-        raise ValueError(f"{value!r}: write host/repository without a scheme")
+def parse_image(value: str, allow_insecure: bool) -> str:
+    """``[http://]host[:port]/repository``. HTTPS unless the host is loopback or the entry says
+    ``http://`` — one explicit image, never every registry because of a CP-wide flag."""
+    scheme, has_scheme, rest = value.partition("://")
+    if not has_scheme:
+        scheme, rest = "https", value
+    host, _, repository = rest.partition("/")
+    if scheme not in ("http", "https"):
+        raise ValueError(f"{value!r}: only http:// or https:// (or no scheme: https)")
     if not repository or not ("." in host or ":" in host or host == "localhost"):
         raise ValueError(f"{value!r}: expected host[:port]/repository, e.g. ghcr.io/acme/app")
     if not REPOSITORY_RE.match(repository):
         raise ValueError(f"{value!r}: repository must be lowercase path components")
+    hostname = urlsplit("//" + host).hostname or host
+    if scheme == "http" and not allow_insecure and not is_loopback(hostname):
+        raise ValueError(f"{value!r}: plain http:// to a registry needs allow-insecure-http: true")
     return value
 
 
@@ -373,9 +385,10 @@ def load(env: Mapping[str, str]) -> Config:
 
     request_timeout = inputs.duration("request-timeout", positive=True)
     retry_delays = inputs.parse("retry-delays", parse_delays, ())
-    cp = _control_plane(inputs, needs_cp, insecure, request_timeout, retry_delays)
+    cp_worst_case = (inputs.duration("cp-tenant-timeout"), inputs.duration("cp-settle-seconds"))
+    cp = _control_plane(inputs, needs_cp, insecure, request_timeout, retry_delays, cp_worst_case)
     sha = _sha(inputs, env, required=needs_cp or not (inputs.raw("target-tag") or inputs.raw("promote-source")))
-    rollout = _rollout_plan(inputs, sha, cp)
+    rollout = _rollout_plan(inputs, sha, cp_worst_case)
     verify = _verify_settings(inputs, stages, insecure, request_timeout)
     promote = _promote_settings(inputs, rollout.target_tag, insecure, request_timeout, retry_delays)
     gates, forge = _gates_and_forge(inputs, env, request_timeout, retry_delays)
@@ -411,7 +424,8 @@ def load(env: Mapping[str, str]) -> Config:
 
 
 def _control_plane(
-    inputs: _Inputs, needed: bool, insecure: bool, request_timeout: float, retry_delays: tuple[float, ...]
+    inputs: _Inputs, needed: bool, insecure: bool, request_timeout: float, retry_delays: tuple[float, ...],
+    cp_worst_case: tuple[float, float],
 ) -> ControlPlane:
     url = ""
     if inputs.raw("cp-url"):
@@ -425,8 +439,7 @@ def _control_plane(
     if not path.startswith("/"):
         inputs.fail("redeploy-path", f"must start with '/' (got {path!r})")
     rollout_timeout = inputs.duration("rollout-timeout", positive=True)
-    tenant = inputs.duration("cp-tenant-timeout")
-    settle = inputs.duration("cp-settle-seconds")
+    tenant, settle = cp_worst_case
     if rollout_timeout < request_timeout:
         inputs.fail(
             "rollout-timeout",
@@ -456,7 +469,7 @@ def _sha(inputs: _Inputs, env: Mapping[str, str], required: bool) -> str:
     return raw.lower()
 
 
-def _rollout_plan(inputs: _Inputs, sha: str, cp: ControlPlane) -> RolloutPlan:
+def _rollout_plan(inputs: _Inputs, sha: str, cp_worst_case: tuple[float, float]) -> RolloutPlan:
     tag = inputs.text("target-tag") or (f"staging-{sha[:7]}" if sha else "")
     if tag and not TAG_RE.match(tag):
         inputs.fail("target-tag", f"not a valid image tag (got {tag!r})")
@@ -466,8 +479,8 @@ def _rollout_plan(inputs: _Inputs, sha: str, cp: ControlPlane) -> RolloutPlan:
         soak_seconds=inputs.duration("soak-seconds"),
         batch_size=inputs.count("batch-size", 1),
         max_stragglers=inputs.count("max-stragglers", 0),
-        cp_tenant_timeout=inputs.duration("cp-tenant-timeout"),
-        cp_settle_seconds=inputs.duration("cp-settle-seconds"),
+        cp_tenant_timeout=cp_worst_case[0],
+        cp_settle_seconds=cp_worst_case[1],
         dry_run=inputs.boolean("dry-run"),
     )
 
@@ -499,7 +512,7 @@ def _promote_settings(
 ) -> PromoteSettings:
     images = inputs.parse(
         "promote-images",
-        lambda v: tuple(parse_image(i) for i in parse_list(v)),
+        lambda v: tuple(parse_image(i, insecure) for i in parse_list(v)),
         (),
     )
     tag = inputs.text("promote-tag")

@@ -19,6 +19,7 @@ masked, and scrubbed from any server text an error carries.
 from __future__ import annotations
 
 import email.utils
+import math
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -147,7 +148,8 @@ class ForgeClient:
         while True:
             self.deadline.check(what)
             try:
-                response = self.session.get(url, params=params, timeout=self.deadline.cap(self.forge.request_timeout))
+                timeout = http.DeadlineTimeout(self.deadline, self.forge.request_timeout)
+                response = self.session.get(url, params=params, timeout=timeout)
             except requests.RequestException as exc:
                 raise ForgeError(f"{what}: the {self.shape.label} API is unreachable ({_describe(exc)})") from None
             wait = self._rate_limit_wait(response)
@@ -234,9 +236,11 @@ def _state(value: Any) -> str:
 def _retry_after(value: str, now: float) -> float:
     """``Retry-After`` is seconds, or an HTTP date."""
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
         pass
+    else:  # "nan" and "inf" parse as floats but announce nothing
+        return seconds if math.isfinite(seconds) else UNANNOUNCED_RATE_LIMIT_WAIT
     try:
         return email.utils.parsedate_to_datetime(value).timestamp() - now
     except (TypeError, ValueError):

@@ -19,6 +19,7 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.util import Timeout
 from urllib3.util.retry import Retry
 
 from deploy import __version__
@@ -82,6 +83,22 @@ class ScheduledRetry(Retry):
                 f"(attempt {attempt}/{attempts})"
             )
         return retry
+
+
+class DeadlineTimeout(Timeout):
+    """A request's budget, re-capped by what is left of the overall deadline at every attempt.
+
+    urllib3 retries inside one ``urlopen`` with the same timeout object and clones it for each
+    attempt; re-capping in :meth:`clone` is what keeps a retried call from running past the
+    ``timeout`` input by up to one whole read budget.
+    """
+
+    def __init__(self, deadline: Deadline, read: float, connect: float = 10.0) -> None:
+        super().__init__(connect=min(connect, read), read=read)
+        self.deadline, self.budget, self.connect_budget = deadline, read, min(connect, read)
+
+    def clone(self) -> Timeout:
+        return Timeout(connect=self.deadline.cap(self.connect_budget), read=self.deadline.cap(self.budget))
 
 
 def session(

@@ -25,6 +25,8 @@ class Cancelled(DeployFailed):
 
 
 def _cancel(signum: int, frame: object) -> None:
+    for name in ("SIGINT", "SIGTERM"):  # the runner may send both: the second must not cut the report short
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
     raise Cancelled(f"cancelled by signal {signal.Signals(signum).name}; later stages did not run")
 
 

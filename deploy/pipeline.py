@@ -214,6 +214,9 @@ def _promote(config: Config, run: Run, forge: ForgeClient | None, runner: Runner
         runner.log("promote: skipped, promote-images is empty")
         return
     _superseded(config, forge, runner, "before promote")
+    if run.rollout is not None and config.gates.disabled_variable and live_kill_switch(config.gates, forge, runner):
+        raise Skip(f"kill switch: repository variable {config.gates.disabled_variable} was set during the run; "
+                   "latest not promoted")
     with _stage(run, runner, "Promote", deadline):
         run.promote = promote_images(config.promote, runner, clock, deadline)
     if not run.promote.ok:

@@ -2,7 +2,7 @@
 
 For each image: resolve the source (a tag, or a ``sha256:`` digest for a rollback), remember what
 the tag pointed at, put the source's exact bytes under the tag with their own media type, and
-read the tag back until it hashes to the source digest. A multi-arch index moves whole; replacing
+read the tag back and require that it hashes to the source digest. A multi-arch index moves whole; replacing
 a multi-arch tag with a single-arch manifest is refused unless ``allow-single-arch`` says so.
 
 All or nothing: when an image fails, the images already moved are put back on their previous
@@ -109,8 +109,8 @@ def promote_images(settings: PromoteSettings, runner: Runner, clock: Clock, dead
             attempts.append(attempt)
             try:
                 _promote(attempt, settings, runner)
-            except DeployFailed as exc:
-                error = str(exc) if isinstance(exc, RegistryError) else f"{image}: {exc}"
+            except Exception as exc:  # noqa: BLE001 - whatever broke, the tags already moved go back
+                error = str(exc) if isinstance(exc, RegistryError) else f"{image}: {type(exc).__name__}: {exc}"
                 runner.log(f"{image}: FAILED: {error}")
                 grace = Deadline.starting_now(clock, deadline.remaining() + settings.request_timeout)
                 return _undo(attempts, settings, runner, grace, error)

@@ -27,7 +27,7 @@ import requests
 from deploy.clock import Deadline
 from deploy.config import is_loopback
 from deploy.errors import DeployFailed
-from deploy.http import error_text
+from deploy.http import DeadlineTimeout, error_text
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -69,9 +69,10 @@ class Manifest:
         if not self.is_index:
             return self.media_type
         try:
-            count = len(json.loads(self.body).get("manifests") or [])
+            manifests = json.loads(self.body).get("manifests")
         except (ValueError, AttributeError):
-            count = 0
+            manifests = None
+        count = len(manifests) if isinstance(manifests, list) else "?"
         return f"{self.media_type}, index of {count} manifests"
 
 
@@ -110,7 +111,8 @@ class Repository:
     def __init__(self, image: str, *, session: requests.Session, deadline: Deadline, request_timeout: float,
                  username: str = "", password: str = "", mask: Callable[[str], None] = lambda secret: None,
                  allow_insecure_http: bool = False) -> None:
-        host, _, self.name = image.partition("/")
+        scheme, has_scheme, address = image.partition("://")
+        host, _, self.name = (address if has_scheme else image).partition("/")
         self.image = image
         self.session = session
         self.deadline = deadline  # promote swaps in a short grace deadline to put tags back
@@ -118,7 +120,9 @@ class Repository:
         self.username, self._password = username, password
         self.mask = mask
         self.allow_insecure_http = allow_insecure_http
-        self.base_url = f"{self._scheme(urlsplit('//' + host).hostname or host)}://{API_HOSTS.get(host, host)}"
+        hostname = urlsplit("//" + host).hostname or host
+        plain = scheme == "http" if has_scheme else is_loopback(hostname)
+        self.base_url = f"{'http' if plain else 'https'}://{API_HOSTS.get(host, host)}"
         self._authorization = ""
 
     def find_manifest(self, reference: str) -> Manifest | None:
@@ -143,9 +147,6 @@ class Repository:
 
     # -- requests and auth ---------------------------------------------------------------
 
-    def _scheme(self, hostname: str) -> str:
-        return "http" if self.allow_insecure_http or is_loopback(hostname) else "https"
-
     def _send(self, method: str, reference: str, step: str, headers: dict[str, str],
               body: bytes | None = None) -> requests.Response:
         url = f"{self.base_url}/v2/{self.name}/manifests/{reference}"
@@ -163,7 +164,7 @@ class Repository:
             headers = {**headers, "Authorization": self._authorization}
         try:
             return self.session.request(method, url, headers=headers, data=body,
-                                        timeout=self.deadline.cap(self.request_timeout), **kwargs)
+                                        timeout=DeadlineTimeout(self.deadline, self.request_timeout), **kwargs)
         except requests.RequestException as exc:
             host = urlsplit(url).netloc
             raise RegistryError(f"{self.image}: {step} failed: could not reach {host} ({type(exc).__name__})") from None
@@ -177,6 +178,7 @@ class Repository:
         if challenge.scheme == "basic" and self.username and not self._authorization.startswith("Basic "):
             pair = f"{self.username}:{self._password}".encode()
             self._authorization = "Basic " + base64.b64encode(pair).decode()
+            self.mask(self._authorization.removeprefix("Basic "))  # the password, merely encoded
             return True
         return False
 
@@ -185,7 +187,7 @@ class Repository:
         parts = urlsplit(realm)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise RegistryError(f"{self.image}: {step}: bearer challenge without a usable realm ({realm!r})")
-        if parts.scheme == "http" and self._scheme(parts.hostname) == "https":
+        if parts.scheme == "http" and not (self.allow_insecure_http or is_loopback(parts.hostname)):
             raise RegistryError(f"{self.image}: {step}: refusing to ask the plain-http token realm {realm} "
                                 "(allowed only on loopback, or with allow-insecure-http: true)")
         params = {"scope": f"repository:{self.name}:pull,push"}

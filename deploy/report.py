@@ -51,7 +51,7 @@ def publish(run: Run, runner: Runner, report_path: Path, workspace: Path) -> Non
     with runner.group("Result"):
         _log_result(run, runner)
     if run.outcome == "failed":
-        runner.error(run.reason, title="fleet-rollout failed")
+        runner.error(run.reason, title="fleet-rollout failed", final=True)
     try:
         report_path.parent.mkdir(parents=True, exist_ok=True)
         report_path.write_text(runner.redact(json.dumps(report(run), indent=2)) + "\n", encoding="utf-8")

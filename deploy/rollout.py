@@ -17,7 +17,7 @@ from typing import Any
 from deploy.clock import Deadline
 from deploy.config import RolloutPlan
 from deploy.controlplane import CallResult, ControlPlaneClient, TenantRow
-from deploy.errors import DeployFailed
+from deploy.errors import DeadlineExceeded, DeployFailed
 from deploy.runner import Runner
 
 
@@ -95,8 +95,8 @@ class RolloutResult:
 def enumerate_fleet(client: ControlPlaneClient, runner: Runner) -> tuple[str, ...]:
     """The live fleet by dry run; without it there is nothing to roll out, so failure is fatal."""
     call = client.enumerate()
-    if call.error or not call.ok:
-        raise DeployFailed(f"could not enumerate the fleet: {call.error or 'the CP answered ok: false'}")
+    if not call.ok:
+        raise DeployFailed(f"could not enumerate the fleet: {call.error}")
     fleet = tuple(dict.fromkeys(row.slug for row in call.rows))
     runner.log(f"fleet: {len(fleet)} tenants ({call.seconds:.1f} s): {', '.join(fleet) or 'none'}")
     return fleet
@@ -118,7 +118,7 @@ def run_rollout(
     if plan.dry_run:
         _log_plan(result, plan, runner)
         return result
-    progress = _Progress(result)
+    progress = _Progress(result, plan, deadline)
     try:
         for number, slugs in enumerate(batches, start=1):
             if plan.canary and number == 1:
@@ -141,6 +141,8 @@ class _Progress:
     """The rollout as it happens; mutable only inside :func:`run_rollout`."""
 
     start: RolloutResult
+    plan: RolloutPlan
+    deadline: Deadline
     calls: list[CallResult] = field(default_factory=list)
     halted: str = ""
     soak_span: tuple[float, float] | None = None
@@ -155,12 +157,27 @@ class _Progress:
         done = {slug for call in self.calls for slug in call.slugs}
         return tuple(s for s in self.result().stragglers if s in done)
 
+    def redeploy(self, client: ControlPlaneClient, label: str, slugs: tuple[str, ...], tolerance: int) -> CallResult:
+        """One scoped call, started only if the CP has time to answer it within the overall timeout.
+
+        A call abandoned mid-deploy loses its per-tenant results (the seed incident); stopping
+        before it leaves the fleet where the report says it is.
+        """
+        worst, left = self.plan.call_worst_case, self.deadline.remaining()
+        if left < worst:
+            raise DeadlineExceeded(
+                f"overall timeout: {left:.0f} s left, less than the CP's worst case for a call "
+                f"({worst:g} s = cp-tenant-timeout + cp-settle-seconds); {label} ({', '.join(slugs)}) not started"
+            )
+        call = client.redeploy(label, slugs, max_stragglers=tolerance)
+        self.calls.append(call)
+        return call
+
     def canary(self, client: ControlPlaneClient, slug: str, runner: Runner) -> None:
         runner.log(f"canary {slug}: redeploying alone")
-        call = client.redeploy("canary", (slug,), max_stragglers=0)
-        self.calls.append(call)
+        call = self.redeploy(client, "canary", (slug,), tolerance=0)
         row = next((r for r in call.rows if r.slug == slug), None)
-        if call.error or not call.ok:
+        if not call.ok:
             self.halted = f"canary {slug} failed: {call.error}"
         elif row is None or not row.on_target or not row.healthy:
             self.halted = f"canary {slug} did not come back verified: {_row_problem(row)}"
@@ -180,8 +197,7 @@ class _Progress:
     def batch(self, client: ControlPlaneClient, label: str, slugs: tuple[str, ...], runner: Runner) -> None:
         tolerance = self.start.max_stragglers - len(self.stragglers())
         runner.log(f"{label}: redeploying {', '.join(slugs)} (stragglers still tolerated: {tolerance})")
-        call = client.redeploy(label, slugs, max_stragglers=tolerance)
-        self.calls.append(call)
+        call = self.redeploy(client, label, slugs, tolerance)
         so_far = self.stragglers()
         stragglers = [s for s in slugs if s in so_far]
         runner.log(
@@ -191,7 +207,9 @@ class _Progress:
         for slug in stragglers if call.status == 200 else ():
             runner.warning(f"{slug} did not reach the target: {_row_problem(self.result().rows.get(slug))}",
                            title=f"straggler {slug}")
-        cp_error = f"{label} ({', '.join(slugs)}) failed: {call.error}" if call.error or not call.ok else ""
+        cp_error = "" if call.ok else f"{label} ({', '.join(slugs)}) failed: {call.error}"
+        if call.ok and call.error:  # ok: true with a message is information, not a halt
+            runner.log(f"{label}: the CP adds: {call.error}")
         if len(so_far) > self.start.max_stragglers:  # name them all, whether or not the CP halted too
             names = ", ".join(so_far)
             self.halted = f"{len(so_far)} stragglers exceed max-stragglers {self.start.max_stragglers}: {names}"

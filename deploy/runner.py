@@ -8,7 +8,8 @@ its own log, but not in files we write, and not at all on a laptop or another CI
 Runner facts this module relies on (GitHub's runner and Gitea's act_runner):
 - command data escapes ``%``, ``\\r``, ``\\n``; properties also ``:`` and ``,``;
 - GitHub shows at most 10 annotations of a kind per step, so we emit 9 and then one that
-  counts the rest (the rest still go to the log as plain lines);
+  counts the rest (the rest still go to the log as plain lines); of the errors, one of the 9 is
+  kept for the run's own verdict, so it is never the one that is cut;
 - the job summary is dropped whole above 1 MiB, so we truncate below that;
 - Gitea shows annotations as plain log lines and may ignore the summary, so the stages also
   log every fact the summary shows.
@@ -19,6 +20,7 @@ interpret workflow commands, so groups and annotations are written as plain line
 
 from __future__ import annotations
 
+import json
 import sys
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -29,6 +31,23 @@ from typing import TextIO
 ANNOTATIONS_PER_KIND = 9
 SUMMARY_LIMIT_BYTES = 1024 * 1024 - 16 * 1024  # margin below the runner's 1 MiB cut-off
 MASK = "***"
+PREFIX_CLUE = 12  # this many leading characters of a secret are as good as the secret
+
+
+def _redact_prefixes(text: str, secret: str) -> str:
+    start = text.find(secret[:PREFIX_CLUE])
+    while start != -1:
+        end = start + PREFIX_CLUE
+        while end < len(text) and end - start < len(secret) and text[end] == secret[end - start]:
+            end += 1
+        text = text[:start] + MASK + text[end:]
+        start = text.find(secret[:PREFIX_CLUE], start + len(MASK))
+    return text
+
+
+def _limit(kind: str) -> int:
+    """Annotations of ``kind`` before the cap; one error slot is kept for the run's verdict."""
+    return ANNOTATIONS_PER_KIND - (1 if kind == "error" else 0)
 
 
 def escape_data(text: str) -> str:
@@ -56,19 +75,31 @@ class Runner:
         """Register secrets: redact them everywhere, and ask the runner to mask them too.
 
         ``::add-mask::`` is only printed inside an Actions runner: anywhere else (a laptop,
-        GitLab) that line would itself print the secret in clear.
+        GitLab) that line would itself print the secret in clear. The runner masks line by line,
+        so a multi-line secret (a JSON key) is registered a line at a time as well.
         """
         for secret in secrets:
-            if not secret or secret in self._secrets:
-                continue
-            self._secrets.append(secret)
-            self._secrets.sort(key=len, reverse=True)  # longest first: no partial leftovers
-            if self.in_actions:
-                self._write(f"::add-mask::{escape_data(secret)}")
+            for value in (secret, *secret.splitlines()) if "\n" in secret else (secret,):
+                self._register(value.strip() if value is not secret else value)
+
+    def _register(self, secret: str) -> None:
+        if len(secret) < 3 or secret in self._secrets:  # a 1-2 character "secret" would mask half the log
+            return
+        # Also the forms it takes inside the report's JSON and the summary's table cells.
+        forms = {secret, json.dumps(secret)[1:-1], secret.replace("|", "\\|")}
+        self._secrets.extend(forms - set(self._secrets))
+        self._secrets.sort(key=len, reverse=True)  # longest first: no partial leftovers
+        if self.in_actions:
+            self._write(f"::add-mask::{escape_data(secret)}")
 
     def redact(self, text: str) -> str:
+        """Every registered secret, and any cut-off piece of one (its first 12 characters or more),
+        as servers' error texts are shortened before they are logged."""
         for secret in self._secrets:
             text = text.replace(secret, MASK)
+        for secret in self._secrets:  # whole forms first, so a prefix never splits one
+            if len(secret) > PREFIX_CLUE:
+                text = _redact_prefixes(text, secret)
         return text
 
     # -- log -----------------------------------------------------------------------------
@@ -90,8 +121,9 @@ class Runner:
             if self.in_actions:
                 self._write("::endgroup::")
 
-    def error(self, message: str, title: str = "") -> None:
-        self._annotate("error", message, title)
+    def error(self, message: str, title: str = "", final: bool = False) -> None:
+        """``final`` is the run's own verdict: it always gets an annotation, however many came first."""
+        self._annotate("error", message, title, final)
 
     def warning(self, message: str, title: str = "") -> None:
         self._annotate("warning", message, title)
@@ -107,7 +139,7 @@ class Runner:
         if not self.in_actions:
             return
         for kind, count in sorted(self._counts.items()):
-            hidden = count - ANNOTATIONS_PER_KIND
+            hidden = count - _limit(kind)
             if hidden > 0:
                 plural = "s" if hidden > 1 else ""
                 self._write(
@@ -115,10 +147,11 @@ class Runner:
                     " (GitHub shows 10 per step); see the log and the job summary"
                 )
 
-    def _annotate(self, kind: str, message: str, title: str) -> None:
-        self._counts[kind] = self._counts.get(kind, 0) + 1
+    def _annotate(self, kind: str, message: str, title: str, final: bool = False) -> None:
         message, title = self.redact(message), self.redact(title)
-        if self._counts[kind] > ANNOTATIONS_PER_KIND or not self.in_actions:
+        if not final:
+            self._counts[kind] = self._counts.get(kind, 0) + 1
+        if (not final and self._counts[kind] > _limit(kind)) or not self.in_actions:
             prefix = f"{title}: " if title else ""
             self.log(f"{kind}: {prefix}{message}")
             return
@@ -126,7 +159,9 @@ class Runner:
         self._write(f"::{kind}{props}::{escape_data(message)}")
 
     def _write(self, line: str) -> None:
-        self.stream.write(line + "\n")
+        # The runner also obeys the legacy `##[command]` syntax anywhere in a line; text from a
+        # server (a CP error, a slug) must not switch off command processing or mask handling.
+        self.stream.write(line.replace("##[", "##\u200b[") + "\n")
         self.stream.flush()
 
     # -- outputs and summary -------------------------------------------------------------

@@ -189,21 +189,27 @@ class _Stage:
         workers = max(1, min(self.settings.concurrency, len(self.pending)))
         cap = min(self.settings.request_timeout, self.settings.interval)
         probe = _Probe(session, self.settings.field, self.clock, cap, self.end)
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
-            while self.pending and self.left() > 0:
-                round_start = self.clock.now()
-                self.rounds += 1
-                answers = list(pool.map(probe, [tenant.url for tenant in self.pending]))
-                self.pending = self._settle(answers)
-                verified = sum(v.state == "verified" for v in self.verdicts.values())
-                runner.log(
-                    f"verify: {verified}/{len(self.order)} on target, {len(self.pending)} waiting, "
-                    f"{_seconds(self.left())} s left"
-                )
-                next_round = round_start + self.settings.interval
-                if not self.pending or next_round >= self.end:
-                    return
-                self.clock.sleep(max(next_round - self.clock.now(), 0.0))
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify")
+        try:
+            self._rounds(pool, probe, runner)
+        finally:  # on a cancellation or the deadline, queued probes are dropped, not run
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _rounds(self, pool: ThreadPoolExecutor, probe: _Probe, runner: Runner) -> None:
+        while self.pending and self.left() > 0:
+            round_start = self.clock.now()
+            self.rounds += 1
+            answers = list(pool.map(probe, [tenant.url for tenant in self.pending]))
+            self.pending = self._settle(answers)
+            verified = sum(v.state == "verified" for v in self.verdicts.values())
+            runner.log(
+                f"verify: {verified}/{len(self.order)} on target, {len(self.pending)} waiting, "
+                f"{_seconds(self.left())} s left"
+            )
+            next_round = round_start + self.settings.interval
+            if not self.pending or next_round >= self.end:
+                return
+            self.clock.sleep(max(next_round - self.clock.now(), 0.0))
 
     def _settle(self, answers: list[_Answer | None]) -> list[_Pending]:
         """Record one round's answers; return the tenants still waiting."""
@@ -324,14 +330,15 @@ class _Unreadable(Exception):
 def _read_capped(response: requests.Response, clock: Clock, until: float, timeout: float) -> bytes:
     """The body, read no further than :data:`BODY_LIMIT` bytes and no later than ``until``.
 
-    ``timeout`` bounds each socket read, not the whole body: a tenant dripping bytes would
-    otherwise hold a worker for the rest of the stage.
+    ``timeout`` bounds each socket read, not the whole body, so the clock is checked after every
+    read: ``read1`` returns what one read brought, where a sized read would wait for the whole
+    chunk and let a tenant dripping bytes hold a worker for the rest of the stage.
     """
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > BODY_LIMIT:
         raise _Unreadable(f"answered with a body over {BODY_LIMIT // 1024} KiB")
     body = bytearray()
-    for chunk in response.iter_content(8192):
+    while chunk := response.raw.read1(8192, decode_content=True):
         body += chunk
         if len(body) > BODY_LIMIT:
             raise _Unreadable(f"answered with a body over {BODY_LIMIT // 1024} KiB")

@@ -12,6 +12,7 @@ import requests
 from deploy import config
 from deploy.clock import Deadline, FakeClock
 from deploy.controlplane import ControlPlaneClient, CPResponseError, parse_answer
+from deploy.http import DeadlineTimeout
 from deploy.runner import Runner
 
 URL = "https://cp.example.com/cp/admin/tenants/redeploy-fleet"
@@ -32,7 +33,8 @@ def test_enumeration_is_a_dry_run_with_the_fast_budget(client, requests_mock):
     assert sent.json() == {"target_tag": "staging-8ddce85", "soak_seconds": 0, "batch_size": 3,
                            "max_stragglers": 1, "dry_run": True, "confirm": True}
     assert sent.headers["Authorization"] == "Bearer tok"
-    assert sent.timeout == (10.0, 120.0)
+    assert isinstance(sent.timeout, DeadlineTimeout) and sent.timeout.budget == 120.0
+    assert sent.timeout.clone().read_timeout == 120.0 and sent.timeout.clone().connect_timeout == 10.0
     assert call.ok and call.rows[0].dry_run and not call.rows[0].on_target
 
 
@@ -42,7 +44,15 @@ def test_a_scoped_redeploy_gets_the_rollout_budget_and_integer_fields(client, re
     body = requests_mock.last_request.json()
     assert body["only_slugs"] == ["a", "b"] and body["batch_size"] == 2 and body["max_stragglers"] == 0
     assert body["dry_run"] is False and body["confirm"] is True and "canary_slug" not in body
-    assert requests_mock.last_request.timeout == (10.0, 600.0)
+    assert requests_mock.last_request.timeout.budget == 600.0
+
+
+def test_every_attempt_gets_a_read_timeout_capped_by_what_is_left_of_the_run():
+    clock = FakeClock()
+    timeout = DeadlineTimeout(Deadline.starting_now(clock, 100), read=600)
+    assert timeout.clone().read_timeout == 100
+    clock.sleep(70)  # a first attempt and a backoff later, urllib3 clones it again for the retry
+    assert timeout.clone().read_timeout == 30 and timeout.clone().connect_timeout == 10
 
 
 def test_a_read_timeout_becomes_a_synthetic_504_not_a_crash(client, requests_mock):
@@ -68,6 +78,18 @@ def test_ok_false_without_an_error_still_explains_itself(client, requests_mock):
     assert client.redeploy("b", ["a"], 0).error == "the CP answered ok: false without an error message"
 
 
+def test_an_odd_optional_field_keeps_the_row_and_a_non_boolean_proof_proves_nothing():
+    body = {"ok": True, "results": [
+        {"slug": "a", "verified_on_target": "yes", "healthz_ok": 1, "ssm_exit_code": "0", "error": {"code": 7}},
+        {"slug": "b", "verified_on_target": True, "ssm_exit_code": 0, "phase": 3},
+    ]}
+    _, (a, b), _ = parse_answer(json.dumps(body).encode())
+    assert not a.on_target and not a.healthy and a.ssm_exit_code is None
+    assert a.error.startswith('{"code": 7}; the CP sent healthz_ok=1, not a boolean: taken as false')
+    assert "verified_on_target='yes'" in a.error
+    assert b.on_target and b.ssm_exit_code == 0 and b.phase == "3" and b.error == ""
+
+
 def test_an_older_cps_row_counts_as_verified_and_healthy():
     ok, rows, _ = parse_answer(json.dumps({"ok": True, "results": [{"slug": "a", "phase": "done"}]}).encode())
     assert ok and rows[0].on_target and rows[0].healthy
@@ -86,8 +108,6 @@ def test_an_older_cps_row_counts_as_verified_and_healthy():
         (b'{"ok": true, "results": [{"phase": "done"}]}', "results[0] has no string 'slug'"),
         (b'{"ok": true, "results": [{"slug": 7}]}', "results[0] has no string 'slug'"),
         (b'{"ok": true, "results": [{"slug": ""}]}', "results[0] has no string 'slug'"),
-        (b'{"ok": true, "results": [{"slug": "a", "verified_on_target": "no"}]}', "tenant a: 'verified_on_target'"),
-        (b'{"ok": true, "results": [{"slug": "a", "ssm_exit_code": true}]}', "tenant a: 'ssm_exit_code'"),
     ],
 )
 def test_a_malformed_answer_is_a_clear_error(body, words):
@@ -120,6 +140,6 @@ def test_answers_of_any_shape_parse_or_fail_clearly_never_with_a_traceback():
             parse_answer(json.dumps(doc).encode())
             outcomes["parsed"] += 1
         except CPResponseError as exc:
-            assert str(exc).startswith(("the CP", "tenant "))
+            assert str(exc).startswith("the CP")
             outcomes["refused"] += 1
     assert outcomes["parsed"] > 20 and outcomes["refused"] > 1000  # both paths really exercised

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from deploy import promote as promote_module
 from deploy.clock import Deadline, FakeClock
 from deploy.config import PromoteSettings
 from deploy.promote import PromoteResult, promote_images
@@ -249,3 +250,27 @@ def test_the_simulator_registry_serves_a_promotion_with_basic_auth():
         refused, _ = promote(make_settings(image, username="demo", password="nope"))
     assert result.ok and sim.tag_digest("acme/app", "latest") == digest
     assert "registry refused GET manifest" in refused.error and "401" in refused.error
+
+
+def test_an_unexpected_error_on_the_second_image_still_puts_the_first_back(monkeypatch):
+    """All or nothing holds for any exception, not only the registry errors we foresaw."""
+    sim = SimRegistry()
+    old, new, odd = (json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": m}).encode()
+                     for m in ([], [{"n": 1}], 5))
+    sim.seed("acme/one", "latest", old, OCI_INDEX)
+    sim.seed("acme/one", SOURCE, new, OCI_INDEX)
+    sim.seed("acme/two", SOURCE, odd, OCI_INDEX)  # "manifests": 5 is described, not a crash
+    real_read_back = promote_module._read_back
+
+    def read_back(repository, tag, expected):
+        if repository.name == "acme/two":
+            raise TypeError("a bug we did not foresee")
+        real_read_back(repository, tag, expected)
+
+    monkeypatch.setattr(promote_module, "_read_back", read_back)
+    with SimServer([sim]) as server:
+        host = server.url.removeprefix("http://")
+        result, _ = promote(make_settings(f"{host}/acme/one", f"{host}/acme/two"))
+    assert not result.ok and "TypeError: a bug we did not foresee" in result.error
+    assert sim.tag_digest("acme/one", "latest") == digest_of(old)
+    assert [p.state for p in result.promotions] == ["rolled-back", "failed"]

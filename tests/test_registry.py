@@ -136,10 +136,13 @@ def test_connection_failure_names_the_host_and_step(requests_mock):
     ("127.0.0.1:5000/app", False, "http://127.0.0.1:5000"),
     ("localhost:5000/team/app", False, "http://localhost:5000"),
     ("[::1]:5000/app", False, "http://[::1]:5000"),
-    ("registry.lan:5000/app", True, "http://registry.lan:5000"),
+    ("registry.lan:5000/app", True, "https://registry.lan:5000"),  # the flag alone never downgrades
+    ("ghcr.io/acme/app", True, "https://ghcr.io"),
+    ("http://registry.lan:5000/app", True, "http://registry.lan:5000"),  # an explicit http:// entry does
+    ("https://127.0.0.1:5000/app", False, "https://127.0.0.1:5000"),
     ("docker.io/acme/app", False, "https://registry-1.docker.io"),
 ])
-def test_https_except_loopback_or_allow_insecure_http(image, allow_insecure, url):
+def test_https_except_loopback_or_an_explicit_http_entry(image, allow_insecure, url):
     assert make_repository(image, allow_insecure_http=allow_insecure).base_url == url
 
 

@@ -209,6 +209,25 @@ def test_the_overall_timeout_stops_cleanly_with_outputs_and_report(fleet, action
     assert result.report is not None and result.report["outcome"] == "failed"
 
 
+def test_retries_never_run_past_the_overall_timeout(fleet, action):
+    """Each retry's read timeout is re-capped: without it, attempt 2 would end ~2 s past the deadline."""
+    _sim, server = fleet(healthy("a"), faults=[Fault("hang", seconds=10)] * 4)
+    result = action(server, timeout="3", rollout_timeout="2.5", retry_delays="0.05,0.05,0.05", verify_url="")
+
+    assert result.code == 1
+    assert "overall timeout" in result.outputs["reason"]
+    assert result.report["seconds"] < 4.0  # the deadline is 3 s; 5 s without the per-attempt cap
+
+
+def test_a_batch_that_the_cp_could_not_answer_in_time_is_not_started(fleet, action):
+    sim, server = fleet(healthy("a", "b"))
+    result = action(server, batch_size="1", timeout="1.5", verify_url="")  # worst case per call: 1.95 s
+
+    assert result.code == 1
+    assert "less than the CP's worst case" in result.outputs["reason"]
+    assert sim.deploy_calls() == []
+
+
 def test_secrets_are_masked_in_actions_and_appear_only_in_the_mask_command(fleet, action):
     _sim, server = fleet(healthy("a"), faults=[Fault("502")])
     result = action(server, verify_url="")

@@ -40,6 +40,19 @@ def test_without_github_output_outputs_are_printed_as_name_value_lines():
     assert stream.getvalue() == "ok=false\noutcome=failed\n"
 
 
+def test_the_runs_verdict_is_annotated_however_many_tenant_errors_came_first():
+    r, stream = runner()
+    for i in range(12):
+        r.error(f"tenant-{i} unreachable")
+    r.error("verify failed: 12 unreachable", title="fleet-rollout failed", final=True)
+    r.finish()
+    lines = stream.getvalue().splitlines()
+    annotated = [line for line in lines if line.startswith("::error")]
+    assert len(annotated) == 10  # GitHub's limit per step
+    assert "::error title=fleet-rollout failed::verify failed: 12 unreachable" in annotated
+    assert annotated[-1].startswith("::error::4 more errors not annotated")
+
+
 def test_annotation_messages_and_titles_are_escaped():
     r, stream = runner()
     r.error("100% down\r\nnext line", title="tenant a:b,c")
@@ -81,7 +94,11 @@ def test_secrets_are_redacted_everywhere_and_masked_only_inside_actions(tmp_path
 def test_a_log_line_from_a_server_cannot_inject_a_workflow_command():
     r, stream = runner()
     r.log("CP said:\n::set-env name=PATH::/evil\n  ::error::fake")
-    assert all(not line.lstrip().startswith("::") for line in stream.getvalue().splitlines())
+    r.log("upstream reset ##[stop-commands]token")
+    r.warning("tenant ##[add-mask]x is odd", title="straggler ##[group]x")
+    lines = stream.getvalue().splitlines()
+    assert all(not line.lstrip().startswith("::") for line in lines[:3])
+    assert all("##[" not in line for line in lines)
 
 
 def test_outside_a_runner_groups_and_annotations_are_plain_lines():
@@ -131,3 +148,21 @@ def test_the_summary_opens_with_a_gantt_of_real_durations():
         "    batch 1/1 3.0 s :4000, 7000", "    section Verify", "    verify 1.2 s :7500, 8750",
     ]
     assert text.index("### Timeline") < text.index("### Tenants")
+
+
+def test_a_secret_is_redacted_when_cut_short_or_escaped_for_json_or_markdown():
+    r, _ = runner(in_actions=False)
+    token = 'cpt_9f8e7d6c5b4a3928"1706|xyz'
+    r.mask(token)
+    assert r.redact("401: bad token cpt_9f8e7d6c5b4a…") == "401: bad token ***…"  # an error text shortened
+    assert r.redact('{"reason": "cpt_9f8e7d6c5b4a3928\\"1706|xyz"}') == '{"reason": "***"}'
+    assert r.redact("| cpt_9f8e7d6c5b4a3928\"1706\\|xyz |") == "| *** |"
+    assert r.redact("cpt_9f8e7d6c5b4 is only 15 chars of it") == "*** is only 15 chars of it"
+    assert r.redact("cpt_9f8e7d6 (11 chars) proves nothing") == "cpt_9f8e7d6 (11 chars) proves nothing"
+
+
+def test_each_line_of_a_multi_line_secret_is_masked_on_its_own():
+    r, stream = runner()
+    r.mask('{\n  "private_key": "-----BEGIN KEY-----abc"\n}')
+    assert '::add-mask::"private_key": "-----BEGIN KEY-----abc"' in stream.getvalue().splitlines()
+    assert r.redact('found "private_key": "-----BEGIN KEY-----abc" in a log') == "found *** in a log"

@@ -475,3 +475,43 @@ def test_forty_settling_tenants_take_rounds_not_the_sequential_sum() -> None:
     # the second round starts one interval (0.5 s) after the first, past every tenant's 0.2 s settle
     assert result.rounds <= 2
     assert hits <= 2 * len(slugs)
+
+
+def test_a_tenant_dripping_its_answer_a_byte_at_a_time_cannot_hold_verify_past_its_budget() -> None:
+    """Headers at once, then one byte every 0.2 s: 100 bytes would take 20 s to read in full."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n")
+                for _ in range(100):
+                    if stop.wait(0.2):
+                        return
+                    try:
+                        conn.sendall(b" ")
+                    except OSError:
+                        break
+
+    threading.Thread(target=serve, daemon=True).start()
+    port = listener.getsockname()[1]
+    settings = replace(SETTINGS, url_template=f"http://127.0.0.1:{port}/{{slug}}", budget=1.5, interval=0.5,
+                       request_timeout=0.5)
+    clock = Clock()
+    try:
+        result = verify_tenants(settings, SHA, rows("slow"), Runner(io.StringIO()), clock,
+                                Deadline.starting_now(clock, 60))
+    finally:
+        stop.set()
+        listener.close()
+    assert result.slugs("unreachable") == ("slow",)
+    assert result.seconds < 4.0  # the budget is 1.5 s; reading the drip in full would take 20 s
