@@ -68,6 +68,7 @@ class Runner:
     in_actions: bool = False
     _secrets: list[str] = field(default_factory=list, repr=False)
     _counts: dict[str, int] = field(default_factory=dict, repr=False)
+    _annotated: set[tuple[str, str, str]] = field(default_factory=set, repr=False)
 
     # -- secrets -------------------------------------------------------------------------
 
@@ -149,6 +150,10 @@ class Runner:
 
     def _annotate(self, kind: str, message: str, title: str, final: bool = False) -> None:
         message, title = self.redact(message), self.redact(title)
+        if (kind, title, message) in self._annotated:  # said already (a gate re-checked): log it only
+            self.log(f"{kind}: {title + ': ' if title else ''}{message}")
+            return
+        self._annotated.add((kind, title, message))
         if not final:
             self._counts[kind] = self._counts.get(kind, 0) + 1
         if (not final and self._counts[kind] > _limit(kind)) or not self.in_actions:
