@@ -91,8 +91,8 @@ def summary(run: Run) -> str:
     lines = [f"## fleet-rollout: {_headline(run)}", ""]
     if run.reason:
         lines += [f"**Reason:** {_cell(run.reason)}", ""]
+    lines += _timeline(run)  # people would rather look than read: the timeline comes first
     lines += _facts(run)
-    lines += _timeline(run)
     lines += _tenant_table(run)
     lines += _promotion_table(run)
     return "\n".join(lines) + "\n"

@@ -156,7 +156,7 @@ def test_the_summary_opens_with_a_gantt_of_real_durations():
         "    section Rollout", "    canary 2.5 s :1000, 3500", "    soak 0.5 s :3500, 4000",
         "    batch 1/1 3.0 s :4000, 7000", "    section Verify", "    verify 1.2 s :7500, 8750",
     ]
-    assert text.index("### Timeline") < text.index("### Tenants")
+    assert text.index("### Timeline") < text.index("| Fleet |") < text.index("### Tenants")
 
 
 def test_a_secret_is_redacted_when_cut_short_or_escaped_for_json_or_markdown():
