@@ -179,7 +179,6 @@ class Forge:
 class Config:
     stages: tuple[str, ...]
     sha: str
-    disabled: bool
     cp: ControlPlane
     rollout: RolloutPlan
     verify: VerifySettings
@@ -377,7 +376,10 @@ def parse_source(value: str) -> str:
 
 
 def load(env: Mapping[str, str]) -> Config:
-    """Build the validated :class:`Config`, or raise :class:`ConfigErrors` listing every problem."""
+    """Build the validated :class:`Config`, or raise :class:`ConfigErrors` listing every problem.
+
+    ``disabled`` is not part of it: :func:`kill_switch` reads it first, on its own.
+    """
     inputs = _Inputs(env)
     stages = inputs.parse("stages", parse_stages, STAGES)
     insecure = inputs.boolean("allow-insecure-http")
@@ -392,7 +394,6 @@ def load(env: Mapping[str, str]) -> Config:
     verify = _verify_settings(inputs, stages, insecure, request_timeout)
     promote = _promote_settings(inputs, rollout.target_tag, insecure, request_timeout, retry_delays)
     gates, forge = _gates_and_forge(inputs, env, request_timeout, retry_delays)
-    disabled = inputs.parse("disabled", parse_kill_switch, False)
     timeout = inputs.duration("timeout", positive=True)
     report = inputs.text("report-path")
 
@@ -411,7 +412,6 @@ def load(env: Mapping[str, str]) -> Config:
     return Config(
         stages=stages,
         sha=sha,
-        disabled=disabled,
         cp=cp,
         rollout=rollout,
         verify=verify,

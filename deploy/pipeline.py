@@ -94,8 +94,6 @@ def execute(config: Config, run: Run, runner: Runner, clock: Clock) -> None:
 
 
 def _stages(config: Config, run: Run, runner: Runner, clock: Clock, deadline: Deadline) -> None:
-    if config.disabled:
-        raise Skip("kill switch: input `disabled` is set")
     forge = _forge_client(config, runner, clock, deadline)
     dry_run = config.rollout.dry_run
     if not dry_run:
