@@ -11,12 +11,11 @@ never a traceback.
 
 from __future__ import annotations
 
-import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
-
-import requests
 
 from deploy import http
 from deploy.clock import Clock, Deadline
@@ -24,9 +23,20 @@ from deploy.config import ControlPlane, RolloutPlan
 from deploy.errors import DeployFailed
 from deploy.runner import Runner
 
+ANSWER_CAP = 32 * 1024 * 1024  # a 50,000-tenant enumeration is about 10 MiB of rows
+# A tenant name is a DNS-label-like word: it becomes a host name or a path segment of verify-url,
+# so `.`, `..`, `/`, markup and spaces can never be one.
+TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
+
 
 class CPResponseError(DeployFailed):
     """The CP answered something this client cannot read."""
+
+
+class CallState(StrEnum):
+    ANSWERED = "answered"  # a readable 200: its rows say what happened
+    FAILED = "failed"  # the CP answered with an error (non-200, or ok: false)
+    UNKNOWN = "unknown"  # sent, but no readable answer: the CP may or may not have deployed
 
 
 @dataclass(frozen=True)
@@ -71,12 +81,19 @@ class CallResult:
     error: str  # why it failed (the CP's text or the transport failure); with ok, the CP's note if any
     started: float  # seconds since the run started
     seconds: float
+    state: CallState = CallState.ANSWERED
+    rejected: tuple[str, ...] = ()  # slugs in the answer that cannot be tenant names (shown escaped)
+
+    @property
+    def outcome_unknown(self) -> bool:
+        return self.state is CallState.UNKNOWN
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "label": self.label, "slugs": list(self.slugs), "ok": self.ok, "status": self.status,
-            "error": self.error, "started": round(self.started, 3), "seconds": round(self.seconds, 3),
-            "rows": [r.as_dict() for r in self.rows],
+            "label": self.label, "slugs": list(self.slugs), "state": str(self.state), "ok": self.ok,
+            "status": self.status, "error": self.error, "started": round(self.started, 3),
+            "seconds": round(self.seconds, 3), "rows": [r.as_dict() for r in self.rows],
+            "rejected_slugs": list(self.rejected),
         }
 
 
@@ -88,8 +105,8 @@ class ControlPlaneClient:
         self.deadline = deadline
         self.runner = runner
         self._calling = ""  # which call and tenants a retry line is about
-        self.session = http.session(cp.retry_delays, clock, on_retry=self._log_retry, deadline=deadline)
-        self.session.headers["Authorization"] = f"Bearer {cp.token}"
+        policy = http.Policy(cp.retry_delays, cap=ANSWER_CAP, headers={"Authorization": f"Bearer {cp.token}"})
+        self.http = http.Client(policy, clock, deadline, on_retry=self._log_retry)
 
     def enumerate(self) -> CallResult:
         """The live fleet, by dry run: read-only, so it may come before the gates."""
@@ -119,45 +136,50 @@ class ControlPlaneClient:
         self.runner.log(f"  ↻ {self._calling}: {line}")
 
     def _call(self, label: str, slugs: tuple[str, ...], body: dict[str, Any], budget: float) -> CallResult:
+        """One call after retries. A call that got no readable answer is ``UNKNOWN``, never raised:
+        the CP may have deployed its tenants, so the report must say so."""
         self.deadline.check(f"starting the {label} call")
         self._calling = f"{label} ({', '.join(slugs)})" if slugs else label
         started = self.clock.now()
-        timeout = http.DeadlineTimeout(self.deadline, budget)
         try:
-            response = self.session.post(self.cp.redeploy_url, json=body, timeout=timeout)
-        except requests.RequestException as exc:
-            return self._result(label, slugs, started, None, _transport_error(exc, budget, len(self.cp.retry_delays)))
-        if response.status_code != 200:
-            error = f"HTTP {response.status_code}: {http.error_text(response.content) or response.reason}"
-            return self._result(label, slugs, started, response.status_code, error)
-        ok, rows, error = parse_answer(response.content)
-        return self._result(label, slugs, started, 200, error, ok=ok, rows=rows)
+            reply = self.http.request("POST", self.cp.redeploy_url, json=body, budget=budget)
+        except http.TransportError as exc:
+            why = f"HTTP 504 (synthetic): {exc}" if exc.timed_out else f"no answer: {exc}"
+            return self._result(label, slugs, started, None, why, CallState.UNKNOWN)
+        if reply.status != 200:
+            error = f"HTTP {reply.status}: {reply.error_text()}"
+            state = CallState.UNKNOWN if reply.status in http.TRANSIENT_STATUSES else CallState.FAILED
+            return self._result(label, slugs, started, reply.status, error, state)
+        try:
+            ok, rows, error, rejected = parse_answer(reply.body)
+        except CPResponseError as exc:
+            return self._result(label, slugs, started, 200, f"unreadable answer: {exc}", CallState.UNKNOWN)
+        state = CallState.ANSWERED if ok else CallState.FAILED
+        return self._result(label, slugs, started, 200, error, state, ok=ok, rows=rows, rejected=rejected)
 
     def _result(self, label: str, slugs: tuple[str, ...], started: float, status: int | None, error: str,
-                ok: bool = False, rows: tuple[TenantRow, ...] = ()) -> CallResult:
+                state: CallState, ok: bool = False, rows: tuple[TenantRow, ...] = (),
+                rejected: tuple[str, ...] = ()) -> CallResult:
         now = self.clock.now()
-        return CallResult(label, slugs, ok, rows, status, error, started - self.deadline.start, now - started)
+        return CallResult(label, slugs, ok, rows, status, error, started - self.deadline.start, now - started,
+                          state=state, rejected=rejected)
 
-
-def _transport_error(exc: requests.RequestException, budget: float, retries: int) -> str:
-    after = f" after {retries} retr{'y' if retries == 1 else 'ies'}" if retries else ""
-    text = str(exc)
-    if isinstance(exc, requests.Timeout) or "Read timed out" in text:
-        return f"HTTP 504 (synthetic): no answer within the {budget:g} s read budget{after}"
-    return f"connection failed{after}: {type(exc).__name__}"
+    def unanswered(self, label: str, slugs: tuple[str, ...], started: float, why: str) -> CallResult:
+        """A call interrupted in flight (the deadline during a retry wait, a cancellation)."""
+        return self._result(label, slugs, started, None, f"interrupted in flight: {why}", CallState.UNKNOWN)
 
 
 PROOF_FIELDS = ("healthz_ok", "verified_on_target")
 TEXT_FIELDS = ("phase", "ssm_status", "running_image", "error")
 
 
-def parse_answer(content: bytes) -> tuple[bool, tuple[TenantRow, ...], str]:
-    """``(ok, rows, error)`` from a 200 body, or :class:`CPResponseError` naming what is wrong."""
+def parse_answer(content: bytes) -> tuple[bool, tuple[TenantRow, ...], str, tuple[str, ...]]:
+    """``(ok, rows, error, rejected slugs)`` from a 200 body, or :class:`CPResponseError`."""
     try:
-        doc = json.loads(content)
-    except ValueError:
-        text = http.error_text(content)
-        raise CPResponseError(f"the CP answered 200 with a body that is not JSON: {text!r}") from None
+        doc = http.parse_json(content)
+    except http.UnusableBody as exc:
+        text = http.error_text(content, 120)
+        raise CPResponseError(f"the CP answered 200 with a body that is {exc}: {text!r}") from None
     if not isinstance(doc, dict):
         raise CPResponseError(f"the CP answered JSON that is not an object: {type(doc).__name__}")
     ok = doc.get("ok")
@@ -166,11 +188,13 @@ def parse_answer(content: bytes) -> tuple[bool, tuple[TenantRow, ...], str]:
     results = doc.get("results", [])
     if not isinstance(results, list):
         raise CPResponseError(f"the CP's 'results' is not a list: {type(results).__name__}")
-    rows = tuple(_row(i, raw) for i, raw in enumerate(results))
+    parsed = [_row(i, raw) for i, raw in enumerate(results)]
+    rows = tuple(row for row in parsed if TENANT_RE.match(row.slug))
+    rejected = tuple(http.compact_json(row.slug, 80) for row in parsed if not TENANT_RE.match(row.slug))
     error = doc.get("error") or ""
     if not ok and not error:
         error = "the CP answered ok: false without an error message"
-    return ok, rows, error if isinstance(error, str) else json.dumps(error)
+    return ok, rows, error if isinstance(error, str) else http.compact_json(error), rejected
 
 
 def _row(index: int, raw: Any) -> TenantRow:
@@ -193,7 +217,7 @@ def _row(index: int, raw: Any) -> TenantRow:
     for name in TEXT_FIELDS:
         value = raw.get(name)
         if value is not None:
-            values[name] = value if isinstance(value, str) else json.dumps(value)
+            values[name] = value if isinstance(value, str) else http.compact_json(value)
     code = raw.get("ssm_exit_code")
     if isinstance(code, int) and not isinstance(code, bool):
         values["ssm_exit_code"] = code

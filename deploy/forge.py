@@ -12,7 +12,7 @@ shape the reading code:
   log line saying until when; a wait that would not fit fails at once instead.
 
 Transient 502/503/504, read timeouts and dropped connections are retried by the shared session
-(:func:`deploy.http.session`). The token travels only in the ``Authorization`` header; it is
+(:class:`deploy.http.Client`). The token travels only in the ``Authorization`` header; it is
 masked, and scrubbed from any server text an error carries.
 """
 
@@ -26,14 +26,13 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-import requests
-
 from deploy import http
 from deploy.clock import Clock, Deadline
 from deploy.config import Forge
 from deploy.errors import DeployFailed
 from deploy.runner import MASK, Runner
 
+ANSWER_CAP = 8 * 1024 * 1024  # a page of 100 check runs with their output texts
 MAX_PAGES = 100  # 5,000 statuses on Gitea: far beyond a real commit; stops a server that ignores `page`
 RATE_LIMIT_MARGIN = 1.0  # seconds past the announced reset, for clock skew between us and the forge
 UNANNOUNCED_RATE_LIMIT_WAIT = 60.0  # GitHub: a 429 without headers means "wait at least a minute"
@@ -73,11 +72,12 @@ class ForgeClient:
         self.forge, self.runner, self.clock, self.deadline = forge, runner, clock, deadline
         self.shape = SHAPES[forge.kind]
         runner.mask(forge.token)
-        self.session = http.session(forge.retry_delays, clock, on_retry=runner.log, deadline=deadline)
         # `token` works on both forges (GitHub also takes Bearer; Gitea's job token only `token`).
-        self.session.headers.update({"Authorization": f"token {forge.token}", "Accept": self.shape.accept})
+        headers = {"Authorization": f"token {forge.token}", "Accept": self.shape.accept}
         if forge.kind == "github":
-            self.session.headers["X-GitHub-Api-Version"] = "2022-11-28"
+            headers["X-GitHub-Api-Version"] = "2022-11-28"
+        policy = http.Policy(forge.retry_delays, cap=ANSWER_CAP, headers=headers)
+        self.http = http.Client(policy, clock, deadline, on_retry=runner.log)
 
     def branch_head(self, branch: str) -> str:
         """The commit SHA at the head of ``branch`` (lower case)."""
@@ -140,7 +140,7 @@ class ForgeClient:
     def _get(
         self, path: str, what: str, params: dict[str, Any] | None = None,
         budget: Deadline | None = None, missing_ok: bool = False,
-    ) -> requests.Response | None:
+    ) -> http.Reply | None:
         owner, _, name = self.forge.repository.partition("/")
         if not owner or not name or "/" in name:
             raise ForgeError(f"{what}: no repository to ask (GITHUB_REPOSITORY is {self.forge.repository!r})")
@@ -148,38 +148,37 @@ class ForgeClient:
         while True:
             self.deadline.check(what)
             try:
-                timeout = http.DeadlineTimeout(self.deadline, self.forge.request_timeout)
-                response = self.session.get(url, params=params, timeout=timeout)
-            except requests.RequestException as exc:
-                raise ForgeError(f"{what}: the {self.shape.label} API is unreachable ({_describe(exc)})") from None
+                response = self.http.request("GET", url, params=params, budget=self.forge.request_timeout)
+            except http.TransportError as exc:
+                raise ForgeError(f"{what}: the {self.shape.label} API is unreachable ({exc})") from None
             wait = self._rate_limit_wait(response)
             if wait is None:
                 break
-            self._wait_out_rate_limit(wait, what, budget, response.status_code)
-        if response.status_code == 404 and missing_ok:
+            self._wait_out_rate_limit(wait, what, budget, response.status)
+        if response.status == 404 and missing_ok:
             return None
-        if response.status_code != 200:
-            text = self._scrub(http.error_text(response.content))
+        if response.status != 200:
+            text = self._scrub(http.error_text(response.body))
             detail = f": {text}" if text else ""
             raise ForgeError(
-                f"{what}: the {self.shape.label} API answered HTTP {response.status_code}{detail}",
-                response.status_code, text,
+                f"{what}: the {self.shape.label} API answered HTTP {response.status}{detail}",
+                response.status, text,
             )
         return response
 
-    def _rate_limit_wait(self, response: requests.Response) -> float | None:
+    def _rate_limit_wait(self, response: http.Reply) -> float | None:
         """Seconds until the forge lifts a rate limit, or None when ``response`` is not one.
 
         A 403 alone is a permission error: only the headers make it a rate limit.
         """
-        if response.status_code not in (403, 429):
+        if response.status not in (403, 429):
             return None
         headers = response.headers
         if headers.get("Retry-After"):
             return _retry_after(headers["Retry-After"], self.clock.wall())
         if headers.get("X-RateLimit-Remaining") == "0" and headers.get("X-RateLimit-Reset", "").isdigit():
             return float(headers["X-RateLimit-Reset"]) - self.clock.wall()
-        return UNANNOUNCED_RATE_LIMIT_WAIT if response.status_code == 429 else None
+        return UNANNOUNCED_RATE_LIMIT_WAIT if response.status == 429 else None
 
     def _wait_out_rate_limit(self, wait: float, what: str, budget: Deadline | None, status: int) -> None:
         wait = max(wait, 0.0) + RATE_LIMIT_MARGIN
@@ -201,11 +200,11 @@ class ForgeClient:
         return text.replace(self.forge.token, MASK) if self.forge.token else text
 
 
-def _json(response: requests.Response | None, what: str) -> Any:
+def _json(response: http.Reply | None, what: str) -> Any:
     try:
         return response.json() if response is not None else None
-    except ValueError:
-        raise ForgeError(f"{what}: the forge answered HTTP 200 with a body that is not JSON") from None
+    except http.UnusableBody as exc:
+        raise ForgeError(f"{what}: the forge answered HTTP 200 with a body that is {exc}") from None
 
 
 def _newest(rows: list[dict[str, Any]], name_key: str) -> dict[str, dict[str, Any]]:
@@ -245,11 +244,3 @@ def _retry_after(value: str, now: float) -> float:
         return email.utils.parsedate_to_datetime(value).timestamp() - now
     except (TypeError, ValueError):
         return UNANNOUNCED_RATE_LIMIT_WAIT
-
-
-def _describe(exc: requests.RequestException) -> str:
-    if isinstance(exc, requests.Timeout):
-        return "timed out, after retries"
-    if isinstance(exc, requests.ConnectionError):
-        return "connection failed, after retries"
-    return type(exc).__name__

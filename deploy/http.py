@@ -1,34 +1,271 @@
-"""HTTP sessions with the retry policy every remote call shares (CP, forge, registry).
+"""The one HTTP layer every client uses (CP, forge, registry, token service, tenants).
 
-Transient failures are 502/503/504, read timeouts and dropped connections. They are retried by
-urllib3's own :class:`~urllib3.util.Retry`, mounted on the session's adapter; we only teach it
-three things: the user's explicit ``retry-delays`` schedule instead of exponential backoff,
-sleeping through the injected clock (fast tests, and the overall deadline), and one log line per
-retry with the attempt number and the server's own error text.
+It owns what a hostile or broken server could otherwise use against the run:
 
-Every method is retried, POST included: the CP's redeploy of a tag is idempotent, and the
-alternative (giving up on a read timeout) is exactly the seed incident.
+- **Deadlines on the whole exchange.** urllib3's read timeout bounds each socket read, so a
+  server dripping one byte at a time (headers or body) could hold a call forever. Every attempt
+  is therefore also registered with a :class:`_Watchdog` thread that shuts the socket down when
+  the attempt's budget, or the overall deadline, runs out — whatever phase the exchange is in.
+- **Body caps on the decoded size.** The body is read inside urllib3's attempt (see
+  :class:`_WatchedPoolMixin`), at most ``cap`` decoded bytes of a success and
+  :data:`ERROR_PREFIX` of anything else; urllib3 (≥ 2.6) bounds each decompression step, so a
+  gzip bomb costs at most the cap. Reading inside the attempt also means a body cut by a dropped
+  connection is retried exactly like a dropped connection.
+- **Retries** of 502/503/504, timeouts and dropped connections by urllib3's own
+  :class:`~urllib3.util.Retry`, on the user's ``retry-delays`` schedule, slept on the injected
+  clock (fast tests, and the overall deadline), one log line per retry with the server's text.
+  Every method is retried, POST included: the CP's redeploy of a tag is idempotent, and giving
+  up on a slow answer is what loses the per-tenant results.
+- **Redirects** are followed only within the same origin (scheme, host and port), for GET and
+  HEAD: a redirect may not downgrade to ``http://`` nor carry a credential, or a body from
+  another host into the report.
+- **Failures in one sentence** (:class:`TransportError`): the host, the cause (refused, name not
+  resolved, TLS, cut off, no complete answer within N s) and the attempts really made.
+- **Linear parsing**: :func:`parse_json` turns invalid or too deeply nested JSON into
+  :class:`UnusableBody`; :func:`error_text` looks only at a bounded prefix, without regexes that
+  can backtrack.
+
+Cancellation: :func:`abort_all` (safe to call from a signal handler: it only sets a flag) makes
+the watchdog shut every open exchange within one tick and caps new ones at a short grace, so a
+cancelled run is not held by a tenant that never answers.
 """
 
 from __future__ import annotations
 
+import contextlib
+import heapq
+import itertools
 import json
-import re
-from collections.abc import Callable
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util import Timeout
 from urllib3.util.retry import Retry
 
 from deploy import __version__
 from deploy.clock import Clock, Deadline
+from deploy.errors import DeployFailed
 
 TRANSIENT_STATUSES = frozenset({502, 503, 504})
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 USER_AGENT = f"fleet-rollout/{__version__}"
+ERROR_PREFIX = 64 * 1024  # what is read of a non-2xx body: enough for any error text
+ERROR_TEXT_LIMIT = 300  # characters of a server's error text that reach a message
+MAX_REDIRECTS = 3
+CANCEL_GRACE = 1.0  # seconds a request started after cancellation may take (promote's put-back)
+WATCHDOG_TICK = 0.05
+CONNECT_BUDGET = 10.0
 
 RetryLog = Callable[[str], None]
+
+
+class TransportError(DeployFailed):
+    """No usable HTTP answer: ``host: cause (N attempts)``; ``cause`` alone for per-tenant lines."""
+
+    def __init__(self, url: str, cause: str, *, timed_out: bool = False, attempts: int = 1) -> None:
+        attempts_note = f" ({attempts} attempts)" if attempts > 1 else ""
+        super().__init__(f"{_origin(url)}: {cause}{attempts_note}")
+        self.cause = cause
+        self.timed_out = timed_out
+        self.attempts = attempts
+
+
+class UnusableBody(ValueError):
+    """A body that is not the JSON it should be (invalid, too deep, or over its cap)."""
+
+
+class BodyTooLarge(Exception):
+    """A success body over its cap; raised through urllib3 (never retried: it would not shrink)."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__(f"answered with a body over {_size(cap)}")
+
+
+# -- the watchdog --------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Attempt:
+    """One attempt of one exchange: the connection it uses and when it must be over."""
+
+    expiry: float  # time.monotonic()
+    connection: Any = None
+    started: float = field(default_factory=time.monotonic)
+    fired: bool = False
+
+
+class _Watchdog:
+    """One daemon thread that shuts down the sockets of attempts past their expiry.
+
+    Shutting a socket down wakes the thread blocked on it (EOF), in any phase: connecting,
+    reading headers, draining a body. Registrations are a dict and a heap with lazy deletion,
+    so each request costs O(log n) and the thread wakes every :data:`WATCHDOG_TICK`.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live: set[_Attempt] = set()
+        self._heap: list[tuple[float, int, _Attempt]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+        self.aborted_at: float | None = None  # set by abort_all(), read without the lock
+
+    def watch(self, attempt: _Attempt) -> None:
+        if self.aborted_at is not None:
+            attempt.expiry = min(attempt.expiry, self.aborted_at + CANCEL_GRACE)
+        with self._lock:
+            self._live.add(attempt)
+            heapq.heappush(self._heap, (attempt.expiry, next(self._order), attempt))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="http-watchdog", daemon=True)
+                self._thread.start()
+
+    def unwatch(self, attempt: _Attempt) -> None:
+        with self._lock:
+            self._live.discard(attempt)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(WATCHDOG_TICK)
+            now, aborted = time.monotonic(), self.aborted_at
+            with self._lock:
+                while self._heap and self._heap[0][0] <= now:
+                    heapq.heappop(self._heap)[2].fired = True
+                if aborted is not None:  # what started before the cancellation ends now
+                    for attempt in self._live:
+                        attempt.fired = attempt.fired or attempt.started <= aborted
+                expired = [a for a in self._live if a.fired]
+            for attempt in expired:  # outside the lock: a shutdown never blocks, but keep it short
+                _shut(attempt.connection)
+
+
+def _shut(connection: Any) -> None:
+    sock = getattr(connection, "sock", None)
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the raw socket, also under TLS
+
+
+_WATCHDOG = _Watchdog()
+
+
+def abort_all() -> None:
+    """Cut every open exchange now and cap new ones at :data:`CANCEL_GRACE` (a cancelled run).
+
+    Only assigns an attribute, so it is safe inside a signal handler.
+    """
+    if _WATCHDOG.aborted_at is None:
+        _WATCHDOG.aborted_at = time.monotonic()
+
+
+# -- one exchange (all attempts of one request) ---------------------------------------------
+
+
+@dataclass(eq=False)
+class _Exchange:
+    """What the pool hooks need to know about the request this thread is making."""
+
+    url: str
+    budget: float
+    deadline: Deadline
+    cap: int
+    attempts: int = 0
+    attempt: _Attempt | None = None
+    body: bytes | None = None
+    truncated: bool = False
+
+    def begin_attempt(self, connection: Any) -> None:
+        self.end_attempt()
+        self.attempts += 1
+        self.body, self.truncated = None, False
+        self.attempt = _Attempt(time.monotonic() + self.deadline.cap(self.budget), connection)
+        _WATCHDOG.watch(self.attempt)
+
+    def end_attempt(self) -> None:
+        if self.attempt is not None:
+            _WATCHDOG.unwatch(self.attempt)
+
+    @property
+    def timed_out(self) -> bool:
+        return self.attempt is not None and self.attempt.fired
+
+
+_current = threading.local()
+
+
+def _exchange() -> _Exchange | None:
+    return getattr(_current, "exchange", None)
+
+
+@contextmanager
+def _exchanging(exchange: _Exchange) -> Iterator[_Exchange]:
+    _current.exchange = exchange
+    try:
+        yield exchange
+    finally:
+        exchange.end_attempt()
+        _current.exchange = None
+
+
+def read_capped(raw: Any, cap: int, success: bool) -> tuple[bytes, bool]:
+    """``(body, truncated)``: at most ``cap`` decoded bytes of a success (more raises
+    :class:`BodyTooLarge`), at most :data:`ERROR_PREFIX` of anything else (the rest is dropped)."""
+    limit = cap if success else min(cap, ERROR_PREFIX)
+    declared = raw.headers.get("Content-Length", "") if getattr(raw, "headers", None) is not None else ""
+    if success and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(limit)
+    body = bytearray()
+    while len(body) <= limit:
+        chunk = raw.read(min(65536, limit + 1 - len(body)) or 1, decode_content=True)
+        if not chunk:
+            return bytes(body), False
+        body += chunk
+    if success:
+        raise BodyTooLarge(limit)
+    return bytes(body[:limit]), True
+
+
+class _WatchedPoolMixin:
+    """urllib3 pool hook: each attempt is watched, and its body is read inside the attempt."""
+
+    def _make_request(self, conn: Any, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        exchange = _exchange()
+        if exchange is None:
+            return super()._make_request(conn, method, url, *args, **kwargs)  # type: ignore[misc]
+        exchange.begin_attempt(conn)
+        response = super()._make_request(conn, method, url, *args, **kwargs)  # type: ignore[misc]
+        body, truncated = read_capped(response, exchange.cap, 200 <= response.status < 300)
+        exchange.body, exchange.truncated = body, truncated
+        if truncated:  # the unread rest must not be drained before a retry: drop the connection
+            response.close()
+        return response
+
+
+class _WatchedHTTPPool(_WatchedPoolMixin, HTTPConnectionPool):
+    pass
+
+
+class _WatchedHTTPSPool(_WatchedPoolMixin, HTTPSConnectionPool):
+    pass
+
+
+class _WatchedAdapter(HTTPAdapter):
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+
+# -- retries -------------------------------------------------------------------------------
 
 
 class ScheduledRetry(Retry):
@@ -46,7 +283,8 @@ class ScheduledRetry(Retry):
         kwargs.setdefault("status_forcelist", TRANSIENT_STATUSES)
         kwargs.setdefault("allowed_methods", None)  # None: every method, POST included
         kwargs.setdefault("raise_on_status", False)  # hand the last response to the caller
-        kwargs.setdefault("redirect", 5)
+        kwargs.setdefault("redirect", 0)  # redirects are the client's decision (same origin only)
+        kwargs.setdefault("raise_on_redirect", False)
         kwargs.setdefault("respect_retry_after_header", False)
         super().__init__(**kwargs)
         self.delays = delays
@@ -56,7 +294,7 @@ class ScheduledRetry(Retry):
 
     def new(self, **kw: Any) -> ScheduledRetry:
         kw.update(delays=self.delays, clock=self.clock, on_retry=self.on_retry, deadline=self.deadline)
-        return super().new(**kw)
+        return super().new(**kw)  # type: ignore[return-value]
 
     def get_backoff_time(self) -> float:
         failures = len(self.history)
@@ -74,26 +312,28 @@ class ScheduledRetry(Retry):
     def increment(self, method: str | None = None, url: str | None = None, response: Any = None,
                   error: Exception | None = None, *args: Any, **kwargs: Any) -> ScheduledRetry:
         retry = super().increment(method, url, response, error, *args, **kwargs)
-        if self.on_retry and retry.history and retry.history[-1].redirect_location is None:
-            attempts = len(self.delays) + 1
+        if self.on_retry and retry.history:
+            exchange = _exchange()
             attempt = len(retry.history) + 1
-            cause = _describe_response(response) if response is not None and error is None else _describe_error(error)
-            self.on_retry(
-                f"{method} {url}: {cause}; retrying in {retry.get_backoff_time():g} s "
-                f"(attempt {attempt}/{attempts})"
-            )
-        return retry
+            if response is not None and error is None:
+                cause = f"HTTP {response.status}" + _with_text(exchange.body if exchange else b"")
+            else:
+                cause = _cause(error, exchange.budget if exchange else 0.0, exchange.timed_out if exchange else False)
+            where = _shown(exchange.url) if exchange else url
+            self.on_retry(f"{method} {where}: {cause}; retrying in "
+                          f"{retry.get_backoff_time():g} s (attempt {attempt}/{len(self.delays) + 1})")
+        return retry  # type: ignore[return-value]
 
 
 class DeadlineTimeout(Timeout):
-    """A request's budget, re-capped by what is left of the overall deadline at every attempt.
+    """Socket timeouts re-capped by what is left of the overall deadline at every attempt.
 
-    urllib3 retries inside one ``urlopen`` with the same timeout object and clones it for each
-    attempt; re-capping in :meth:`clone` is what keeps a retried call from running past the
-    ``timeout`` input by up to one whole read budget.
+    urllib3 clones the timeout object for each attempt; re-capping in :meth:`clone` keeps a
+    retried call inside the ``timeout`` input. requests' type hints ask for a float or a tuple,
+    but its adapter passes a urllib3 ``Timeout`` through untouched, which is what this relies on.
     """
 
-    def __init__(self, deadline: Deadline, read: float, connect: float = 10.0) -> None:
+    def __init__(self, deadline: Deadline, read: float, connect: float = CONNECT_BUDGET) -> None:
         super().__init__(connect=min(connect, read), read=read)
         self.deadline, self.budget, self.connect_budget = deadline, read, min(connect, read)
 
@@ -101,60 +341,236 @@ class DeadlineTimeout(Timeout):
         return Timeout(connect=self.deadline.cap(self.connect_budget), read=self.deadline.cap(self.budget))
 
 
-def session(
-    delays: tuple[float, ...] = (),
-    clock: Clock | None = None,
-    on_retry: RetryLog | None = None,
-    pool_size: int = 10,
-    deadline: Deadline | None = None,
-) -> requests.Session:
-    """A session whose every call gets the transient-failure retry policy.
-
-    With a ``deadline``, a retry that would wait past it raises
-    :class:`~deploy.errors.DeadlineExceeded` instead (through requests, untouched).
-    """
-    s = requests.Session()
-    retry = ScheduledRetry(delays=delays, clock=clock, on_retry=on_retry, deadline=deadline)
-    adapter = HTTPAdapter(max_retries=retry, pool_connections=pool_size, pool_maxsize=pool_size)
-    s.mount("http://", adapter)
-    s.mount("https://", adapter)
-    s.headers["User-Agent"] = USER_AGENT
-    return s
+# -- the client ----------------------------------------------------------------------------
 
 
-def error_text(body: bytes | str, limit: int = 300) -> str:
-    """The server's own words, on one line: a JSON ``error``/``message``, an HTML title, or text."""
-    text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
+@dataclass(frozen=True)
+class Policy:
+    """How one remote party is talked to."""
+
+    retry_delays: tuple[float, ...] = ()
+    cap: int = 8 * 1024 * 1024  # decoded bytes of a success body
+    pool_size: int = 10
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A complete answer: status, headers, and the (capped) body."""
+
+    status: int
+    reason: str
+    headers: Mapping[str, str]
+    body: bytes
+    url: str
+    attempts: int = 1
+
+    def json(self) -> Any:
+        return parse_json(self.body)
+
+    def error_text(self, limit: int = ERROR_TEXT_LIMIT) -> str:
+        return error_text(self.body, limit) or self.reason
+
+    @property
+    def redirect_note(self) -> str:
+        """Why a 3xx was not followed (its target is not shown: it may be an internal URL)."""
+        if self.status not in REDIRECT_STATUSES:
+            return ""
+        target = urljoin(self.url, self.headers.get("Location", ""))
+        if not self.headers.get("Location"):
+            return "a redirect without a Location"
+        if urlsplit(target).scheme == "http" and urlsplit(self.url).scheme == "https":
+            return "a redirect that downgrades to http://, not followed"
+        return "a redirect to another origin, not followed" if not same_origin(self.url, target) else \
+            f"more than {MAX_REDIRECTS} redirects"
+
+
+class Client:
+    """A pooled, retrying session for one remote party, every exchange bounded (see module doc)."""
+
+    def __init__(self, policy: Policy, clock: Clock, deadline: Deadline, on_retry: RetryLog | None = None) -> None:
+        self.policy, self.clock, self.deadline = policy, clock, deadline
+        self.session = requests.Session()
+        retry = ScheduledRetry(delays=policy.retry_delays, clock=clock, on_retry=on_retry, deadline=deadline)
+        adapter = _WatchedAdapter(max_retries=retry, pool_connections=policy.pool_size,
+                                  pool_maxsize=policy.pool_size)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers["User-Agent"] = USER_AGENT
+        self.session.headers.update(policy.headers)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def request(self, method: str, url: str, *, budget: float, cap: int | None = None,
+                deadline: Deadline | None = None, **kwargs: Any) -> Reply:
+        """One exchange (with its retries and same-origin redirects); :class:`TransportError` when
+        no complete answer came. ``deadline`` narrows the client's own (a stage's budget)."""
+        deadline = deadline or self.deadline
+        for _ in range(MAX_REDIRECTS + 1):
+            reply = self._once(method, url, budget, cap or self.policy.cap, deadline, kwargs)
+            location = reply.headers.get("Location", "")
+            target = urljoin(url, location)
+            if not (reply.status in REDIRECT_STATUSES and method in ("GET", "HEAD") and location
+                    and same_origin(url, target)):
+                return reply
+            url = target
+        return reply
+
+    def _once(self, method: str, url: str, budget: float, cap: int, deadline: Deadline,
+              kwargs: dict[str, Any]) -> Reply:
+        deadline.check(f"{method} {_origin(url)}")
+        with _exchanging(_Exchange(url, budget, deadline, cap)) as exchange:
+            try:
+                response = self.session.request(method, url, timeout=DeadlineTimeout(deadline, budget),
+                                                allow_redirects=False, stream=True, **kwargs)
+            except BodyTooLarge as exc:
+                raise TransportError(url, str(exc), attempts=exchange.attempts) from None
+            except requests.RequestException as exc:
+                raise TransportError(url, _cause(exc, budget, exchange.timed_out),
+                                     timed_out=_timed_out(exc, exchange.timed_out),
+                                     attempts=max(exchange.attempts, 1)) from None
+            try:
+                body = exchange.body
+                if body is None:  # no pool hook ran (a test adapter): read it here, same caps
+                    body, _ = read_capped(response.raw, cap, 200 <= response.status_code < 300)
+            except BodyTooLarge as exc:
+                raise TransportError(url, str(exc), attempts=exchange.attempts) from None
+            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+                raise TransportError(url, _cause(exc, budget, exchange.timed_out),
+                                     timed_out=_timed_out(exc, exchange.timed_out),
+                                     attempts=max(exchange.attempts, 1)) from None
+            finally:
+                if exchange.truncated or exchange.timed_out:
+                    response.close()  # the rest of the body is unread: the connection can't be reused
+                else:
+                    response.raw.release_conn()
+            return Reply(response.status_code, response.reason or "", response.headers, body, url,
+                         max(exchange.attempts, 1))
+
+
+# -- wording and parsing -------------------------------------------------------------------
+
+
+def same_origin(a: str, b: str) -> bool:
+    pa, pb = urlsplit(a), urlsplit(b)
+    return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
+
+
+def _cause(exc: BaseException | None, budget: float, cut: bool) -> str:
+    if exc is None:
+        return "error"
+    if _timed_out(exc, cut):
+        return f"no complete answer within {budget:g} s"
+    chain = list(_chain(exc))
+    names = " ".join(type(e).__name__ for e in chain)
+    text = " ".join(str(e) for e in chain[-1:])
+    if isinstance(exc, requests.TooManyRedirects):
+        return "too many redirects"
+    if any(isinstance(e, ConnectionRefusedError) for e in chain) or "Connection refused" in text:
+        return "connection refused"
+    if any(isinstance(e, socket.gaierror) for e in chain) or "NameResolution" in names:
+        return "name not resolved"
+    if isinstance(exc, requests.exceptions.SSLError) or "SSL" in names:
+        return f"TLS failure: {_one_line(text, 120)}"
+    if "IncompleteRead" in names or "IncompleteRead" in text or "ChunkedEncodingError" in names:
+        return "the answer was cut off (connection dropped mid-body)"
+    if any(isinstance(e, ConnectionResetError) for e in chain) or "reset" in text.lower():
+        return "connection reset"
+    if "RemoteDisconnected" in names or "closed connection" in text:
+        return "the server closed the connection without answering"
+    return f"connection failed: {_one_line(text or type(chain[-1]).__name__, 120)}"
+
+
+def _timed_out(exc: BaseException, cut: bool) -> bool:
+    return cut or any(isinstance(e, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError))
+                      for e in _chain(exc))
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """The error and what it wraps: requests wraps urllib3, which wraps the socket error."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return
+        yield seen
+        inner = getattr(seen, "reason", None)
+        if not isinstance(inner, BaseException):
+            inner = next((a for a in reversed(seen.args) if isinstance(a, BaseException)), None)
+        seen = inner or seen.__cause__ or seen.__context__
+
+
+def parse_json(body: bytes | str) -> Any:
+    """JSON, or :class:`UnusableBody`; nesting deep enough to exhaust the stack is just invalid."""
     try:
-        doc = json.loads(text)
+        return json.loads(body)
     except ValueError:
+        raise UnusableBody("not JSON") from None
+    except RecursionError:
+        raise UnusableBody("not JSON (nested too deeply)") from None
+
+
+def error_text(body: bytes | str, limit: int = ERROR_TEXT_LIMIT) -> str:
+    """The server's own words, on one line: a JSON ``error``/``message``, an HTML title, or text.
+
+    Only a :data:`ERROR_PREFIX` prefix is looked at, with plain ``find`` calls: linear time
+    whatever the body (a lazy regex over repeated unclosed ``<title>`` tags is quadratic).
+    """
+    data = body[:ERROR_PREFIX]
+    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+    try:
+        doc = parse_json(text)
+    except UnusableBody:
         doc = None
     if isinstance(doc, dict):
         for key in ("error", "message", "errors", "detail"):
             if doc.get(key):
-                value = doc[key]
-                text = value if isinstance(value, str) else json.dumps(value)
+                text = doc[key] if isinstance(doc[key], str) else compact_json(doc[key])
                 break
-    elif re.search(r"<html|<!doctype", text, re.IGNORECASE):
-        title = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
-        text = f"HTML page: {title.group(1)}" if title else "HTML page (not JSON)"
-    text = " ".join(text.split())
+    else:
+        lowered = text.lower()
+        if "<html" in lowered or "<!doctype" in lowered:
+            text = _html_title(text, lowered)
+    return _one_line(text, limit)
+
+
+def _html_title(text: str, lowered: str) -> str:
+    start = lowered.find("<title")
+    opened = lowered.find(">", start) if start != -1 else -1
+    end = lowered.find("</title", opened) if opened != -1 else -1
+    if end == -1:
+        return "HTML page (not JSON)"
+    return f"HTML page: {text[opened + 1:end]}"
+
+
+def compact_json(value: Any, limit: int = ERROR_TEXT_LIMIT) -> str:
+    """A value a server sent, as short JSON; never raises (a parsed value may still be deep)."""
+    try:
+        return _one_line(json.dumps(value), limit)
+    except (ValueError, TypeError, RecursionError):
+        return "(unprintable value)"
+
+
+def _with_text(body: bytes | None) -> str:
+    text = error_text(body or b"")
+    return f": {text}" if text else ""
+
+
+def _one_line(text: str, limit: int) -> str:
+    text = " ".join(text[: limit * 4].split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _describe_response(response: Any) -> str:
-    try:
-        body = response.read(4096, decode_content=True) or b""
-    except Exception:  # noqa: BLE001 - a body we can't read still has a status to report
-        body = b""
-    text = error_text(body)
-    return f"HTTP {response.status}" + (f": {text}" if text else "")
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return parts.netloc.rpartition("@")[2] or url[:80]
 
 
-def _describe_error(error: Exception | None) -> str:
-    name = type(error).__name__ if error else "error"
-    if "ReadTimeout" in name:
-        return "read timed out (treated as a retryable 504)"
-    if "Protocol" in name or "Connect" in name or "NewConnection" in name:
-        return f"connection failed ({name})"
-    return name
+def _shown(url: str) -> str:
+    """Host and path only: userinfo and a query may carry a credential."""
+    parts = urlsplit(url)
+    return _origin(url) + parts.path
+
+
+def _size(n: int) -> str:
+    return f"{n // (1024 * 1024)} MiB" if n >= 1024 * 1024 else f"{n // 1024} KiB"

@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Mapping
 from typing import TextIO
 
-from deploy import config, pipeline, report
+from deploy import config, http, pipeline, report
 from deploy.clock import Clock
 from deploy.errors import ConfigErrors, DeployFailed
 from deploy.runner import Runner
@@ -24,16 +25,25 @@ class Cancelled(DeployFailed):
     """The runner stopped the container (job cancelled or timed out)."""
 
 
+_publishing = threading.Event()  # once outputs are being written, a signal must not cut them short
+
+
 def _cancel(signum: int, frame: object) -> None:
+    """Stop now, but report: cut every open HTTP exchange (a tenant that never answers must not
+    hold the exit), then raise :class:`Cancelled` in the main thread, which the stages record."""
     for name in ("SIGINT", "SIGTERM"):  # the runner may send both: the second must not cut the report short
         signal.signal(getattr(signal, name), signal.SIG_IGN)
-    raise Cancelled(f"cancelled by signal {signal.Signals(signum).name}; later stages did not run")
+    http.abort_all()
+    if not _publishing.is_set():
+        raise Cancelled(f"cancelled by signal {signal.Signals(signum).name}; later stages did not run")
 
 
 def run(env: Mapping[str, str], stream: TextIO | None = None, clock: Clock | None = None) -> int:
     runner_env = config.RunnerEnv.from_env(env)
     runner = Runner(stream or sys.stdout, runner_env.output_path, runner_env.summary_path, runner_env.in_actions)
     runner.mask(*config.secrets_in(env))
+    for warning in config.short_secret_warnings(env):
+        runner.warning(warning, title="short secret")
     record = pipeline.Run()
     report_path = runner_env.report_path(env)
     try:
@@ -52,6 +62,7 @@ def run(env: Mapping[str, str], stream: TextIO | None = None, clock: Clock | Non
     except Exception as exc:  # noqa: BLE001 - a bug must still leave outputs and a report behind
         runner.log(traceback.format_exc())
         record.fail(f"internal error ({type(exc).__name__}: {exc}); this is a bug in fleet-rollout, please report it")
+    _publishing.set()
     report.publish(record, runner, report_path, runner_env.workspace)
     runner.finish()
     return record.exit_code

@@ -16,13 +16,11 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
-import requests
-
 from deploy import http
 from deploy.clock import Clock, Deadline
 from deploy.config import PromoteSettings
 from deploy.errors import DeployFailed
-from deploy.registry import Manifest, RegistryError, Repository
+from deploy.registry import MANIFEST_CAP, Manifest, RegistryError, Repository
 from deploy.runner import Runner
 
 STATES = ("promoted", "rolled-back", "failed", "not-started", "rollback-failed")
@@ -88,39 +86,50 @@ def check_sources(settings: PromoteSettings, runner: Runner, clock: Clock, deadl
     A wrong registry password or a build pushed under another tag would otherwise surface only
     after the whole fleet was rolled out and verified, with ``latest`` left behind.
     """
-    with http.session(settings.retry_delays, clock, on_retry=runner.log, deadline=deadline) as session:
+    client = _client(settings, runner, clock, deadline)
+    try:
         for image in settings.images:
             try:
-                source = _repository(image, settings, session, runner, deadline).find_manifest(settings.source)
+                source = _repository(image, settings, client, runner, deadline).find_manifest(settings.source)
             except RegistryError as exc:
                 raise DeployFailed(f"promote preflight, before any deploy: {exc}") from None
             if source is None:
                 raise DeployFailed(f"promote preflight, before any deploy: {image} has no {settings.source} "
                                    "(was the build pushed under that name?)")
             runner.log(f"promote preflight: {image}:{settings.source} is {source.digest} ({source.describe()})")
+    finally:
+        client.close()
 
 
 def promote_images(settings: PromoteSettings, runner: Runner, clock: Clock, deadline: Deadline) -> PromoteResult:
     """Move ``settings.tag`` to ``settings.source`` in every image, or in none of them."""
     attempts: list[_Attempt] = []
-    with http.session(settings.retry_delays, clock, on_retry=runner.log, deadline=deadline) as session:
+    client = _client(settings, runner, clock, deadline)
+    try:
         for image in settings.images:
-            attempt = _Attempt(_repository(image, settings, session, runner, deadline))
+            attempt = _Attempt(_repository(image, settings, client, runner, deadline))
             attempts.append(attempt)
             try:
                 _promote(attempt, settings, runner)
-            except Exception as exc:  # noqa: BLE001 - whatever broke, the tags already moved go back
+            except Exception as exc:  # noqa: BLE001 - whatever broke (a cancellation too), moved tags go back
                 error = str(exc) if isinstance(exc, RegistryError) else f"{image}: {type(exc).__name__}: {exc}"
                 runner.log(f"{image}: FAILED: {error}")
                 grace = Deadline.starting_now(clock, deadline.remaining() + settings.request_timeout)
                 return _undo(attempts, settings, runner, grace, error)
+    finally:
+        client.close()
     return PromoteResult(settings.tag, tuple(_promoted(a, settings) for a in attempts), "")
 
 
-def _repository(image: str, settings: PromoteSettings, session: requests.Session, runner: Runner,
+def _client(settings: PromoteSettings, runner: Runner, clock: Clock, deadline: Deadline) -> http.Client:
+    policy = http.Policy(settings.retry_delays, cap=MANIFEST_CAP)
+    return http.Client(policy, clock, deadline, on_retry=runner.log)
+
+
+def _repository(image: str, settings: PromoteSettings, client: http.Client, runner: Runner,
                 deadline: Deadline) -> Repository:
     return Repository(
-        image, session=session, deadline=deadline, request_timeout=settings.request_timeout,
+        image, client=client, deadline=deadline, request_timeout=settings.request_timeout,
         username=settings.username, password=settings.password, mask=runner.mask,
         allow_insecure_http=settings.allow_insecure_http)
 
@@ -173,11 +182,12 @@ def _undo(attempts: list[_Attempt], settings: PromoteSettings, runner: Runner, g
     for attempt in moved:
         state, now, note = _restore(attempt, settings.tag, runner, grace)
         promotions.append(_promotion(attempt, settings, now, state, f"{note} because {failed.image} failed"))
-    now, detail = "", error
+    now, detail, state = "", error, "failed"
     if failed.pushed:
-        _, now, note = _restore(failed, settings.tag, runner, grace)
+        restored, now, note = _restore(failed, settings.tag, runner, grace)
         now, detail = ("" if now == _digest(failed.previous) else now), f"{error}; {note}"
-    promotions.append(_promotion(failed, settings, now, "failed", detail))
+        state = "rollback-failed" if restored == "rollback-failed" else state
+    promotions.append(_promotion(failed, settings, now, state, detail))
     promotions += [Promotion(image, settings.source, "", "", "", "not-started", f"not started: {failed.image} failed")
                    for image in settings.images[len(attempts):]]
     return PromoteResult(settings.tag, tuple(promotions), error)
@@ -203,9 +213,10 @@ def _restore(attempt: _Attempt, tag: str, runner: Runner, grace: Deadline) -> tu
             repository.put_manifest(tag, previous)
             _read_back(repository, tag, previous.digest)
             state, now, note = "rolled-back", previous.digest, f"{tag} put back on the previous {previous.digest}"
-    except DeployFailed as exc:
+    except Exception as exc:  # noqa: BLE001 - anything at all: record the state, never lose the record
         was = previous.digest if previous else "(none)"
-        state, note = "rollback-failed", f"could not put {tag} back on {was}: {exc}; it may still be on {now}"
+        why = str(exc) if isinstance(exc, DeployFailed) else f"{type(exc).__name__}: {exc}"
+        state, note = "rollback-failed", f"could not put {tag} back on {was}: {why}; it may still be on {now}"
     runner.log(f"{attempt.image}: rollback: {note}")
     return state, now, note
 

@@ -15,19 +15,19 @@ extra binary, and promote must control the exact bytes. Registry facts this modu
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
-import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
-import requests
-
+from deploy import http
 from deploy.clock import Deadline
 from deploy.config import is_loopback
 from deploy.errors import DeployFailed
-from deploy.http import DeadlineTimeout, error_text
+from deploy.http import error_text
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -36,6 +36,8 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MANIFEST_TYPES = (OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST)
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
 MANIFEST_ACCEPT = ", ".join(MANIFEST_TYPES)
+MANIFEST_CAP = 4 * 1024 * 1024  # registries refuse larger manifests: more is not a manifest
+TOKEN_CAP = 1024 * 1024
 
 API_HOSTS = {"docker.io": "registry-1.docker.io", "index.docker.io": "registry-1.docker.io"}
 CHALLENGE_PARAM_RE = re.compile(r'([A-Za-z_][\w-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))')
@@ -69,8 +71,8 @@ class Manifest:
         if not self.is_index:
             return self.media_type
         try:
-            manifests = json.loads(self.body).get("manifests")
-        except (ValueError, AttributeError):
+            manifests = http.parse_json(self.body).get("manifests")
+        except (http.UnusableBody, AttributeError):
             manifests = None
         count = len(manifests) if isinstance(manifests, list) else "?"
         return f"{self.media_type}, index of {count} manifests"
@@ -92,29 +94,33 @@ def parse_challenge(header: str) -> Challenge:
     return Challenge(scheme.lower(), {k: re.sub(r"\\(.)", r"\1", v) for k, v in params.items()})
 
 
-def registry_error_text(response: requests.Response) -> str:
+def registry_error_text(response: http.Reply) -> str:
     """The registry's ``errors`` list as ``code: message``, or whatever text it sent."""
     try:
         errors = response.json().get("errors")
-    except (ValueError, AttributeError):
+    except (http.UnusableBody, AttributeError):
         errors = None
     if isinstance(errors, list) and errors:
-        parts = [f"{str(e.get('code', '')).lower()}: {e.get('message', '')}".strip(": ")
-                 for e in errors if isinstance(e, dict)]
+        parts = [f"{_text(e.get('code', '')).lower()}: {_text(e.get('message', ''))}".strip(": ")
+                 for e in errors[:10] if isinstance(e, dict)]
         return error_text("; ".join(parts))
-    return error_text(response.content) or response.reason or ""
+    return response.error_text()
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else http.compact_json(value, 200)
 
 
 class Repository:
     """One repository on one registry (``host[:port]/name``), with the auth it negotiated."""
 
-    def __init__(self, image: str, *, session: requests.Session, deadline: Deadline, request_timeout: float,
+    def __init__(self, image: str, *, client: http.Client, deadline: Deadline, request_timeout: float,
                  username: str = "", password: str = "", mask: Callable[[str], None] = lambda secret: None,
                  allow_insecure_http: bool = False) -> None:
         scheme, has_scheme, address = image.partition("://")
         host, _, self.name = (address if has_scheme else image).partition("/")
         self.image = image
-        self.session = session
+        self.client = client
         self.deadline = deadline  # promote swaps in a short grace deadline to put tags back
         self.request_timeout = request_timeout
         self.username, self._password = username, password
@@ -124,15 +130,19 @@ class Repository:
         plain = scheme == "http" if has_scheme else is_loopback(hostname)
         self.base_url = f"{'http' if plain else 'https'}://{API_HOSTS.get(host, host)}"
         self._authorization = ""
+        if username:  # what a token service receives as `Basic …`, as requests encodes it (latin-1)
+            for encoding in ("latin-1", "utf-8"):
+                with contextlib.suppress(UnicodeEncodeError):
+                    mask(base64.b64encode(f"{username}:{password}".encode(encoding)).decode())
 
     def find_manifest(self, reference: str) -> Manifest | None:
         """The manifest under a tag or digest, or None when the registry has none there."""
         step = f"GET manifest {reference}"
         response = self._send("GET", reference, step, {"Accept": MANIFEST_ACCEPT})
-        if response.status_code == 404:
+        if response.status == 404:
             return None
         self._expect_success(response, step)
-        manifest = Manifest.of(response.content, self._media_type(response, step))
+        manifest = Manifest.of(response.body, self._media_type(response, step))
         self._check_digest(response, manifest.digest, step)
         if reference.startswith("sha256:") and manifest.digest != reference:
             raise RegistryError(f"{self.image}: {step}: the bytes served hash to {manifest.digest}")
@@ -148,28 +158,27 @@ class Repository:
     # -- requests and auth ---------------------------------------------------------------
 
     def _send(self, method: str, reference: str, step: str, headers: dict[str, str],
-              body: bytes | None = None) -> requests.Response:
+              body: bytes | None = None) -> http.Reply:
         url = f"{self.base_url}/v2/{self.name}/manifests/{reference}"
         response = self._request(method, url, step, headers, body)
-        if response.status_code == 401 and self._authenticate(response, step):
+        if response.status == 401 and self._authenticate(response, step):
             response = self._request(method, url, step, headers, body)
-        if response.status_code in (401, 403):
+        if response.status in (401, 403):
             raise self._refused("registry", step, response)
         return response
 
     def _request(self, method: str, url: str, step: str, headers: dict[str, str], body: bytes | None = None,
-                 **kwargs: object) -> requests.Response:
+                 cap: int = MANIFEST_CAP, **kwargs: Any) -> http.Reply:
         self.deadline.check(f"{step} on {self.image}")
         if self._authorization and "auth" not in kwargs:
             headers = {**headers, "Authorization": self._authorization}
         try:
-            return self.session.request(method, url, headers=headers, data=body,
-                                        timeout=DeadlineTimeout(self.deadline, self.request_timeout), **kwargs)
-        except requests.RequestException as exc:
-            host = urlsplit(url).netloc
-            raise RegistryError(f"{self.image}: {step} failed: could not reach {host} ({type(exc).__name__})") from None
+            return self.client.request(method, url, headers=headers, data=body, budget=self.request_timeout,
+                                        deadline=self.deadline, cap=cap, **kwargs)
+        except http.TransportError as exc:
+            raise RegistryError(f"{self.image}: {step} failed: {exc}") from None
 
-    def _authenticate(self, response: requests.Response, step: str) -> bool:
+    def _authenticate(self, response: http.Reply, step: str) -> bool:
         """Answer a 401 challenge; False when retrying could not change the answer."""
         challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
         if challenge.scheme == "bearer":
@@ -187,20 +196,22 @@ class Repository:
         parts = urlsplit(realm)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise RegistryError(f"{self.image}: {step}: bearer challenge without a usable realm ({realm!r})")
-        if parts.scheme == "http" and not (self.allow_insecure_http or is_loopback(parts.hostname)):
-            raise RegistryError(f"{self.image}: {step}: refusing to ask the plain-http token realm {realm} "
-                                "(allowed only on loopback, or with allow-insecure-http: true)")
+        if parts.scheme == "http" and self.base_url.startswith("https://"):
+            # The password would cross the network in clear, whatever allow-insecure-http says: that
+            # flag serves a registry entry written http://, never an https registry's token service.
+            raise RegistryError(f"{self.image}: {step}: refusing to send credentials to the plain-http token "
+                                f"realm {parts.scheme}://{parts.netloc}{parts.path} of an https registry")
         params = {"scope": f"repository:{self.name}:pull,push"}
         if challenge.params.get("service"):
             params["service"] = challenge.params["service"]
         auth = (self.username, self._password) if self.username else None
-        response = self._request("GET", realm, f"token for {step}", {}, params=params, auth=auth)
-        if response.status_code != 200:
+        response = self._request("GET", realm, f"token for {step}", {}, cap=TOKEN_CAP, params=params, auth=auth)
+        if response.status != 200:
             raise self._refused(f"token service {parts.netloc}", step, response)
         try:
             doc = response.json()
             token = doc.get("token") or doc.get("access_token")
-        except (ValueError, AttributeError):
+        except (http.UnusableBody, AttributeError):
             token = None
         if not isinstance(token, str) or not token:
             raise RegistryError(f"{self.image}: token service {parts.netloc} answered {step} without a token")
@@ -209,33 +220,34 @@ class Repository:
 
     # -- checks --------------------------------------------------------------------------
 
-    def _refused(self, who: str, step: str, response: requests.Response) -> RegistryError:
+    def _refused(self, who: str, step: str, response: http.Reply) -> RegistryError:
         hint = ""
-        if response.status_code == 401:
+        if response.status == 401:
             hint = (" (check registry-username and registry-password)" if self.username
                     else " (the registry wants credentials: set registry-username and registry-password)")
         text = registry_error_text(response)
-        return RegistryError(f"{self.image}: {who} refused {step}: {response.status_code} {text}{hint}")
+        return RegistryError(f"{self.image}: {who} refused {step}: {response.status} {text}{hint}")
 
-    def _expect_success(self, response: requests.Response, step: str) -> None:
-        if not 200 <= response.status_code < 300:
+    def _expect_success(self, response: http.Reply, step: str) -> None:
+        if not 200 <= response.status < 300:
+            note = f" ({response.redirect_note})" if response.redirect_note else ""
             raise RegistryError(f"{self.image}: registry answered {step} with "
-                                f"{response.status_code} {registry_error_text(response)}")
+                                f"{response.status} {registry_error_text(response)}{note}")
 
-    def _media_type(self, response: requests.Response, step: str) -> str:
+    def _media_type(self, response: http.Reply, step: str) -> str:
         media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
         if media_type in MANIFEST_TYPES:
             return media_type
         try:
-            declared = json.loads(response.content).get("mediaType", "")
-        except (ValueError, AttributeError):
+            declared = http.parse_json(response.body).get("mediaType", "")
+        except (http.UnusableBody, AttributeError):
             declared = ""
         if declared in MANIFEST_TYPES:
             return declared
-        raise RegistryError(f"{self.image}: {step}: unsupported manifest media type {media_type or '(none)'}; "
+        raise RegistryError(f"{self.image}: {step}: unsupported manifest media type {media_type[:80] or '(none)'}; "
                             f"expected one of {MANIFEST_ACCEPT}")
 
-    def _check_digest(self, response: requests.Response, digest: str, step: str) -> None:
+    def _check_digest(self, response: http.Reply, digest: str, step: str) -> None:
         claimed = response.headers.get("Docker-Content-Digest", "")
         if claimed and claimed != digest:
             raise RegistryError(f"{self.image}: {step}: Docker-Content-Digest says {claimed} "

@@ -50,6 +50,12 @@ class RolloutResult:
         rows = self.rows
         return tuple(slug for slug in self.fleet if slug not in rows or not rows[slug].on_target)
 
+    @cached_property
+    def outcome_unknown(self) -> dict[str, str]:
+        """Tenants of calls that were sent but got no readable answer → why (they are stragglers)."""
+        return {slug: call.error for call in self.calls if call.outcome_unknown for slug in call.slugs
+                if slug not in self.rows}
+
     @property
     def not_started(self) -> tuple[str, ...]:
         """Tenants no call was made for, because the rollout halted first (stragglers too)."""
@@ -87,7 +93,8 @@ class RolloutResult:
             "fleet": list(self.fleet), "planned_batches": [list(b) for b in self.planned],
             "max_stragglers": self.max_stragglers, "dry_run": self.dry_run, "halted": self.halted,
             "result_count": self.result_count, "stragglers": list(self.stragglers),
-            "quarantined": list(self.quarantined), "calls": [c.as_dict() for c in self.calls],
+            "quarantined": list(self.quarantined), "outcome_unknown": list(self.outcome_unknown),
+            "calls": [c.as_dict() for c in self.calls],
             "soak": None if self.soak is None else {"started": self.soak[0], "seconds": self.soak[1]},
         }
 
@@ -97,6 +104,9 @@ def enumerate_fleet(client: ControlPlaneClient, runner: Runner) -> tuple[str, ..
     call = client.enumerate()
     if not call.ok:
         raise DeployFailed(f"could not enumerate the fleet: {call.error}")
+    if call.rejected:
+        runner.warning(f"the CP enumerated {len(call.rejected)} name(s) that cannot be tenants; they are neither "
+                       f"deployed nor polled: {', '.join(call.rejected[:20])}", title="invalid tenant names")
     fleet = tuple(dict.fromkeys(row.slug for row in call.rows))
     runner.log(f"fleet: {len(fleet)} tenants ({call.seconds:.1f} s): {', '.join(fleet) or 'none'}")
     return fleet
@@ -131,8 +141,10 @@ def run_rollout(
                 if number < len(batches):
                     progress.halted += f"; {len(batches) - number} later call(s) not started"
                 break
-    except DeployFailed as exc:  # the deadline, a cancellation, an unreadable answer: keep what happened
+    except DeployFailed as exc:  # the deadline, a cancellation: keep what happened
         progress.halted = str(exc)
+    except Exception as exc:  # noqa: BLE001 - a bug must not lose the calls already made
+        progress.halted = f"internal error ({type(exc).__name__}: {exc}); this is a bug in fleet-rollout"
     return progress.result()
 
 
@@ -169,7 +181,12 @@ class _Progress:
                 f"overall timeout: {left:.0f} s left, less than the CP's worst case for a call "
                 f"({worst:g} s = cp-tenant-timeout + cp-settle-seconds); {label} ({', '.join(slugs)}) not started"
             )
-        call = client.redeploy(label, slugs, max_stragglers=tolerance)
+        started = self.deadline.clock.now()
+        try:
+            call = client.redeploy(label, slugs, max_stragglers=tolerance)
+        except BaseException as exc:  # sent, then interrupted: the CP may have deployed these tenants
+            self.calls.append(client.unanswered(label, slugs, started, str(exc) or type(exc).__name__))
+            raise
         self.calls.append(call)
         return call
 
@@ -178,7 +195,7 @@ class _Progress:
         call = self.redeploy(client, "canary", (slug,), tolerance=0)
         row = next((r for r in call.rows if r.slug == slug), None)
         if not call.ok:
-            self.halted = f"canary {slug} failed: {call.error}"
+            self.halted = f"canary {slug} {'outcome unknown' if call.outcome_unknown else 'failed'}: {call.error}"
         elif row is None or not row.on_target or not row.healthy:
             self.halted = f"canary {slug} did not come back verified: {_row_problem(row)}"
         if self.halted:
@@ -204,10 +221,12 @@ class _Progress:
             f"{label}: {len(call.rows)}/{len(slugs)} rows, {len(slugs) - len(stragglers)} on target, "
             f"stragglers {', '.join(stragglers) or 'none'} ({call.seconds:.1f} s)"
         )
-        for slug in stragglers if call.status == 200 else ():
-            runner.warning(f"{slug} did not reach the target: {_row_problem(self.result().rows.get(slug))}",
+        rows = {row.slug: row for row in call.rows}
+        for slug in stragglers if call.status == 200 and not call.outcome_unknown else ():
+            runner.warning(f"{slug} did not reach the target: {_row_problem(rows.get(slug))}",
                            title=f"straggler {slug}")
-        cp_error = "" if call.ok else f"{label} ({', '.join(slugs)}) failed: {call.error}"
+        failed = "outcome unknown" if call.outcome_unknown else "failed"
+        cp_error = "" if call.ok else f"{label} ({', '.join(slugs)}) {failed}: {call.error}"
         if call.ok and call.error:  # ok: true with a message is information, not a halt
             runner.log(f"{label}: the CP adds: {call.error}")
         if len(so_far) > self.start.max_stragglers:  # name them all, whether or not the CP halted too

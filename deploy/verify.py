@@ -19,28 +19,24 @@ one line before it reaches the log.
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-import requests
-import urllib3
-from requests.adapters import HTTPAdapter
-
 from deploy import http
 from deploy.clock import Clock, Deadline
 from deploy.config import VerifySettings
-from deploy.controlplane import TenantRow
+from deploy.controlplane import TENANT_RE, TenantRow
+from deploy.errors import DeadlineExceeded
 from deploy.runner import Runner
 
 STATES = ("verified", "stale", "unreachable", "unhealthy")
 FAILING = ("stale", "unreachable", "unhealthy")
 BODY_LIMIT = 64 * 1024  # a /buildinfo answer is a few hundred bytes; more is not a build info
-MAX_REDIRECTS = 3
 MIN_TIMEOUT = 0.05  # a request near the deadline still gets a sliver to fail fast in
 MIN_PREFIX = 7  # `git rev-parse --short`'s length: shorter prefixes prove nothing
 SHOWN_CHARS = 100  # what a tenant reports is shortened to this before it is logged or stored
@@ -97,7 +93,9 @@ def sha_matches(reported: str, sha: str) -> bool:
 
 
 def buildinfo_url(template: str, slug: str) -> str:
-    """The tenant's URL; the slug is quoted whole, so ``/`` or ``?`` in it can't change the path."""
+    """The tenant's URL. Only a real tenant name gets one: ``..`` or ``/`` must never reach a path."""
+    if not TENANT_RE.match(slug):
+        raise ValueError(f"{http.compact_json(slug, 80)} cannot be a tenant name")
     return template.replace("{slug}", quote(slug, safe=""))
 
 
@@ -117,16 +115,10 @@ def read_field(doc: Any, path: str) -> Any:
     return doc
 
 
-def verification_session(concurrency: int) -> requests.Session:
-    """A plain session: TLS verified, redirects bounded, one pooled connection per worker, no retries."""
-    s = requests.Session()
-    adapter = HTTPAdapter(pool_connections=concurrency, pool_maxsize=concurrency, max_retries=0)
-    s.mount("http://", adapter)
-    s.mount("https://", adapter)
-    s.max_redirects = MAX_REDIRECTS
-    s.headers["User-Agent"] = http.USER_AGENT
-    s.headers["Accept"] = "application/json"
-    return s
+def verification_client(concurrency: int, clock: Clock, deadline: Deadline) -> http.Client:
+    """No retries (the rounds are the retry), one pooled connection per worker, bodies capped."""
+    policy = http.Policy((), cap=BODY_LIMIT, pool_size=concurrency, headers={"Accept": "application/json"})
+    return http.Client(policy, clock, deadline)
 
 
 @dataclass(frozen=True)
@@ -170,7 +162,10 @@ class _Stage:
         stage = cls(settings, sha, clock, start, start + min(settings.budget, deadline.remaining()),
                     deadline.elapsed(), tuple(dict.fromkeys(row.slug for row in rows)), {}, [])
         for row in {row.slug: row for row in rows}.values():  # the latest row of a slug wins
-            if row.healthy:
+            if not TENANT_RE.match(row.slug):
+                stage.verdicts[row.slug] = TenantVerdict(row.slug, "unreachable", "", "not a tenant name; not polled",
+                                                         0.0)
+            elif row.healthy:
                 stage.pending.append(_Pending(row.slug, buildinfo_url(settings.url_template, row.slug)))
             else:
                 why = "the CP reported healthz_ok: false" + (f" ({_one_line(row.error)})" if row.error else "")
@@ -184,22 +179,23 @@ class _Stage:
     def left(self) -> float:
         return max(self.end - self.clock.now(), 0.0)
 
-    def poll_rounds(self, session: requests.Session, runner: Runner) -> None:
+    def poll_rounds(self, client: http.Client, runner: Runner) -> None:
         """Poll every pending tenant once per interval tick until none is pending or time is up."""
         workers = max(1, min(self.settings.concurrency, len(self.pending)))
         cap = min(self.settings.request_timeout, self.settings.interval)
-        probe = _Probe(session, self.settings.field, self.clock, cap, self.end)
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify")
+        stage_deadline = Deadline(self.clock, self.start, self.end - self.start)
+        probe = _Probe(client, self.settings.field, self.clock, cap, self.end, stage_deadline)
+        pool = _Workers(workers, probe)
         try:
-            self._rounds(pool, probe, runner)
-        finally:  # on a cancellation or the deadline, queued probes are dropped, not run
-            pool.shutdown(wait=True, cancel_futures=True)
+            self._rounds(pool, runner)
+        finally:  # on a cancellation or the deadline, queued probes are dropped, running ones not waited for
+            pool.stop()
 
-    def _rounds(self, pool: ThreadPoolExecutor, probe: _Probe, runner: Runner) -> None:
+    def _rounds(self, pool: _Workers, runner: Runner) -> None:
         while self.pending and self.left() > 0:
             round_start = self.clock.now()
             self.rounds += 1
-            answers = list(pool.map(probe, [tenant.url for tenant in self.pending]))
+            answers = pool.map([tenant.url for tenant in self.pending])
             self.pending = self._settle(answers)
             verified = sum(v.state == "verified" for v in self.verdicts.values())
             runner.log(
@@ -244,7 +240,7 @@ def verify_tenants(
     runner: Runner,
     clock: Clock,
     deadline: Deadline,
-    session: requests.Session | None = None,
+    client: http.Client | None = None,
 ) -> VerifyResult:
     """Poll every healthy row's ``verify-url`` until it reports ``sha`` or the shared deadline passes.
 
@@ -261,13 +257,13 @@ def verify_tenants(
         f"{shown_url(settings.url_template)}; polling {settings.concurrency} at a time every {settings.interval:g} s "
         f"for up to {_seconds(stage.budget)} s{cut}"
     )
-    own_session = session is None
-    session = session or verification_session(settings.concurrency)
+    own_client = client is None
+    client = client or verification_client(settings.concurrency, clock, deadline)
     try:
-        stage.poll_rounds(session, runner)
+        stage.poll_rounds(client, runner)
     finally:
-        if own_session:
-            session.close()
+        if own_client:
+            client.close()
     result = stage.result()
     _report(result, sha, runner)
     return result
@@ -283,19 +279,63 @@ def _give_up(tenant: _Pending, sha: str, rounds: int, elapsed: float) -> TenantV
     return TenantVerdict(tenant.slug, "unreachable", "", f"no usable answer {polls}: {tenant.problem}", elapsed)
 
 
+class _Workers:
+    """A fixed set of daemon threads pulling URLs from a queue.
+
+    Daemon threads, because a cancelled run must not wait for a probe still in flight (the HTTP
+    layer cuts those sockets too); a queue, because one future per tenant per round from a
+    contended main thread does not scale to large fleets.
+    """
+
+    def __init__(self, count: int, probe: Callable[[str], _Answer | None]) -> None:
+        self.probe = probe
+        self.jobs: queue.SimpleQueue[tuple[int, str] | None] = queue.SimpleQueue()
+        self.done: queue.SimpleQueue[tuple[int, _Answer | None]] = queue.SimpleQueue()
+        self.stopped = False
+        for number in range(count):
+            threading.Thread(target=self._work, name=f"verify-{number}", daemon=True).start()
+        self.count = count
+
+    def map(self, urls: list[str]) -> list[_Answer | None]:
+        for index, url in enumerate(urls):
+            self.jobs.put((index, url))
+        answers: list[_Answer | None] = [None] * len(urls)
+        for _ in urls:
+            index, answer = self.done.get()
+            answers[index] = answer
+        return answers
+
+    def stop(self) -> None:
+        self.stopped = True
+        for _ in range(self.count):
+            self.jobs.put(None)
+
+    def _work(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            index, url = job
+            try:
+                answer = None if self.stopped else self.probe(url)
+            except Exception as exc:  # noqa: BLE001 - a bug in one probe must not hang the round
+                answer = _Answer("", f"internal error probing it: {type(exc).__name__}", 0.0)
+            self.done.put((index, answer))
+
+
 @dataclass(frozen=True)
 class _Probe:
     """Asks one tenant for its build info. Never raises for anything a tenant can do.
 
     Time limits are taken when the request starts, not when the round does: with more pending
     tenants than workers, a request may wait for a worker, and no request may run past ``end``.
+    The HTTP layer bounds the whole exchange (headers and body), caps the body at
+    :data:`BODY_LIMIT` and follows redirects only within the tenant's own origin.
     """
 
-    session: requests.Session
+    client: http.Client
     field: str
     clock: Clock
     cap: float  # min(request-timeout, interval): one slow tenant can't stretch a round much
     end: float
+    stage_deadline: Deadline
 
     def __call__(self, url: str) -> _Answer | None:
         """One GET; ``None`` when the deadline passed before it could start."""
@@ -305,87 +345,32 @@ class _Probe:
         timeout = max(min(self.cap, left), MIN_TIMEOUT)
         started = self.clock.now()
         try:
-            with self.session.get(url, timeout=timeout, stream=True, allow_redirects=True) as response:
-                if response.status_code != 200:
-                    return _Answer("", self._status_problem(response, started + timeout, timeout), self.clock.now())
-                body = _read_capped(response, self.clock, started + timeout, timeout)
-        except _Unreadable as exc:
-            return _Answer("", str(exc), self.clock.now())
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            return _Answer("", _transport_problem(exc, timeout), self.clock.now())
-        return _parse(body, self.field, self.clock.now())
-
-    def _status_problem(self, response: requests.Response, until: float, timeout: float) -> str:
-        try:
-            text = http.error_text(_read_capped(response, self.clock, until, timeout))
-        except _Unreadable:
-            text = ""
-        return f"HTTP {response.status_code}: {text or response.reason or 'no reason given'}"
-
-
-class _Unreadable(Exception):
-    """A body too large or too slow to be a build info; the tenant has not answered yet."""
-
-
-def _read_capped(response: requests.Response, clock: Clock, until: float, timeout: float) -> bytes:
-    """The body, read no further than :data:`BODY_LIMIT` bytes and no later than ``until``.
-
-    ``timeout`` bounds each socket read, not the whole body, so the clock is checked after every
-    read: ``read1`` returns what one read brought, where a sized read would wait for the whole
-    chunk and let a tenant dripping bytes hold a worker for the rest of the stage.
-    """
-    declared = response.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > BODY_LIMIT:
-        raise _Unreadable(f"answered with a body over {BODY_LIMIT // 1024} KiB")
-    body = bytearray()
-    while chunk := response.raw.read1(8192, decode_content=True):
-        body += chunk
-        if len(body) > BODY_LIMIT:
-            raise _Unreadable(f"answered with a body over {BODY_LIMIT // 1024} KiB")
-        if clock.now() > until:
-            raise _Unreadable(f"answer took longer than {_seconds(timeout)} s")
-    return bytes(body)
+            reply = self.client.request("GET", url, budget=timeout, deadline=self.stage_deadline)
+        except http.TransportError as exc:
+            problem = f"no answer within {_seconds(timeout)} s" if exc.timed_out else exc.cause
+            return _Answer("", problem, self.clock.now())
+        except DeadlineExceeded:
+            return None
+        if self.clock.now() > started + timeout:  # an answer past its budget proves nothing
+            return _Answer("", f"answer took longer than {_seconds(timeout)} s", self.clock.now())
+        if reply.status != 200:
+            # A redirect's own body is not shown: it may describe where it points.
+            text = reply.redirect_note or reply.error_text() or "no reason given"
+            return _Answer("", f"HTTP {reply.status}: {text}", self.clock.now())
+        return _parse(reply.body, self.field, self.clock.now())
 
 
 def _parse(body: bytes, field: str, at: float) -> _Answer:
     try:
-        doc = json.loads(body)
-    except ValueError:
-        return _Answer("", f"answered 200 with a body that is not JSON: {http.error_text(body, 120)}", at)
+        doc = http.parse_json(body)
+    except http.UnusableBody as exc:
+        return _Answer("", f"answered 200 with a body that is {exc}: {http.error_text(body, 120)}", at)
     value = read_field(doc, field)
     if value is None:
         return _Answer("", f"answered 200 without the field {field!r}", at)
     if not isinstance(value, str) or not value.strip():
-        return _Answer("", f"answered 200 but {field!r} is not a SHA: {json.dumps(value)[:60]}", at)
+        return _Answer("", f"answered 200 but {field!r} is not a SHA: {http.compact_json(value, 60)}", at)
     return _Answer(value.strip(), "", at)
-
-
-def _transport_problem(exc: BaseException, timeout: float) -> str:
-    """One line for a failed request, without the URL (a template may carry a token in its query)."""
-    if isinstance(exc, requests.TooManyRedirects):
-        return f"more than {MAX_REDIRECTS} redirects"
-    if isinstance(exc, requests.Timeout):
-        return f"no answer within {_seconds(timeout)} s"
-    cause = _root_cause(exc)
-    if "timed out" in cause.lower():
-        return f"no answer within {_seconds(timeout)} s"
-    if isinstance(exc, requests.exceptions.SSLError):
-        return f"TLS verification failed: {cause}"
-    return f"connection failed: {cause}"
-
-
-def _root_cause(exc: BaseException) -> str:
-    """The innermost error's own words: requests wraps urllib3, which wraps the socket error."""
-    seen: BaseException = exc
-    for _ in range(8):
-        inner = getattr(seen, "reason", None)
-        if not isinstance(inner, BaseException):
-            inner = next((a for a in reversed(seen.args) if isinstance(a, BaseException)), None)
-        if inner is None:
-            break
-        seen = inner
-    text = str(seen).rsplit("): ", 1)[-1] or type(seen).__name__
-    return _one_line(text)
 
 
 def _report(result: VerifyResult, sha: str, runner: Runner) -> None:
