@@ -422,8 +422,9 @@ class Client:
         deadline.check(f"{method} {_origin(url)}")
         with _exchanging(_Exchange(url, budget, deadline, cap)) as exchange:
             try:
-                response = self.session.request(method, url, timeout=DeadlineTimeout(deadline, budget),
-                                                allow_redirects=False, stream=True, **kwargs)
+                timeout: Any = DeadlineTimeout(deadline, budget)  # see DeadlineTimeout: requests passes it on
+                response = self.session.request(method, url, timeout=timeout, allow_redirects=False, stream=True,
+                                                **kwargs)
             except BodyTooLarge as exc:
                 raise TransportError(url, str(exc), attempts=exchange.attempts) from None
             except requests.RequestException as exc:

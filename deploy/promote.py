@@ -8,7 +8,9 @@ a multi-arch tag with a single-arch manifest is refused unless ``allow-single-ar
 All or nothing: when an image fails, the images already moved are put back on their previous
 manifests (same bytes again). A tag that did not exist before is left on the new digest and said
 so, because deleting a tag is not portable across registries. The put-back may overrun the
-overall deadline by one ``request-timeout``: half the images moved is worse than a late finish.
+overall deadline by :data:`PUT_BACK_GRACE` (half the images moved is worse than a late finish, but
+the run must still end by ``timeout`` + 5 s); after a cancel, the HTTP layer allows it about a
+second. Whatever it achieves, each image's state and both digests are recorded.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from deploy.errors import DeployFailed
 from deploy.registry import MANIFEST_CAP, Manifest, RegistryError, Repository
 from deploy.runner import Runner
 
+PUT_BACK_GRACE = 4.0  # seconds past the overall deadline the put-back may take: the run still ends by timeout + 5 s
 STATES = ("promoted", "rolled-back", "failed", "not-started", "rollback-failed")
 
 
@@ -114,7 +117,8 @@ def promote_images(settings: PromoteSettings, runner: Runner, clock: Clock, dead
             except Exception as exc:  # noqa: BLE001 - whatever broke (a cancellation too), moved tags go back
                 error = str(exc) if isinstance(exc, RegistryError) else f"{image}: {type(exc).__name__}: {exc}"
                 runner.log(f"{image}: FAILED: {error}")
-                grace = Deadline.starting_now(clock, deadline.remaining() + settings.request_timeout)
+                grace_seconds = deadline.remaining() + min(settings.request_timeout, PUT_BACK_GRACE)
+                grace = Deadline.starting_now(clock, grace_seconds)
                 return _undo(attempts, settings, runner, grace, error)
     finally:
         client.close()

@@ -1,0 +1,212 @@
+"""The HTTP layer against servers misbehaving at the byte level (a raw socket on loopback).
+
+SECURITY.md § Threat model: deadlines, body caps, parsing, redirects. Budgets are small and real:
+every case ends by the watchdog or a cap, and each test asserts what the client reported, not
+how long it took.
+"""
+
+from __future__ import annotations
+
+import gzip
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from deploy import http
+from deploy.clock import Clock, Deadline
+
+
+@contextmanager
+def raw_server(handler) -> Iterator[str]:
+    """Serves every connection with ``handler(conn, request_bytes)``; yields the base URL."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+    seen: list[bytes] = []
+
+    def serve_one(conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.settimeout(5)
+                request = conn.recv(65536)
+                seen.append(request)
+                handler(conn, request)
+            except OSError:
+                pass
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(2)
+        listener.close()
+    raw_server.seen = seen  # type: ignore[attr-defined]
+
+
+def drip(conn: socket.socket, data: bytes, every: float = 0.05, limit: float = 10.0) -> None:
+    end = time.monotonic() + limit
+    for byte in data:
+        if time.monotonic() > end:
+            return
+        conn.sendall(bytes([byte]))
+        time.sleep(every)
+
+
+def client(delays: tuple[float, ...] = (), overall: float = 30.0, cap: int = 1024 * 1024) -> http.Client:
+    clock = Clock()
+    return http.Client(http.Policy(delays, cap=cap), clock, Deadline.starting_now(clock, overall))
+
+
+@pytest.mark.parametrize("what", ["headers", "body", "502-body"])
+def test_a_dripping_server_is_cut_off_by_the_attempt_budget(what: str) -> None:
+    """SECURITY.md § Deadlines: a byte every 50 ms keeps every socket read alive; the budget still holds."""
+    head = {"headers": b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 500,
+            "body": b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n",
+            "502-body": b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 500\r\n\r\n"}[what]
+
+    def handler(conn: socket.socket, _: bytes) -> None:
+        if what == "headers":
+            drip(conn, head)
+        else:
+            conn.sendall(head)
+            drip(conn, b"x" * 500)
+
+    with raw_server(handler) as url, pytest.raises(http.TransportError) as caught:
+        client(delays=(0.01,)).request("GET", url + "/x", budget=0.5)
+    assert caught.value.timed_out
+    assert caught.value.attempts == 2
+    assert str(caught.value) == f"{url.removeprefix('http://')}: no complete answer within 0.5 s (2 attempts)"
+
+
+def test_the_overall_deadline_cuts_an_attempt_whose_own_budget_is_longer() -> None:
+    def handler(conn: socket.socket, _: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n")
+        drip(conn, b"x" * 500)
+
+    started = time.monotonic()
+    with raw_server(handler) as url, pytest.raises(http.TransportError):
+        client(overall=0.6).request("GET", url, budget=60)
+    assert time.monotonic() - started < 30  # far below the 60 s budget: the deadline cut it
+
+
+def test_a_body_cut_by_a_reset_is_retried_and_the_attempts_are_counted() -> None:
+    """SECURITY.md § Deadlines: a dropped body is a dropped connection, retried as one."""
+
+    def handler(conn: socket.socket, _: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+    with raw_server(handler) as url, pytest.raises(http.TransportError) as caught:
+        client(delays=(0.01, 0.01)).request("POST", url, budget=2, json={})
+    assert caught.value.attempts == 3 and len(raw_server.seen) == 3  # type: ignore[attr-defined]
+    assert "(3 attempts)" in str(caught.value) and not caught.value.timed_out
+
+
+def test_a_success_body_over_its_cap_is_refused_without_reading_it_all() -> None:
+    """SECURITY.md § Body caps."""
+
+    def handler(conn: socket.socket, _: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")  # no Content-Length: read until the cap
+        for _ in range(64):
+            conn.sendall(b"x" * 65536)
+
+    with raw_server(handler) as url, pytest.raises(http.TransportError, match="body over 64 KiB"):
+        client(cap=64 * 1024).request("GET", url, budget=5)
+
+
+def test_a_gzip_bomb_costs_at_most_the_cap() -> None:
+    """SECURITY.md § Body caps: the cap is on the decoded size, so 100 MiB of zeros never lands in memory."""
+    bomb = gzip.compress(b"\0" * (100 * 1024 * 1024), compresslevel=9)
+
+    def handler(conn: socket.socket, _: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(bomb) + bomb)
+
+    with raw_server(handler) as url, pytest.raises(http.TransportError, match="body over 1 MiB"):
+        client(cap=1024 * 1024).request("GET", url, budget=5)
+
+
+def test_an_error_body_is_read_only_to_its_prefix_and_still_reported() -> None:
+    def handler(conn: socket.socket, _: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 500 Oops\r\nContent-Length: 10000000\r\n\r\n" + b'{"error": "db down"}' + b" " * 70000)
+
+    with raw_server(handler) as url:
+        reply = client().request("GET", url, budget=5)
+    assert reply.status == 500 and len(reply.body) == http.ERROR_PREFIX
+    assert reply.error_text() == "db down"  # the prefix still holds the server's own words
+
+
+@pytest.mark.parametrize(("location", "followed"), [("/elsewhere", True), ("http://127.0.0.2:1/x", False)])
+def test_redirects_are_followed_only_within_the_same_origin(location: str, followed: bool) -> None:
+    """SECURITY.md § Redirects."""
+
+    def handler(conn: socket.socket, request: bytes) -> None:
+        if request.startswith(b"GET /elsewhere"):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        else:
+            conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: %s\r\nContent-Length: 6\r\n\r\nsecret" % location.encode())
+
+    with raw_server(handler) as url:
+        reply = client().request("GET", url + "/start", budget=5)
+    if followed:
+        assert (reply.status, reply.body) == (200, b"ok")
+    else:
+        assert reply.status == 302 and reply.redirect_note == "a redirect to another origin, not followed"
+
+
+def test_abort_all_cuts_an_exchange_in_flight() -> None:
+    """SECURITY.md § Cancellation: a tenant that never answers does not hold a cancelled run."""
+    answered = threading.Event()
+
+    def handler(conn: socket.socket, _: bytes) -> None:
+        answered.wait(20)
+
+    errors: list[BaseException] = []
+
+    def call(url: str) -> None:
+        try:
+            client().request("GET", url, budget=20)
+        except http.TransportError as exc:
+            errors.append(exc)
+
+    watchdog = http._WATCHDOG
+    with raw_server(handler) as url:
+        thread = threading.Thread(target=call, args=(url,))
+        thread.start()
+        time.sleep(0.3)
+        try:
+            http.abort_all()
+            thread.join(5)
+        finally:
+            watchdog.aborted_at = None
+            answered.set()
+    assert not thread.is_alive() and errors and errors[0].timed_out  # type: ignore[attr-defined]
+
+
+def test_deeply_nested_json_is_an_unusable_body_not_a_crash() -> None:
+    """SECURITY.md § Parsing."""
+    with pytest.raises(http.UnusableBody, match="nested too deeply"):
+        http.parse_json(b"[" * 200_000)
+    assert http.error_text(b'{"error": ' + b"[" * 200_000) == '{"error": ' + "[" * 289 + "…"
+
+
+def test_error_text_finds_a_title_in_linear_time_and_ignores_unclosed_ones() -> None:
+    """SECURITY.md § Parsing: 2 MB of unclosed <title> tags took minutes with a lazy regex."""
+    bomb = b"<html>" + b"<title>" * 300_000
+    assert http.error_text(bomb) == "HTML page (not JSON)"
+    assert http.error_text(b"<!DOCTYPE html><TITLE>502 Bad Gateway</TITLE>") == "HTML page: 502 Bad Gateway"
