@@ -100,6 +100,7 @@ class _Attempt:
 
     expiry: float  # time.monotonic()
     connection: Any = None
+    body_socket: socket.socket | None = None  # after `Connection: close`, only the response holds it
     started: float = field(default_factory=time.monotonic)
     fired: bool = False
 
@@ -146,14 +147,22 @@ class _Watchdog:
                         attempt.fired = attempt.fired or attempt.started <= aborted
                 expired = [a for a in self._live if a.fired]
             for attempt in expired:  # outside the lock: a shutdown never blocks, but keep it short
-                _shut(attempt.connection)
+                _shut(getattr(attempt.connection, "sock", None))
+                _shut(attempt.body_socket)
 
 
-def _shut(connection: Any) -> None:
-    sock = getattr(connection, "sock", None)
+def _shut(sock: Any) -> None:
     if isinstance(sock, socket.socket):
         with contextlib.suppress(OSError):
             socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the raw socket, also under TLS
+
+
+def _body_socket(response: Any) -> socket.socket | None:
+    """The socket a response reads its body from. http.client detaches it from the connection
+    when the server says ``Connection: close``, so the watchdog must be told about it here."""
+    reader = getattr(getattr(response, "_fp", None), "fp", None)
+    sock = getattr(getattr(reader, "raw", None), "_sock", None)
+    return sock if isinstance(sock, socket.socket) else None
 
 
 _WATCHDOG = _Watchdog()
@@ -244,6 +253,8 @@ class _WatchedPoolMixin:
             return super()._make_request(conn, method, url, *args, **kwargs)  # type: ignore[misc]
         exchange.begin_attempt(conn)
         response = super()._make_request(conn, method, url, *args, **kwargs)  # type: ignore[misc]
+        if exchange.attempt is not None:
+            exchange.attempt.body_socket = _body_socket(response)
         body, truncated = read_capped(response, exchange.cap, 200 <= response.status < 300)
         exchange.body, exchange.truncated = body, truncated
         if truncated:  # the unread rest must not be drained before a retry: drop the connection

@@ -73,12 +73,14 @@ def client(delays: tuple[float, ...] = (), overall: float = 30.0, cap: int = 102
     return http.Client(http.Policy(delays, cap=cap), clock, Deadline.starting_now(clock, overall))
 
 
+@pytest.mark.parametrize("close", [b"", b"Connection: close\r\n"], ids=["keep-alive", "close"])
 @pytest.mark.parametrize("what", ["headers", "body", "502-body"])
-def test_a_dripping_server_is_cut_off_by_the_attempt_budget(what: str) -> None:
-    """SECURITY.md § Deadlines: a byte every 50 ms keeps every socket read alive; the budget still holds."""
+def test_a_dripping_server_is_cut_off_by_the_attempt_budget(what: str, close: bytes) -> None:
+    """SECURITY.md § Deadlines: a byte every 50 ms keeps every socket read alive; the budget still holds.
+    With `Connection: close` the socket belongs to the response, not the connection: cut it there too."""
     head = {"headers": b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 500,
-            "body": b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n",
-            "502-body": b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 500\r\n\r\n"}[what]
+            "body": b"HTTP/1.1 200 OK\r\n" + close + b"Content-Length: 500\r\n\r\n",
+            "502-body": b"HTTP/1.1 502 Bad Gateway\r\n" + close + b"Content-Length: 500\r\n\r\n"}[what]
 
     def handler(conn: socket.socket, _: bytes) -> None:
         if what == "headers":
@@ -159,7 +161,9 @@ def test_redirects_are_followed_only_within_the_same_origin(location: str, follo
         if request.startswith(b"GET /elsewhere"):
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         else:
-            conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: %s\r\nContent-Length: 6\r\n\r\nsecret" % location.encode())
+            # this server answers one request per connection, and says so
+            conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: %s\r\nConnection: close\r\nContent-Length: 6\r\n\r\nsecret"
+                         % location.encode())
 
     with raw_server(handler) as url:
         reply = client().request("GET", url + "/start", budget=5)
