@@ -14,19 +14,21 @@ Decisions where the contract is silent:
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from deploy.errors import ConfigError, ConfigErrors
 
 T = TypeVar("T")
 
-STAGES = ("rollout", "verify", "promote")
+STAGES: tuple[str, ...] = ("rollout", "verify", "promote")
 
 # Defaults of every input; action.yml declares the same ones (a test keeps them in sync).
 # Empty means "none", or "computed at run time" for target-tag, promote-source and branch.
@@ -71,6 +73,9 @@ DEFAULTS: dict[str, str] = {
     "timeout": "3600",
 }
 SECRET_INPUTS = ("cp-token", "registry-password", "github-token")
+URL_INPUTS = ("cp-url", "verify-url")  # may carry a credential in userinfo or query
+MIN_RELIABLE_SECRET = 8  # shorter, and a secret also matches ordinary words and numbers in the log
+MIN_QUERY_SECRET = 8  # a query value this long in a URL input is treated as a credential (?key=…)
 
 TRUE_WORDS = {"true", "yes", "on", "1"}
 FALSE_WORDS = {"false", "no", "off", "0"}
@@ -83,6 +88,11 @@ DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 REPOSITORY_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
 VARIABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_RETRIES = 10
+# Upper bounds: beyond them a value is a typo, and would overflow (1e12 s) or stall (a pool of 1e8).
+DAY, HOUR = 86400.0, 3600.0
+MAX_BATCH_SIZE = 10_000
+MAX_VERIFY_CONCURRENCY = 256
+MAX_STRAGGLERS = 1_000_000
 
 
 def env_name(input_name: str) -> str:
@@ -230,8 +240,78 @@ def kill_switch(env: Mapping[str, str]) -> bool:
 
 
 def secrets_in(env: Mapping[str, str]) -> tuple[str, ...]:
-    """Secret values, to mask before anything is validated or printed."""
-    return tuple(v for v in (env.get(env_name(n), "").strip() for n in SECRET_INPUTS) if v)
+    """Secret values, to mask before anything is validated or printed.
+
+    Besides the secret inputs: the ``Basic`` credential a registry token service receives
+    (base64 of ``user:password``, UTF-8 and latin-1 as requests encodes it), and the
+    credentials a URL input may carry — its userinfo password and its long query values.
+    """
+    def value(name: str) -> str:
+        return env.get(env_name(name), "").strip()
+
+    found = [value(name) for name in SECRET_INPUTS]
+    username, password = value("registry-username"), value("registry-password")
+    if username and password:
+        for encoding in ("utf-8", "latin-1"):
+            with contextlib.suppress(UnicodeEncodeError):  # latin-1 cannot encode every password
+                found.append(base64.b64encode(f"{username}:{password}".encode(encoding)).decode("ascii"))
+    for name in URL_INPUTS:
+        found += _url_credentials(value(name))
+    return tuple(dict.fromkeys(v for v in found if v))
+
+
+def _url_credentials(url: str) -> list[str]:
+    """The userinfo password and every query value of :data:`MIN_QUERY_SECRET`+ characters, as
+    written and decoded."""
+    _, userinfo, _, _, hidden = _url_parts(url)
+    password = userinfo.partition(":")[2]
+    query = hidden[1:].partition("#")[0] if hidden.startswith("?") else ""
+    written = [pair.partition("=")[2] for pair in re.split("[&;]", query)]
+    decoded = [v for _, v in parse_qsl(query, keep_blank_values=True)]
+    long_values = [v for v in written + decoded if len(v) >= MIN_QUERY_SECRET and "{slug}" not in v]  # not a template
+    values = [password, unquote(password), *long_values]
+    return [v for v in values if v]
+
+
+def short_secret_warnings(env: Mapping[str, str]) -> list[str]:
+    """One warning per secret input too short to redact reliably — naming the input, never the value.
+
+    A 3-character token also matches ordinary words and numbers, so either the log keeps the
+    token or redaction garbles it; 1–2 characters are not redacted at all.
+    """
+    warnings = []
+    for name in SECRET_INPUTS:
+        length = len(env.get(env_name(name), "").strip())
+        if 0 < length < MIN_RELIABLE_SECRET:
+            kind = "password" if name == "registry-password" else "token"
+            plural = "s" if length > 1 else ""
+            warnings.append(
+                f"{name} is only {length} character{plural}: too short to be redacted reliably from logs; "
+                f"use a longer {kind}"
+            )
+    return warnings
+
+
+def display_url(value: str) -> str:
+    """A URL input as it may be shown in an error or the log: userinfo reduced to the host, and the
+    query (and fragment) replaced by ``…`` — either may carry a credential (``?key=``)."""
+    scheme, _, host, path, hidden = _url_parts(value)
+    return f"{scheme}{host}{path}" + (f"{hidden[0]}…" if hidden else "")
+
+
+def _url_parts(value: str) -> tuple[str, str, str, str, str]:
+    """``(scheme://, userinfo, host, /path, ?query#fragment)`` by plain string surgery rather than
+    a URL parser, so that even a value no parser accepts (exactly when it is shown in an error)
+    is split the same way for display and for finding its credentials."""
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        scheme, rest = "", value
+    cut = min((i for i in (rest.find("?"), rest.find("#")) if i != -1), default=len(rest))
+    rest, hidden = rest[:cut], rest[cut:]
+    slash = rest.find("/")
+    authority, path = (rest, "") if slash == -1 else (rest[:slash], rest[slash:])
+    userinfo, _, host = authority.rpartition("@")
+    return scheme + sep, userinfo, host, path, hidden
 
 
 class _Inputs:
@@ -251,9 +331,16 @@ class _Inputs:
         try:
             return parser(self.raw(name))
         except ValueError as exc:
-            shown = "(secret)" if name in SECRET_INPUTS else repr(self.raw(name))
-            self.fail(name, f"{exc} (got {shown})")
+            self.fail(name, f"{exc} (got {self.shown(name)})")
             return fallback
+
+    def shown(self, name: str) -> str:
+        """The value as an error may quote it: never a secret, nor a URL's credentials."""
+        if name in SECRET_INPUTS:
+            return "(secret)"
+        if name in URL_INPUTS:
+            return repr(display_url(self.raw(name)))
+        return repr(self.raw(name))
 
     def text(self, name: str) -> str:
         return self.raw(name)
@@ -261,11 +348,11 @@ class _Inputs:
     def boolean(self, name: str) -> bool:
         return self.parse(name, parse_bool, False)
 
-    def duration(self, name: str, minimum: float = 0.0, positive: bool = False) -> float:
-        return self.parse(name, lambda v: parse_duration(v, minimum, positive), 1.0)
+    def duration(self, name: str, minimum: float = 0.0, positive: bool = False, maximum: float = DAY) -> float:
+        return self.parse(name, lambda v: parse_duration(v, minimum, positive, maximum), 1.0)
 
-    def count(self, name: str, minimum: int) -> int:
-        return self.parse(name, lambda v: parse_count(v, minimum), minimum)
+    def count(self, name: str, minimum: int, maximum: int) -> int:
+        return self.parse(name, lambda v: parse_count(v, minimum, maximum), minimum)
 
 
 def parse_bool(value: str) -> bool:
@@ -287,7 +374,8 @@ def parse_kill_switch(value: str) -> bool:
     raise ValueError("expected one of 1/true/yes/on/disabled/disable (skip) or 0/false/no/off/enabled/empty (run)")
 
 
-def parse_duration(value: str, minimum: float = 0.0, positive: bool = False) -> float:
+def parse_duration(value: str, minimum: float = 0.0, positive: bool = False, maximum: float = DAY) -> float:
+    """Seconds, bounded: ``1e12`` once passed here and overflowed later as an internal error."""
     try:
         seconds = float(value)
     except ValueError:
@@ -298,22 +386,31 @@ def parse_duration(value: str, minimum: float = 0.0, positive: bool = False) -> 
         raise ValueError("must be greater than 0 seconds")
     if seconds < minimum:
         raise ValueError(f"must be at least {minimum:g} seconds")
+    if seconds > maximum:
+        raise ValueError(f"must be at most {maximum:g} seconds{' (a day)' if maximum == DAY else ''}")
     return seconds
 
 
-def parse_count(value: str, minimum: int) -> int:
-    if not re.fullmatch(r"[+]?\d+", value):
+def parse_count(value: str, minimum: int, maximum: int) -> int:
+    """A whole number within bounds; ``-1`` is out of range, not "not a number"."""
+    match = re.fullmatch(r"([+-]?)0*(\d+)", value)
+    if not match:
         raise ValueError("expected a whole number")
-    number = int(value)
+    sign, digits = match.groups()
+    if sign == "-" and digits.strip("0"):
+        raise ValueError("must be 0 or more" if minimum == 0 else f"must be at least {minimum}")
+    if len(digits) > len(str(maximum)) or int(digits) > maximum:  # no int() of a 5000-digit string
+        raise ValueError(f"must be at most {maximum}")
+    number = int(digits)
     if number < minimum:
-        raise ValueError(f"must be at least {minimum}")
+        raise ValueError("must be 0 or more" if minimum == 0 else f"must be at least {minimum}")
     return number
 
 
 def parse_delays(value: str) -> tuple[float, ...]:
     if value.lower() == "none":
         return ()
-    delays = tuple(parse_duration(part.strip()) for part in value.split(",") if part.strip())
+    delays = tuple(parse_duration(part.strip(), maximum=HOUR) for part in value.split(",") if part.strip())
     if len(delays) > MAX_RETRIES:
         raise ValueError(f"at most {MAX_RETRIES} retries")
     return delays
@@ -386,7 +483,7 @@ def load(env: Mapping[str, str]) -> Config:
     needs_cp = "rollout" in stages or "verify" in stages
 
     request_timeout = inputs.duration("request-timeout", positive=True)
-    retry_delays = inputs.parse("retry-delays", parse_delays, ())
+    retry_delays = inputs.parse("retry-delays", parse_delays, tuple[float, ...]())
     cp_worst_case = (inputs.duration("cp-tenant-timeout"), inputs.duration("cp-settle-seconds"))
     cp = _control_plane(inputs, needs_cp, insecure, request_timeout, retry_delays, cp_worst_case)
     sha = _sha(inputs, env, required=needs_cp or not (inputs.raw("target-tag") or inputs.raw("promote-source")))
@@ -477,8 +574,8 @@ def _rollout_plan(inputs: _Inputs, sha: str, cp_worst_case: tuple[float, float])
         target_tag=tag,
         canary=inputs.text("canary"),
         soak_seconds=inputs.duration("soak-seconds"),
-        batch_size=inputs.count("batch-size", 1),
-        max_stragglers=inputs.count("max-stragglers", 0),
+        batch_size=inputs.count("batch-size", 1, MAX_BATCH_SIZE),
+        max_stragglers=inputs.count("max-stragglers", 0, MAX_STRAGGLERS),
         cp_tenant_timeout=cp_worst_case[0],
         cp_settle_seconds=cp_worst_case[1],
         dry_run=inputs.boolean("dry-run"),
@@ -491,7 +588,7 @@ def _verify_settings(
     template = inputs.text("verify-url")
     if template:
         if "{slug}" not in template:
-            inputs.fail("verify-url", f"must contain {{slug}} (got {template!r})")
+            inputs.fail("verify-url", f"must contain {{slug}} (got {inputs.shown('verify-url')})")
         else:
             inputs.parse("verify-url", lambda v: parse_url(v.replace("{slug}", "tenant"), insecure), "")
     field_path = inputs.text("verify-field")
@@ -501,8 +598,8 @@ def _verify_settings(
         url_template=template,
         field=field_path,
         budget=inputs.duration("verify-budget", positive=True),
-        interval=inputs.duration("verify-interval", positive=True),
-        concurrency=inputs.count("verify-concurrency", 1),
+        interval=inputs.duration("verify-interval", positive=True, maximum=HOUR),
+        concurrency=inputs.count("verify-concurrency", 1, MAX_VERIFY_CONCURRENCY),
         request_timeout=request_timeout,
     )
 
@@ -513,7 +610,7 @@ def _promote_settings(
     images = inputs.parse(
         "promote-images",
         lambda v: tuple(parse_image(i, insecure) for i in parse_list(v)),
-        (),
+        tuple[str, ...](),
     )
     tag = inputs.text("promote-tag")
     if not TAG_RE.match(tag):
@@ -547,7 +644,7 @@ def _gates_and_forge(
     gates = GateSettings(
         required_checks=parse_list(inputs.text("required-checks"), "\n"),
         checks_timeout=inputs.duration("checks-timeout"),
-        checks_interval=inputs.duration("checks-interval", positive=True),
+        checks_interval=inputs.duration("checks-interval", positive=True, maximum=HOUR),
         skip_if_superseded=inputs.boolean("skip-if-superseded"),
         branch=inputs.text("branch") or env.get("GITHUB_REF_NAME", "").strip(),
         disabled_variable=variable,

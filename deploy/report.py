@@ -8,33 +8,42 @@ show summaries.
 from __future__ import annotations
 
 import json
+import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from deploy import __version__
 from deploy.pipeline import Run
-from deploy.runner import Runner
+from deploy.runner import Runner, escape_markdown
 
+DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}|-")
 OUTPUT_NAMES = (
     "ok", "outcome", "reason", "result_count", "quarantined", "stragglers", "verified",
     "stale", "unreachable", "unhealthy", "promoted-digest", "previous-digest", "report",
 )
+# Outputs made only of our own words, numbers, digests and paths: redacting them could only
+# corrupt them (a 3-character token "tru" turned "true" into "***e").
+VERBATIM_OUTPUTS = frozenset(
+    {"ok", "outcome", "result_count", "verified", "promoted-digest", "previous-digest", "report"}
+)
 
 
-def outputs(run: Run, report_shown: str) -> dict[str, str]:
+def outputs(run: Run, report_shown: str) -> dict[str, str | list[str]]:
+    """The outputs; a list is a JSON-array output, which the runner redacts item by item."""
     rollout, verify, promote = run.rollout, run.verify, run.promote
     return {
         "ok": "true" if run.ok else "false",
         "outcome": run.outcome,
         "reason": run.reason,
         "result_count": str(rollout.result_count if rollout else 0),
-        "quarantined": _json_list(rollout.quarantined if rollout else ()),
-        "stragglers": _json_list(rollout.stragglers if rollout else ()),
+        "quarantined": _listed(rollout.quarantined if rollout else ()),
+        "stragglers": _listed(rollout.stragglers if rollout else ()),
         "verified": str(len(verify.slugs("verified")) if verify else 0),
-        "stale": _json_list(verify.slugs("stale") if verify else ()),
-        "unreachable": _json_list(verify.slugs("unreachable") if verify else ()),
-        "unhealthy": _json_list(verify.slugs("unhealthy") if verify else ()),
+        "stale": _listed(verify.slugs("stale") if verify else ()),
+        "unreachable": _listed(verify.slugs("unreachable") if verify else ()),
+        "unhealthy": _listed(verify.slugs("unhealthy") if verify else ()),
         "promoted-digest": promote.promoted_digest_output if promote else "",
         "previous-digest": promote.previous_digest_output if promote else "",
         "report": report_shown,
@@ -44,6 +53,9 @@ def outputs(run: Run, report_shown: str) -> dict[str, str]:
 def publish(run: Run, runner: Runner, report_path: Path, workspace: Path) -> None:
     """Log the result, then write outputs, summary and report; each survives the others failing.
 
+    A failed write (an unwritable ``GITHUB_OUTPUT``, a full disk) is one ``::error::`` line, not a
+    traceback, and the others are still written; the run's exit code stays what the run decided.
+
     The ``report`` output is relative to the workspace when the file is in it: inside a Docker
     action the absolute path is the container's (``/github/workspace/…``), which later steps on the
     host cannot open, while a relative one works for them (their working directory is the workspace).
@@ -52,14 +64,37 @@ def publish(run: Run, runner: Runner, report_path: Path, workspace: Path) -> Non
         _log_result(run, runner)
     if run.outcome == "failed":
         runner.error(run.reason, title="fleet-rollout failed", final=True)
-    try:
-        report_path.parent.mkdir(parents=True, exist_ok=True)
-        report_path.write_text(runner.redact(json.dumps(report(run), indent=2)) + "\n", encoding="utf-8")
-    except OSError as exc:
-        runner.warning(f"could not write the JSON report to {report_path}: {exc}")
     shown = report_path.relative_to(workspace) if report_path.is_relative_to(workspace) else report_path
-    runner.write_outputs(outputs(run, str(shown)))
-    runner.write_summary(summary(run))
+
+    def write_report() -> None:
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(redact_values(report(run), runner.redact), indent=2)  # values, never the JSON
+        report_path.write_text(text + "\n", encoding="utf-8")
+
+    writes: list[tuple[str, Callable[[], None]]] = [
+        (f"the JSON report to {report_path}", write_report),
+        ("the outputs (GITHUB_OUTPUT)", lambda: runner.write_outputs(outputs(run, str(shown)), VERBATIM_OUTPUTS)),
+        ("the job summary (GITHUB_STEP_SUMMARY)", lambda: runner.write_summary(summary(run, runner.redact), True)),
+    ]
+    for what, write in writes:
+        try:
+            write()
+        except (OSError, UnicodeError) as exc:
+            runner.error(f"could not write {what}: {exc}", title="fleet-rollout report")
+
+
+def redact_values(value: Any, redact: Callable[[str], str]) -> Any:
+    """``value`` with every string leaf redacted; the structure (keys, numbers, booleans) untouched.
+
+    Redacting the serialised JSON instead once made the report invalid JSON with ``cp-token: 200``.
+    """
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: redact_values(item, redact) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_values(item, redact) for item in value]
+    return value
 
 
 def report(run: Run) -> dict[str, Any]:
@@ -87,14 +122,17 @@ def report(run: Run) -> dict[str, Any]:
     }
 
 
-def summary(run: Run) -> str:
+def summary(run: Run, redact: Callable[[str], str] | None = None) -> str:
+    """The job summary's Markdown. With ``redact``, every value is redacted before it is escaped
+    (:class:`_Cell`), so the Markdown around the values never is; the runner is then told not to."""
+    cell = _Cell(redact or (lambda text: text))
     lines = [f"## fleet-rollout: {_headline(run)}", ""]
     if run.reason:
-        lines += [f"**Reason:** {_cell(run.reason)}", ""]
+        lines += [f"**Reason:** {cell(run.reason)}", ""]
     lines += _timeline(run)  # people would rather look than read: the timeline comes first
-    lines += _facts(run)
-    lines += _tenant_table(run)
-    lines += _promotion_table(run)
+    lines += _facts(run, cell)
+    lines += _tenant_table(run, cell)
+    lines += _promotion_table(run, cell)
     return "\n".join(lines) + "\n"
 
 
@@ -105,7 +143,7 @@ def _headline(run: Run) -> str:
     return f"{icon} {run.outcome}{what}"
 
 
-def _facts(run: Run) -> list[str]:
+def _facts(run: Run, cell: _Cell) -> list[str]:
     rows = []
     if run.fleet:
         rows.append(("Fleet", f"{len(run.fleet)} tenants"))
@@ -123,7 +161,7 @@ def _facts(run: Run) -> list[str]:
     for stage, note in run.notes.items():
         rows.append((stage.capitalize(), note))
     rows.append(("Duration", f"{run.seconds:.1f} s"))
-    return ["| | |", "| --- | --- |", *[f"| {k} | {_cell(v)} |" for k, v in rows], ""]
+    return ["| | |", "| --- | --- |", *[f"| {k} | {cell(v)} |" for k, v in rows], ""]
 
 
 SECTIONS = {"gates": "Gates", "plan": "Plan", "verify": "Verify", "promote": "Promote"}
@@ -148,7 +186,7 @@ def _timeline(run: Run) -> list[str]:
     return [*lines, "```", ""]
 
 
-def _tenant_table(run: Run) -> list[str]:
+def _tenant_table(run: Run, cell: _Cell) -> list[str]:
     if not run.fleet:
         return []
     rows = run.rollout.rows if run.rollout else {}
@@ -167,9 +205,9 @@ def _tenant_table(run: Run) -> list[str]:
         error = row.error if row else _missing_row(run, slug)
         error = error or (verdict.detail if verdict and verdict.state != "verified" else "")
         lines.append(
-            f"| {_cell(slug)} | {_cell(row.phase if row else '')} | {_cell(row.ssm_status if row else '')} "
+            f"| {cell(slug)} | {cell(row.phase if row else '')} | {cell(row.ssm_status if row else '')} "
             f"| {_flag(row.healthz_ok if row else None)} | {_flag(row.verified_on_target if row else None)} "
-            f"| {_cell(verify)} | {_cell(error)} |"
+            f"| {cell(verify)} | {cell(error)} |"
         )
     return [*lines, ""]
 
@@ -177,10 +215,12 @@ def _tenant_table(run: Run) -> list[str]:
 def _missing_row(run: Run, slug: str) -> str:
     if not run.rollout or run.rollout.dry_run:
         return ""
+    if slug in run.rollout.outcome_unknown:
+        return f"outcome unknown: {run.rollout.outcome_unknown[slug]}"
     return "not started: the rollout halted first" if slug in run.rollout.not_started else "no row from the CP"
 
 
-def _promotion_table(run: Run) -> list[str]:
+def _promotion_table(run: Run, cell: _Cell) -> list[str]:
     if not run.promote:
         return []
     lines = [
@@ -189,8 +229,8 @@ def _promotion_table(run: Run) -> list[str]:
     ]
     for p in run.promote.promotions:
         lines.append(
-            f"| {_cell(p.image)} | {p.state} | `{p.promoted_digest or '-'}` | `{p.previous_digest or '-'}` "
-            f"| {_cell(p.detail)} |"
+            f"| {cell(p.image)} | {cell(p.state)} | {cell.digest(p.promoted_digest)} "
+            f"| {cell.digest(p.previous_digest)} | {cell(p.detail)} |"
         )
     return [*lines, ""]
 
@@ -219,8 +259,9 @@ def _names(slugs: Any) -> str:
     return ", ".join(slugs) or "none"
 
 
-def _json_list(items: Any) -> str:
-    return json.dumps(list(items))
+def _listed(items: Any) -> list[str]:
+    """A JSON-array output: the runner redacts each item, then encodes the array."""
+    return [str(item) for item in items]
 
 
 def _as_dict(result: Any) -> Any:
@@ -235,6 +276,17 @@ def _flag(value: bool | None) -> str:
     return {True: "✅", False: "❌", None: ""}[value]
 
 
-def _cell(text: str) -> str:
-    """A Markdown table cell: one line, pipes escaped."""
-    return " ".join(str(text).split()).replace("|", "\\|")
+class _Cell:
+    """Server text as a Markdown table cell: redacted first, then made inert (:func:`escape_markdown`:
+    one line, no link, image, HTML or table break); a plain slug such as ``tenant-1`` is unchanged."""
+
+    def __init__(self, redact: Callable[[str], str]) -> None:
+        self.redact = redact
+
+    def __call__(self, text: object) -> str:
+        return escape_markdown(self.redact(str(text)))
+
+    def digest(self, digest: str) -> str:
+        """A digest as code, or — when a registry sent something else — as any other server text."""
+        digest = digest or "-"
+        return f"`{digest}`" if DIGEST_RE.fullmatch(digest) else self(digest)

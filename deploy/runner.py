@@ -4,6 +4,10 @@ Workflow commands (``::group::``, ``::error::``, ``::add-mask::``), the ``GITHUB
 syntax and the job summary all live here, so stages only say *what* happened. Every byte that
 leaves the process passes :meth:`Runner.redact` first: the runner masks registered secrets in
 its own log, but not in files we write, and not at all on a laptop or another CI system.
+Redaction covers the forms a server may echo a secret in (URL-, HTML-, JSON-escaped, base64 at
+any alignment) and any piece of 6 characters of one, and it is applied to values, never to the
+syntax around them (outputs, the report's JSON, the summary's Markdown), which a short secret
+would otherwise corrupt. Every log line is capped at :data:`LINE_LIMIT` characters.
 
 Runner facts this module relies on (GitHub's runner and Gitea's act_runner):
 - command data escapes ``%``, ``\\r``, ``\\n``; properties also ``:`` and ``,``;
@@ -20,29 +24,93 @@ interpret workflow commands, so groups and annotations are written as plain line
 
 from __future__ import annotations
 
+import base64
+import html
 import json
+import re
 import sys
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TextIO
+from urllib.parse import quote, quote_plus
 
 ANNOTATIONS_PER_KIND = 9
 SUMMARY_LIMIT_BYTES = 1024 * 1024 - 16 * 1024  # margin below the runner's 1 MiB cut-off
 MASK = "***"
-PREFIX_CLUE = 12  # this many leading characters of a secret are as good as the secret
+MIN_SECRET = 3  # a 1-2 character "secret" would mask half the log
+WINDOW = 6  # this many consecutive characters of any form of a secret are as good as the secret
+GRAM = 3  # the redaction prefilter's piece: every WINDOW-long match holds one starting at a STRIDE multiple
+STRIDE = WINDOW - GRAM + 1
+LINE_LIMIT = 4096  # characters per log line: one server body must not become a megabyte line
+_MARKER_ROOM = 40  # the longest "… (N more characters)"
+_UPPER_HEX = re.compile(r"%[0-9A-F]{2}")
+_MARKDOWN = str.maketrans(
+    {"&": "&amp;", "<": "&lt;", ">": "&gt;", **{c: "\\" + c for c in "\\`*_[]()!#|~{}:"}}
+)
+_AUTOLINK_WWW = re.compile(r"(?i)\b(www)\.")
 
 
-def _redact_prefixes(text: str, secret: str) -> str:
-    start = text.find(secret[:PREFIX_CLUE])
-    while start != -1:
-        end = start + PREFIX_CLUE
-        while end < len(text) and end - start < len(secret) and text[end] == secret[end - start]:
-            end += 1
-        text = text[:start] + MASK + text[end:]
-        start = text.find(secret[:PREFIX_CLUE], start + len(MASK))
-    return text
+def escape_markdown(text: str) -> str:
+    """Server text as inert Markdown on one line: no link, image, HTML, autolink or table break.
+
+    HTML-significant characters become entities, Markdown punctuation is backslash-escaped (an
+    escaped ``:`` also stops ``https://`` autolinks) and ``www.`` loses its autolink dot, while a
+    plain slug such as ``tenant-1`` stays exactly as it is.
+    """
+    return _AUTOLINK_WWW.sub(r"\1\\.", " ".join(str(text).split()).translate(_MARKDOWN))
+
+
+def cap_line(line: str, limit: int = LINE_LIMIT, cut: int = 0) -> str:
+    """At most ``limit`` characters, saying how many were cut so the reader knows it is not all.
+
+    ``cut``: characters already dropped before this line was redacted (they count as cut too).
+    """
+    if len(line) <= limit and not cut:
+        return line
+    kept = min(len(line), limit - _MARKER_ROOM)
+    return f"{line[:kept]}… ({len(line) - kept + cut} more characters)"
+
+
+def secret_forms(secret: str) -> set[str]:
+    """The forms a secret takes when a server or our own files echo it: raw, and escaped for JSON,
+    Markdown, URLs (either hex case) and HTML, in UTF-8 and, when it differs, latin-1 (what
+    requests uses for Basic auth)."""
+    forms = {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1],
+             secret.replace("|", "\\|"), escape_markdown(secret)}
+    for quoted in (True, False):
+        escaped = html.escape(secret, quote=quoted)
+        forms |= {escaped, escaped.replace("&#x27;", "&#39;")}
+    for data in _encodings(secret):
+        for url in (quote(data, safe=""), quote_plus(data, safe="")):
+            forms |= {url, _UPPER_HEX.sub(lambda m: m.group().lower(), url)}
+    return {form for form in forms if form}
+
+
+def base64_pieces(secret: str) -> set[str]:
+    """The part of any base64 text that depends only on the secret, at each of the 3 alignments.
+
+    An echoed ``Bearer <token>`` or ``Basic base64(user:pass)`` is base64 of a longer string, so
+    the secret's bytes may start at any offset mod 3; the characters that also carry bits of the
+    bytes before or after it are trimmed (what GitHub's runner does for its base64 masker).
+    """
+    pieces = set()
+    for data in _encodings(secret):
+        for pad in range(3):
+            start, end = -(-8 * pad // 6), 8 * (pad + len(data)) // 6
+            for encode in (base64.b64encode, base64.urlsafe_b64encode):
+                pieces.add(encode(bytes(pad) + data).decode("ascii")[start:end])
+    return pieces
+
+
+def _encodings(secret: str) -> list[bytes]:
+    utf8 = secret.encode("utf-8")
+    try:
+        latin1 = secret.encode("latin-1")
+    except UnicodeEncodeError:
+        return [utf8]
+    return [utf8] if latin1 == utf8 else [utf8, latin1]
 
 
 def _limit(kind: str) -> int:
@@ -66,7 +134,10 @@ class Runner:
     output_path: str | None = None
     summary_path: str | None = None
     in_actions: bool = False
-    _secrets: list[str] = field(default_factory=list, repr=False)
+    _forms: list[str] = field(default_factory=list, repr=False)  # longest first: no partial leftovers
+    _short: list[str] = field(default_factory=list, repr=False)  # forms too short for a window
+    _windows: set[str] = field(default_factory=set, repr=False)
+    _grams: set[str] = field(default_factory=set, repr=False)
     _counts: dict[str, int] = field(default_factory=dict, repr=False)
     _annotated: set[tuple[str, str, str]] = field(default_factory=set, repr=False)
 
@@ -84,33 +155,81 @@ class Runner:
                 self._register(value.strip() if value is not secret else value)
 
     def _register(self, secret: str) -> None:
-        if len(secret) < 3 or secret in self._secrets:  # a 1-2 character "secret" would mask half the log
+        if len(secret) < MIN_SECRET or secret in self._forms or secret in self._short:
             return
-        # Also the forms it takes inside the report's JSON and the summary's table cells.
-        forms = {secret, json.dumps(secret)[1:-1], secret.replace("|", "\\|")}
-        self._secrets.extend(forms - set(self._secrets))
-        self._secrets.sort(key=len, reverse=True)  # longest first: no partial leftovers
+        forms = secret_forms(secret) | {p for p in base64_pieces(secret) if len(p) >= WINDOW}
+        for form in forms - set(self._forms) - set(self._short):
+            if len(form) < WINDOW:
+                self._short.append(form)
+                continue
+            self._forms.append(form)
+            self._windows.update(form[i : i + WINDOW] for i in range(len(form) - WINDOW + 1))
+            self._grams.update(form[i : i + GRAM] for i in range(len(form) - GRAM + 1))
+        self._forms.sort(key=len, reverse=True)
+        self._short.sort(key=len, reverse=True)
         if self.in_actions:
             self._write(f"::add-mask::{escape_data(secret)}")
 
     def redact(self, text: str) -> str:
-        """Every registered secret, and any cut-off piece of one (its first 12 characters or more),
-        as servers' error texts are shortened before they are logged."""
-        for secret in self._secrets:
-            text = text.replace(secret, MASK)
-        for secret in self._secrets:  # whole forms first, so a prefix never splits one
-            if len(secret) > PREFIX_CLUE:
-                text = _redact_prefixes(text, secret)
-        return text
+        """Every registered form of every secret, and any piece of one of :data:`WINDOW` characters
+        or more: servers' error texts are shortened before they are logged, so a cut-off head or
+        tail of a secret must go too.
+
+        Linear in the text, and cheap on the common line that holds no secret: a match of
+        ``WINDOW`` characters always contains a ``GRAM``-long piece of a form starting at a
+        multiple of ``STRIDE``, so only those few pieces are looked up before the full scan, and
+        the full scan only visits positions next to a piece that was found.
+        """
+        for form in self._short:
+            text = text.replace(form, MASK)
+        grams = self._grams
+        if not grams or not any([text[j : j + GRAM] in grams for j in range(0, len(text) - GRAM + 1, STRIDE)]):
+            return text
+        for form in self._forms:
+            text = text.replace(form, MASK)
+        return self._mask_runs(text)
+
+    def _mask_runs(self, text: str) -> str:
+        """Replace each maximal run whose every ``WINDOW``-long slice is a piece of a form."""
+        windows, n = self._windows, len(text)
+        hits = [j for j in range(0, n - GRAM + 1, STRIDE) if text[j : j + GRAM] in self._grams]
+        parts: list[str] = []
+        done = i = 0
+        for j in hits:  # a match starting at i holds the piece found at the one j in [i, i + STRIDE - 1]
+            i = max(i, j - STRIDE + 1)
+            while i <= j and i + WINDOW <= n:
+                if text[i : i + WINDOW] not in windows:
+                    i += 1
+                    continue
+                end = i + WINDOW
+                while end < n and text[end - WINDOW + 1 : end + 1] in windows:
+                    end += 1
+                parts += [text[done:i], MASK]
+                done = i = end
+        return "".join(parts) + text[done:]
 
     # -- log -----------------------------------------------------------------------------
 
     def log(self, text: str = "") -> None:
-        """Plain log lines. A line from a remote server can't smuggle in a workflow command."""
-        for line in self.redact(text).splitlines() or [""]:
+        """Plain log lines. A line from a remote server can't smuggle in a workflow command.
+
+        Each line is capped at :data:`LINE_LIMIT` after redaction (a 50 MB server body once
+        became one 8.9 MB log line).
+        """
+        for raw in text.splitlines() or [""]:
+            line, cut = self._redact_head(raw)
             if line.lstrip().startswith("::"):
                 line = " " + line.lstrip().replace("::", ": :", 1)
-            self._write(line)
+            self._write(cap_line(line, LINE_LIMIT, cut))
+
+    def _redact_head(self, text: str) -> tuple[str, int]:
+        """The redacted head of a text that is about to be capped, and how much was left off.
+
+        Only a few times :data:`LINE_LIMIT` is scanned, not a whole 50 MB body that is cut anyway;
+        a piece of a secret the cut leaves behind is still redacted, as any ``WINDOW`` of one is.
+        """
+        head = text[: 4 * LINE_LIMIT]
+        return self.redact(head), len(text) - len(head)
 
     @contextmanager
     def group(self, title: str) -> Iterator[None]:
@@ -149,7 +268,8 @@ class Runner:
                 )
 
     def _annotate(self, kind: str, message: str, title: str, final: bool = False) -> None:
-        message, title = self.redact(message), self.redact(title)
+        (message, cut), (title, title_cut) = self._redact_head(message), self._redact_head(title)
+        message, title = cap_line(message, LINE_LIMIT, cut), cap_line(title, 256, title_cut)
         if (kind, title, message) in self._annotated:  # said already (a gate re-checked): log it only
             self.log(f"{kind}: {title + ': ' if title else ''}{message}")
             return
@@ -166,18 +286,25 @@ class Runner:
     def _write(self, line: str) -> None:
         # The runner also obeys the legacy `##[command]` syntax anywhere in a line; text from a
         # server (a CP error, a slug) must not switch off command processing or mask handling.
+        # Every line is capped, but never a mask: cutting one would leave the secret unmasked.
+        if not line.startswith("::add-mask::"):
+            line = "\n".join(cap_line(part) for part in line.split("\n"))
         self.stream.write(line.replace("##[", "##\u200b[") + "\n")
         self.stream.flush()
 
     # -- outputs and summary -------------------------------------------------------------
 
-    def write_outputs(self, outputs: Mapping[str, str]) -> None:
+    def write_outputs(self, outputs: Mapping[str, str | Sequence[str]], verbatim: Collection[str] = ()) -> None:
         """Append outputs to ``GITHUB_OUTPUT``, or print ``name=value`` lines without one.
 
-        Every value uses the heredoc form with a fresh random delimiter, which is valid for
-        single-line values too and cannot be broken by a value's content.
+        Redaction must never rewrite structure (a 3-character token ``tru`` once turned ``ok:
+        true`` into ``***e``), so values are redacted, never the syntax around them: a list is
+        redacted item by item and then written as a JSON array (still valid JSON); a string is
+        redacted unless its name is in ``verbatim`` — outputs made only of our own words, numbers,
+        digests and paths. Every value uses the heredoc form with a fresh random delimiter, which
+        is valid for single-line values too and cannot be broken by a value's content.
         """
-        values = {name: self.redact(value) for name, value in outputs.items()}
+        values = {name: self._output_value(value, name in verbatim) for name, value in outputs.items()}
         if not self.output_path:
             for name, value in values.items():
                 self._write(f"{name}={value}")
@@ -185,11 +312,20 @@ class Runner:
         with open(self.output_path, "a", encoding="utf-8") as out:
             out.write("".join(format_output(name, value) for name, value in values.items()))
 
-    def write_summary(self, markdown: str) -> None:
-        """Append the job summary, truncated under the runner's 1 MiB limit."""
+    def _output_value(self, value: str | Sequence[str], verbatim: bool) -> str:
+        if not isinstance(value, str):
+            return json.dumps([self.redact(item) for item in value])
+        return value if verbatim else self.redact(value)
+
+    def write_summary(self, markdown: str, redacted: bool = False) -> None:
+        """Append the job summary, truncated under the runner's 1 MiB limit.
+
+        ``redacted``: the caller redacted every value it put in, so the Markdown around them is
+        left alone (a short secret must not break a table's syntax).
+        """
         if not self.summary_path:
             return
-        text = truncate_utf8(self.redact(markdown), SUMMARY_LIMIT_BYTES)
+        text = truncate_utf8(markdown if redacted else self.redact(markdown), SUMMARY_LIMIT_BYTES)
         with open(self.summary_path, "a", encoding="utf-8") as out:
             out.write(text)
 

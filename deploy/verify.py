@@ -25,11 +25,11 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 from deploy import http
 from deploy.clock import Clock, Deadline
-from deploy.config import VerifySettings
+from deploy.config import VerifySettings, display_url
 from deploy.controlplane import TENANT_RE, TenantRow
 from deploy.errors import DeadlineExceeded
 from deploy.runner import Runner
@@ -97,13 +97,6 @@ def buildinfo_url(template: str, slug: str) -> str:
     if not TENANT_RE.match(slug):
         raise ValueError(f"{http.compact_json(slug, 80)} cannot be a tenant name")
     return template.replace("{slug}", quote(slug, safe=""))
-
-
-def shown_url(template: str) -> str:
-    """The template for the log, without userinfo or query: either may carry a credential."""
-    parts = urlsplit(template)
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, host, parts.path, "…" if parts.query else "", ""))
 
 
 def read_field(doc: Any, path: str) -> Any:
@@ -254,7 +247,7 @@ def verify_tenants(
     cut = " (cut short by the overall timeout)" if stage.budget < settings.budget else ""
     runner.log(
         f"verify: {len(stage.pending)} tenants must report {settings.field} = {sha[:12]} at "
-        f"{shown_url(settings.url_template)}; polling {settings.concurrency} at a time every {settings.interval:g} s "
+        f"{display_url(settings.url_template)}; polling {settings.concurrency} at a time every {settings.interval:g} s "
         f"for up to {_seconds(stage.budget)} s{cut}"
     )
     own_client = client is None

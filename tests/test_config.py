@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from deploy import config
@@ -35,7 +37,7 @@ def test_defaults_load_and_target_tag_derives_from_sha():
     ("overrides", "input_name", "words"),
     [
         ({"max_stragglers": "abc"}, "max-stragglers", "whole number"),
-        ({"max_stragglers": "-1"}, "max-stragglers", "whole number"),
+        ({"max_stragglers": "-1"}, "max-stragglers", "must be 0 or more"),
         ({"batch_size": "0"}, "batch-size", "at least 1"),
         ({"cp_url": "http://cp.example.com"}, "cp-url", "https://"),
         ({"cp_url": "cp.example.com"}, "cp-url", "http(s) URL"),
@@ -122,6 +124,9 @@ def test_a_kill_switch_typo_is_an_error_not_a_guess():
         ({"cp_url": "http://cp.example.com"}, "cp-url"),
         ({"rollout_timeout": "2", "cp_tenant_timeout": "2", "cp_settle_seconds": "1"}, "rollout-timeout"),
         ({"disabled": "perhaps"}, "disabled"),
+        ({"request_timeout": "1e12"}, "request-timeout"),
+        ({"timeout": "1e12"}, "timeout"),
+        ({"verify_concurrency": "100000000"}, "verify-concurrency"),
     ],
 )
 def test_bad_input_exits_2_with_zero_requests_and_still_writes_outputs(fleet, action, inputs, named):
@@ -136,3 +141,115 @@ def test_bad_input_exits_2_with_zero_requests_and_still_writes_outputs(fleet, ac
     assert result.outputs["result_count"] == "0" and result.outputs["quarantined"] == "[]"
     assert result.report is not None and result.report["exit_code"] == 2
     assert_no_secrets(result, CP_TOKEN)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "input_name", "words"),
+    [
+        ({"request_timeout": "1e12"}, "request-timeout", "at most 86400 seconds"),
+        ({"rollout_timeout": "1e12"}, "rollout-timeout", "at most 86400 seconds"),
+        ({"timeout": "1e12"}, "timeout", "at most 86400 seconds"),
+        ({"soak_seconds": "86401"}, "soak-seconds", "at most 86400 seconds"),
+        ({"cp_tenant_timeout": "1e9"}, "cp-tenant-timeout", "at most 86400 seconds"),
+        ({"checks_timeout": "1e30"}, "checks-timeout", "at most 86400 seconds"),
+        ({"verify_budget": "1e12"}, "verify-budget", "at most 86400 seconds"),
+        ({"verify_interval": "3601"}, "verify-interval", "at most 3600 seconds"),
+        ({"checks_interval": "1e6"}, "checks-interval", "at most 3600 seconds"),
+        ({"retry_delays": "5,1e12"}, "retry-delays", "at most 3600 seconds"),
+        ({"batch_size": "10001"}, "batch-size", "at most 10000"),
+        ({"verify_concurrency": "100000000"}, "verify-concurrency", "at most 256"),
+        ({"max_stragglers": "1000001"}, "max-stragglers", "at most 1000000"),
+        ({"max_stragglers": "9" * 5000}, "max-stragglers", "at most 1000000"),
+        ({"batch_size": "-3"}, "batch-size", "at least 1"),
+        ({"verify_concurrency": "-1"}, "verify-concurrency", "at least 1"),
+    ],
+)
+def test_an_extreme_number_fails_validation_naming_its_bound(overrides, input_name, words):
+    errors = errors_for(**overrides)
+    assert input_name in errors, errors
+    assert words in errors[input_name]
+
+
+def test_the_largest_allowed_numbers_load():
+    cfg = config.load({**BASE, "FLEET_TIMEOUT": "86400", "FLEET_VERIFY_CONCURRENCY": "256",
+                       "FLEET_BATCH_SIZE": "10000", "FLEET_MAX_STRAGGLERS": "1000000", "FLEET_RETRY_DELAYS": "3600"})
+    assert cfg.timeout == 86400 and cfg.verify.concurrency == 256 and cfg.rollout.batch_size == 10000
+    assert cfg.rollout.max_stragglers == 1_000_000 and cfg.cp.retry_delays == (3600,)
+
+
+def test_a_bad_cp_url_is_echoed_without_its_password_or_query():
+    errors = errors_for(cp_url="ftp://deploy:hunter2-pass@cp.example.com/api?token=abcdefgh12345#frag")
+    assert "ftp://cp.example.com/api?…" in errors["cp-url"]
+    assert "hunter2" not in errors["cp-url"] and "abcdefgh12345" not in errors["cp-url"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://tenants.example.com/buildinfo?key=k3y-abcdefgh", "http://{slug}.example.com/b?key=k3y-abcdefgh"],
+)
+def test_a_bad_verify_url_is_echoed_without_its_query_key(url):
+    errors = errors_for(verify_url=url)
+    assert "k3y-abcdefgh" not in errors["verify-url"]
+    assert "example.com/b" in errors["verify-url"] or "example.com/buildinfo" in errors["verify-url"]
+    assert "?…" in errors["verify-url"]
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://user:pw@cp.example.com:8443/x?key=v#f", "https://cp.example.com:8443/x?…"),
+        ("https://cp.example.com", "https://cp.example.com"),
+        ("user:pw@cp.example.com/x", "cp.example.com/x"),
+        ("https://{slug}.example.com/buildinfo", "https://{slug}.example.com/buildinfo"),
+        ("https://h.example.com/#access_token=abc", "https://h.example.com/#…"),
+    ],
+)
+def test_display_url_keeps_host_and_path_and_drops_credentials(url, shown):
+    assert config.display_url(url) == shown
+
+
+def test_secrets_include_the_basic_credential_in_utf8_and_latin1():
+    env = {"FLEET_REGISTRY_USERNAME": "bot", "FLEET_REGISTRY_PASSWORD": "pässwörd-1234"}
+    found = config.secrets_in(env)
+    assert "pässwörd-1234" in found
+    assert base64.b64encode("bot:pässwörd-1234".encode()).decode() in found
+    assert base64.b64encode("bot:pässwörd-1234".encode("latin-1")).decode() in found
+
+
+def test_secrets_include_credentials_embedded_in_url_inputs():
+    env = {
+        "FLEET_CP_URL": "https://deploy:p%40ss-w0rd@cp.example.com/?tenant=eu&api_key=abcdefgh1234",
+        "FLEET_VERIFY_URL": "https://{slug}.example.com/buildinfo?key=k3y%2Fabcdefgh&v=2",
+    }
+    found = set(config.secrets_in(env))
+    assert {"p%40ss-w0rd", "p@ss-w0rd", "abcdefgh1234", "k3y%2Fabcdefgh", "k3y/abcdefgh"} <= found
+    assert not {"eu", "2", "deploy"} & found  # short query values and the user name are not secrets
+
+
+def test_a_short_secret_is_warned_about_by_input_name_never_by_value():
+    env = {"FLEET_CP_TOKEN": "x9q", "FLEET_REGISTRY_PASSWORD": "long-enough-password", "FLEET_GITHUB_TOKEN": "ab"}
+    warnings = config.short_secret_warnings(env)
+    assert warnings == [
+        "cp-token is only 3 characters: too short to be redacted reliably from logs; use a longer token",
+        "github-token is only 2 characters: too short to be redacted reliably from logs; use a longer token",
+    ]
+    assert config.short_secret_warnings({"FLEET_CP_TOKEN": "eight-ch"}) == []
+
+
+def test_a_short_token_is_warned_once_and_leaves_outputs_and_report_intact(action):
+    result = action(None, cp_token="tru", disabled="1")
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("::warning")]
+    assert sum("cp-token is only 3 characters" in line for line in warnings) == 1
+    assert result.code == 0 and result.outputs["outcome"] == "skipped"
+    assert result.outputs["ok"] == "false" and result.outputs["quarantined"] == "[]"
+    assert result.report is not None and result.report["outcome"] == "skipped"
+
+
+def test_url_credentials_never_reach_the_log_outputs_summary_or_report(fleet, action):
+    _sim, server = fleet([TenantSpec("a")])
+    result = action(
+        server, cp_url="ftp://deploy:hunter2-pass@cp.example.com/?token=abcdefgh12345",
+        verify_url="https://{slug}.example.com/b?key=k3y-abcdefgh",
+    )
+    assert result.code == 2 and server.requests == []
+    assert_no_secrets(result, "hunter2-pass", "abcdefgh12345", "k3y-abcdefgh")

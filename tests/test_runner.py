@@ -167,7 +167,9 @@ def test_a_secret_is_redacted_when_cut_short_or_escaped_for_json_or_markdown():
     assert r.redact('{"reason": "cpt_9f8e7d6c5b4a3928\\"1706|xyz"}') == '{"reason": "***"}'
     assert r.redact("| cpt_9f8e7d6c5b4a3928\"1706\\|xyz |") == "| *** |"
     assert r.redact("cpt_9f8e7d6c5b4 is only 15 chars of it") == "*** is only 15 chars of it"
-    assert r.redact("cpt_9f8e7d6 (11 chars) proves nothing") == "cpt_9f8e7d6 (11 chars) proves nothing"
+    assert r.redact("cpt_9f (6 chars) is a piece of it") == "*** (6 chars) is a piece of it"
+    assert r.redact("…1706|xyz is its tail") == "…*** is its tail"
+    assert r.redact("cpt_9 (5 chars) proves nothing") == "cpt_9 (5 chars) proves nothing"
 
 
 def test_each_line_of_a_multi_line_secret_is_masked_on_its_own():
