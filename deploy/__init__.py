@@ -6,4 +6,4 @@ environment) → the stages (:mod:`deploy.gates`, :mod:`deploy.rollout`, :mod:`d
 :mod:`deploy.runner` is the one place that speaks the Actions runner's protocol.
 """
 
-__version__ = "0.1.0"
+__version__ = "1.0.0"

@@ -1,10 +1,6 @@
-"""``python -m deploy demo`` replays the seed incident against the simulator."""
+"""``python -m deploy`` is the ``fleet-rollout`` command: ``python -m deploy demo``, ``--help``, …"""
 
-import sys
-
-from deploy import demo
+from deploy.main import cli
 
 if __name__ == "__main__":
-    if sys.argv[1:] != ["demo"]:
-        sys.exit("usage: python -m deploy demo")
-    sys.exit(demo.main())
+    cli()

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import difflib
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -73,8 +74,9 @@ DEFAULTS: dict[str, str] = {
     "timeout": "3600",
 }
 SECRET_INPUTS = ("cp-token", "registry-password", "github-token")
-URL_INPUTS = ("cp-url", "verify-url")  # may carry a credential in userinfo or query
+URL_INPUTS = ("cp-url", "verify-url", "promote-images")  # may carry a credential in userinfo or query
 MIN_RELIABLE_SECRET = 8  # shorter, and a secret also matches ordinary words and numbers in the log
+SHOWN_VALUE = 80  # characters of a bad value quoted in its error
 MIN_QUERY_SECRET = 8  # a query value this long in a URL input is treated as a credential (?key=…)
 
 TRUE_WORDS = {"true", "yes", "on", "1"}
@@ -206,6 +208,76 @@ class Config:
         return (self.cp.token, self.promote.password, self.forge.token)
 
 
+EXPRESSION_RE = re.compile(r"^\s*\$\{\{.*\}\}\s*$", re.DOTALL)
+
+
+def input_env_name(input_name: str) -> str:
+    """``rollout-timeout`` → ``INPUT_ROLLOUT-TIMEOUT``: how the runner itself exports an input."""
+    return "INPUT_" + input_name.upper()
+
+
+@dataclass(frozen=True)
+class InputSources:
+    """Where each input came from, before anything is validated.
+
+    ``action.yml`` maps every input to ``FLEET_*`` in ``runs.env``, but that map is not always
+    applied: Gitea's act evaluates ``runs.env`` only when the step has no ``with: args``, and
+    older act releases did not interpolate it. The runner's own ``INPUT_<NAME>`` (upper case,
+    hyphen kept) is then the fallback. Precedence differs by runner (GitHub: a workflow ``env:``
+    or ``$GITHUB_ENV`` of the same ``FLEET_*`` name beats ``with:``; Gitea: ``runs.env``
+    overwrites, and a ``workflow_dispatch`` input of the same name replaces ``with:``), so an
+    input whose two values differ is named at start.
+    """
+
+    env: Mapping[str, str]  # the environment with every FLEET_* filled in from INPUT_* where absent
+    from_input: tuple[str, ...]  # inputs read from INPUT_* because FLEET_* was absent
+    differing: tuple[str, ...]  # inputs whose FLEET_* and INPUT_* values differ (FLEET_* wins)
+    literal: tuple[str, ...]  # inputs whose FLEET_* value is an uninterpolated ${{ … }}
+    unknown: tuple[tuple[str, str], ...]  # (FLEET_* name we do not know, closest known name or '')
+
+    @classmethod
+    def read(cls, env: Mapping[str, str]) -> InputSources:
+        resolved = dict(env)
+        from_input, differing, literal = [], [], []
+        for name in DEFAULTS:
+            fleet, runner = env_name(name), input_env_name(name)
+            if fleet not in env and runner in env:
+                resolved[fleet] = env[runner]
+                from_input.append(name)
+            elif fleet in env and EXPRESSION_RE.match(env[fleet]):
+                literal.append(name)
+            elif fleet in env and runner in env and env[fleet].strip() != env[runner].strip():
+                differing.append(name)
+        known = [env_name(name) for name in DEFAULTS]
+        unknown = tuple(
+            (key, next(iter(difflib.get_close_matches(key, known, n=1, cutoff=0.75)), ""))
+            for key in sorted(env) if key.startswith("FLEET_") and key not in known
+        )
+        return cls(resolved, tuple(from_input), tuple(differing), tuple(literal), unknown)
+
+    def errors(self) -> list[ConfigError]:
+        return [ConfigError(name, f"is the literal text {self.env[env_name(name)].strip()[:60]!r}: the runner did not "
+                                  "evaluate action.yml's runs.env (Gitea's act skips it when the step has "
+                                  "`with: args`, and older act releases did not interpolate it); remove `args` "
+                                  f"from the step, or set {env_name(name)} in the step's env")
+                for name in self.literal]
+
+    def notes(self) -> list[str]:
+        """Lines for the start of the log: names only, never values."""
+        lines = []
+        if self.from_input:
+            lines.append(f"inputs read from INPUT_* (runs.env was not applied): {', '.join(self.from_input)}")
+        for name in self.differing:
+            lines.append(f"input {name}: {env_name(name)} differs from {input_env_name(name)}; using "
+                         f"{env_name(name)} (a workflow env: of that name, $GITHUB_ENV, or on Gitea a "
+                         "workflow_dispatch input of the same name)")
+        return lines
+
+    def warnings(self) -> list[str]:
+        return [f"{key} is not a fleet-rollout variable" + (f"; did you mean {close}?" if close else "")
+                for key, close in self.unknown]
+
+
 @dataclass(frozen=True)
 class RunnerEnv:
     """What the runner tells us about where to write; read even when the inputs are bad."""
@@ -227,7 +299,10 @@ class RunnerEnv:
     def report_path(self, env: Mapping[str, str]) -> Path:
         """The report's path even when the inputs are bad (falls back to the default)."""
         raw = env.get(env_name("report-path"), "").strip() or DEFAULTS["report-path"]
-        return self.workspace / raw
+        try:
+            return self.workspace / parse_report_path(raw)
+        except ValueError:
+            return self.workspace / DEFAULTS["report-path"]
 
 
 def kill_switch(env: Mapping[str, str]) -> bool:
@@ -306,11 +381,13 @@ def _url_parts(value: str) -> tuple[str, str, str, str, str]:
     scheme, sep, rest = value.partition("://")
     if not sep:
         scheme, rest = "", value
+    # Userinfo runs to the *last* '@' anywhere: a password with an unencoded '/', '?' or '#' must
+    # not be mistaken for a path or a query and shown. (An '@' in a query over-hides; that is safe.)
+    userinfo, _, rest = rest.rpartition("@")
     cut = min((i for i in (rest.find("?"), rest.find("#")) if i != -1), default=len(rest))
     rest, hidden = rest[:cut], rest[cut:]
     slash = rest.find("/")
-    authority, path = (rest, "") if slash == -1 else (rest[:slash], rest[slash:])
-    userinfo, _, host = authority.rpartition("@")
+    host, path = (rest, "") if slash == -1 else (rest[:slash], rest[slash:])
     return scheme + sep, userinfo, host, path, hidden
 
 
@@ -338,9 +415,15 @@ class _Inputs:
         """The value as an error may quote it: never a secret, nor a URL's credentials."""
         if name in SECRET_INPUTS:
             return "(secret)"
-        if name in URL_INPUTS:
-            return repr(display_url(self.raw(name)))
-        return repr(self.raw(name))
+        raw = display_url(self.raw(name)) if name in URL_INPUTS else self.raw(name)
+        return repr(raw) if len(raw) <= SHOWN_VALUE else repr(raw[:SHOWN_VALUE]) + f"… ({len(raw)} characters)"
+
+    def header_secret(self, name: str) -> str:
+        """A token sent in a header: printable latin-1 on one line, or a clear error (never its value)."""
+        value = self.text(name)
+        if value and (not value.isprintable() or any(ord(char) > 0xFF for char in value)):
+            self.fail(name, "must be printable text on one line (it is sent in an HTTP header)")
+        return value
 
     def text(self, name: str) -> str:
         return self.raw(name)
@@ -376,6 +459,8 @@ def parse_kill_switch(value: str) -> bool:
 
 def parse_duration(value: str, minimum: float = 0.0, positive: bool = False, maximum: float = DAY) -> float:
     """Seconds, bounded: ``1e12`` once passed here and overflowed later as an internal error."""
+    if not value.isascii() or "_" in value:  # float() also takes "1_000" and other scripts' digits
+        raise ValueError("expected a number of seconds")
     try:
         seconds = float(value)
     except ValueError:
@@ -393,7 +478,7 @@ def parse_duration(value: str, minimum: float = 0.0, positive: bool = False, max
 
 def parse_count(value: str, minimum: int, maximum: int) -> int:
     """A whole number within bounds; ``-1`` is out of range, not "not a number"."""
-    match = re.fullmatch(r"([+-]?)0*(\d+)", value)
+    match = re.fullmatch(r"([+-]?)0*([0-9]+)", value)  # [0-9], not \d: no other scripts' digits
     if not match:
         raise ValueError("expected a whole number")
     sign, digits = match.groups()
@@ -431,7 +516,13 @@ def parse_stages(value: str) -> tuple[str, ...]:
     return tuple(s for s in STAGES if s in stages)
 
 
-def parse_url(value: str, allow_insecure: bool) -> str:
+def parse_url(value: str, allow_insecure: bool, credentials: bool = False) -> str:
+    """An http(s) URL. ``credentials``: userinfo is allowed (verify-url); the CP's and a registry's
+    credentials have inputs of their own, and a '#' (never sent) would hide how the URL splits."""
+    if "#" in value:
+        raise ValueError("must not contain '#'")
+    if "@" in value and not credentials:
+        raise ValueError("must not carry credentials (use cp-token)")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("expected an http(s) URL such as https://cp.example.com")
@@ -446,19 +537,34 @@ def parse_url(value: str, allow_insecure: bool) -> str:
 def parse_image(value: str, allow_insecure: bool) -> str:
     """``[http://]host[:port]/repository``. HTTPS unless the host is loopback or the entry says
     ``http://`` — one explicit image, never every registry because of a CP-wide flag."""
+    shown = repr(display_url(value)[:SHOWN_VALUE])
+    if "@" in value or "#" in value or "?" in value:
+        raise ValueError(f"{shown}: must be host[:port]/repository, without credentials (use registry-username and "
+                         "registry-password)")
     scheme, has_scheme, rest = value.partition("://")
     if not has_scheme:
         scheme, rest = "https", value
     host, _, repository = rest.partition("/")
     if scheme not in ("http", "https"):
-        raise ValueError(f"{value!r}: only http:// or https:// (or no scheme: https)")
+        raise ValueError(f"{shown}: only http:// or https:// (or no scheme: https)")
     if not repository or not ("." in host or ":" in host or host == "localhost"):
-        raise ValueError(f"{value!r}: expected host[:port]/repository, e.g. ghcr.io/acme/app")
+        raise ValueError(f"{shown}: expected host[:port]/repository, e.g. ghcr.io/acme/app")
     if not REPOSITORY_RE.match(repository):
-        raise ValueError(f"{value!r}: repository must be lowercase path components")
+        raise ValueError(f"{shown}: repository must be lowercase path components")
     hostname = urlsplit("//" + host).hostname or host
     if scheme == "http" and not allow_insecure and not is_loopback(hostname):
-        raise ValueError(f"{value!r}: plain http:// to a registry needs allow-insecure-http: true")
+        raise ValueError(f"{shown}: plain http:// to a registry needs allow-insecure-http: true")
+    return value
+
+
+def parse_report_path(value: str) -> str:
+    """Relative and inside the workspace: an absolute path or ``..`` could write anywhere the
+    container's user can (root, on a self-hosted runner's mounted workspace)."""
+    path = PurePosixPath(value)
+    if path.is_absolute() or value.startswith("~"):
+        raise ValueError("must be a path relative to the workspace")
+    if ".." in path.parts:
+        raise ValueError("must stay inside the workspace (no '..')")
     return value
 
 
@@ -492,7 +598,16 @@ def load(env: Mapping[str, str]) -> Config:
     promote = _promote_settings(inputs, rollout.target_tag, insecure, request_timeout, retry_delays)
     gates, forge = _gates_and_forge(inputs, env, request_timeout, retry_delays)
     timeout = inputs.duration("timeout", positive=True)
-    report = inputs.text("report-path")
+    report = inputs.parse("report-path", parse_report_path, DEFAULTS["report-path"])
+
+    timeout_ok = not any(error.input_name in ("timeout", "cp-tenant-timeout", "cp-settle-seconds")
+                         for error in inputs.errors)
+    if timeout_ok and "rollout" in stages and not rollout.dry_run and timeout < rollout.call_worst_case:
+        inputs.fail(
+            "timeout",
+            f"{timeout:g} s is shorter than one deploy call's worst case (cp-tenant-timeout + "
+            f"cp-settle-seconds = {rollout.call_worst_case:g} s): no batch could ever start",
+        )
 
     if "verify" in stages and not verify.url_template and promote.images and "promote" in stages:
         inputs.fail(
@@ -529,7 +644,7 @@ def _control_plane(
         url = inputs.parse("cp-url", lambda v: parse_url(v, insecure), "")
     elif needed:
         inputs.fail("cp-url", "is required for the rollout and verify stages")
-    token = inputs.text("cp-token")
+    token = inputs.header_secret("cp-token")
     if needed and not token:
         inputs.fail("cp-token", "is required for the rollout and verify stages")
     path = inputs.text("redeploy-path")
@@ -590,7 +705,7 @@ def _verify_settings(
         if "{slug}" not in template:
             inputs.fail("verify-url", f"must contain {{slug}} (got {inputs.shown('verify-url')})")
         else:
-            inputs.parse("verify-url", lambda v: parse_url(v.replace("{slug}", "tenant"), insecure), "")
+            inputs.parse("verify-url", lambda v: parse_url(v.replace("{slug}", "tenant"), insecure, True), "")
     field_path = inputs.text("verify-field")
     if any(not part for part in field_path.split(".")):
         inputs.fail("verify-field", f"expected a dotted JSON path such as git_sha (got {field_path!r})")
@@ -620,8 +735,9 @@ def _promote_settings(
         inputs.fail("promote-source", "nothing to promote: set sha, target-tag or promote-source")
     username, password = inputs.text("registry-username"), inputs.text("registry-password")
     if bool(username) != bool(password):
-        missing = "registry-password" if username else "registry-username"
-        inputs.fail(missing, "registry-username and registry-password go together")
+        missing, given = ("registry-password", "registry-username") if username else \
+            ("registry-username", "registry-password")
+        inputs.fail(missing, f"is required when {given} is set (they go together)")
     return PromoteSettings(
         images=images,
         tag=tag,
@@ -649,7 +765,7 @@ def _gates_and_forge(
         branch=inputs.text("branch") or env.get("GITHUB_REF_NAME", "").strip(),
         disabled_variable=variable,
     )
-    return gates, _forge(env, inputs.text("github-token"), request_timeout, retry_delays)
+    return gates, _forge(env, inputs.header_secret("github-token"), request_timeout, retry_delays)
 
 
 def _forge(env: Mapping[str, str], token: str, request_timeout: float, retry_delays: tuple[float, ...]) -> Forge:

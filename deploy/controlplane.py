@@ -12,7 +12,10 @@ never a traceback.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -26,7 +29,7 @@ from deploy.runner import Runner
 ANSWER_CAP = 32 * 1024 * 1024  # a 50,000-tenant enumeration is about 10 MiB of rows
 # A tenant name is a DNS-label-like word: it becomes a host name or a path segment of verify-url,
 # so `.`, `..`, `/`, markup and spaces can never be one.
-TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
+TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,252}\Z")  # \Z: `$` would let "b\n" through
 
 
 class CPResponseError(DeployFailed):
@@ -98,6 +101,8 @@ class CallResult:
 
 
 class ControlPlaneClient:
+    heartbeat_seconds = 30.0  # a line while a call is in flight: a silent 10-minute step looks hung
+
     def __init__(self, cp: ControlPlane, plan: RolloutPlan, runner: Runner, clock: Clock, deadline: Deadline) -> None:
         self.cp = cp
         self.plan = plan
@@ -142,7 +147,8 @@ class ControlPlaneClient:
         self._calling = f"{label} ({', '.join(slugs)})" if slugs else label
         started = self.clock.now()
         try:
-            reply = self.http.request("POST", self.cp.redeploy_url, json=body, budget=budget)
+            with self._heartbeat(label, budget):
+                reply = self.http.request("POST", self.cp.redeploy_url, json=body, budget=budget)
         except http.TransportError as exc:
             why = f"HTTP 504 (synthetic): {exc}" if exc.timed_out else f"no answer: {exc}"
             return self._result(label, slugs, started, None, why, CallState.UNKNOWN)
@@ -156,6 +162,22 @@ class ControlPlaneClient:
             return self._result(label, slugs, started, 200, f"unreadable answer: {exc}", CallState.UNKNOWN)
         state = CallState.ANSWERED if ok else CallState.FAILED
         return self._result(label, slugs, started, 200, error, state, ok=ok, rows=rows, rejected=rejected)
+
+    @contextmanager
+    def _heartbeat(self, label: str, budget: float) -> Iterator[None]:
+        """Every :attr:`heartbeat_seconds` of real time, say the call is still waiting, and for how long."""
+        stop, started = threading.Event(), time.monotonic()
+
+        def beat() -> None:
+            while not stop.wait(self.heartbeat_seconds):
+                self.runner.log(f"{label}: waiting for the CP, {time.monotonic() - started:.0f} s of "
+                                f"{budget:g} s read budget")
+
+        threading.Thread(target=beat, name="heartbeat", daemon=True).start()
+        try:
+            yield
+        finally:
+            stop.set()
 
     def _result(self, label: str, slugs: tuple[str, ...], started: float, status: int | None, error: str,
                 state: CallState, ok: bool = False, rows: tuple[TenantRow, ...] = (),

@@ -1,16 +1,18 @@
-"""``python -m deploy demo``: the seed incident, replayed against the simulator, handled.
+"""``fleet-rollout demo`` (``python -m deploy demo``): the seed incident, replayed against the simulator, handled.
 
 A five-tenant fleet with one dead box. The CP's worst case for a batch holding it is its
-per-tenant timeout plus health settle (390 sim seconds); the demo runs the real pipeline with
-the same log a GitHub job shows, then prints the outputs: the dead tenant is quarantined, the
-others are verified, ``latest`` moves to the build's multi-arch index and ``ok=true``.
+per-tenant timeout plus health settle (390 sim seconds); the demo runs the real pipeline and prints
+the log it prints on a laptop or in GitLab (plain ``== Rollout ==`` groups), the outputs as
+``name=value`` lines, then a short text summary: the dead tenant is quarantined, the others are
+verified, ``latest`` moves to the build's multi-arch index and ``ok=true``. The Markdown job summary
+is written only where the caller's ``GITHUB_STEP_SUMMARY`` says; ``--report PATH`` keeps the JSON report.
 
 The registry is Debian's ``docker-registry`` when it is installed, otherwise the simulator's own.
 """
 
 from __future__ import annotations
 
-import io
+import json
 import os
 import shutil
 import sys
@@ -19,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from deploy.runner import parse_output_file
+from deploy.report import text_summary
 from deploy.sim import local_registry
 from deploy.sim.fleet import FleetSim, TenantSpec
 from deploy.sim.registry import SimRegistry
@@ -29,6 +31,7 @@ SHA = "8ddce85f3b2a4c6d9e0f1a2b3c4d5e6f708192a3"
 TAG = f"staging-{SHA[:7]}"
 SCALE = 0.01  # 1 sim second = 10 ms
 REPOSITORY = "acme/platform-tenant"
+TOKEN = "sim-Q7vXk2mZ9pLw"  # no 6 characters of it occur in the log, so redaction hides nothing else
 
 
 def demo_fleet() -> FleetSim:
@@ -39,7 +42,7 @@ def demo_fleet() -> FleetSim:
         TenantSpec("philbrew-erton", dead=True),
         TenantSpec("acme-prod", deploy_seconds=50, settle_seconds=90),
     ]
-    return FleetSim(tenants, builds={TAG: SHA}, time_scale=SCALE)
+    return FleetSim(tenants, builds={TAG: SHA}, time_scale=SCALE, token=TOKEN)
 
 
 @contextmanager
@@ -63,14 +66,8 @@ def demo_registry(workdir: Path, server: SimServer, sim_registry: SimRegistry) -
 
 def demo_env(sim_url: str, workdir: Path, token: str, registry_host: str) -> dict[str, str]:
     """The inputs a workflow would pass, in sim time: CP worst case 300 + 90 sim s = 3.9 s."""
-    outputs, summary = workdir / "github_output", workdir / "step_summary.md"
-    outputs.touch()
-    summary.touch()
     return {
-        "GITHUB_ACTIONS": "true",  # log as in a job: groups and annotations as workflow commands
-        "GITHUB_OUTPUT": str(outputs),
-        "GITHUB_STEP_SUMMARY": str(summary),
-        "GITHUB_WORKSPACE": str(workdir),
+        "GITHUB_WORKSPACE": str(workdir),  # the JSON report is written here
         "FLEET_CP_URL": sim_url,
         "FLEET_CP_TOKEN": token,
         "FLEET_SHA": SHA,
@@ -91,34 +88,40 @@ def demo_env(sim_url: str, workdir: Path, token: str, registry_host: str) -> dic
     }
 
 
-class RunnerView(io.TextIOBase):
-    """stdout as the runner displays it: it consumes ``::add-mask::`` lines and never shows them."""
-
-    def write(self, text: str) -> int:
-        if not text.startswith("::add-mask::"):
-            sys.stdout.write(text)
-        return len(text)
-
-    def flush(self) -> None:
-        sys.stdout.flush()
+def caller_env() -> dict[str, str]:
+    """The caller's environment without what would point the demo elsewhere: their own FLEET_* and
+    INPUT_* configuration, and, inside a job, the job's outputs file and workflow-command log format.
+    ``GITHUB_STEP_SUMMARY`` stays: set, it receives the Markdown summary."""
+    return {name: value for name, value in os.environ.items()
+            if not name.startswith(("FLEET_", "INPUT_")) and name not in ("GITHUB_OUTPUT", "GITHUB_ACTIONS")}
 
 
-def main() -> int:
+def main(report: str | None = None) -> int:
+    """Run the demo; ``report``: where to keep the JSON report (it is otherwise deleted with the sim)."""
     from deploy.main import run  # what the container runs, not a re-implementation
 
     fleet, sim_registry = demo_fleet(), SimRegistry()
     with ExitStack() as stack:
         server = stack.enter_context(SimServer([fleet, sim_registry]))
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fleet-demo-")))
+        print(f"# simulator: {server.url} — {len(fleet.tenants)} tenants, philbrew-erton is dead", flush=True)
         registry_host = stack.enter_context(demo_registry(workdir, server, sim_registry))
-        env = {**os.environ, **demo_env(server.url, workdir, fleet.token, registry_host)}
-        print(f"# simulator: {server.url} — {len(fleet.tenants)} tenants, philbrew-erton is dead\n", flush=True)
-        code = run(env, stream=RunnerView())
-        print("\n# outputs (GITHUB_OUTPUT)")
-        for name, value in parse_output_file((workdir / "github_output").read_text()).items():
-            print(f"{name}={value}")
-        print(f"\n# exit code {code}; the job summary (Markdown) follows\n")
-        print((workdir / "step_summary.md").read_text())
+        env = {**caller_env(), **demo_env(server.url, workdir, fleet.token, registry_host)}
+        print(flush=True)
+        code = run(env)
+        written = workdir / "fleet-rollout-report.json"
+        print(f"\n# summary (exit code {code})\n")
+        print(text_summary(json.loads(written.read_text(encoding="utf-8"))), flush=True)
+        if report:
+            try:
+                Path(report).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(written, report)
+            except OSError as exc:
+                print(f"fleet-rollout demo: could not keep the JSON report at {report}: {exc}", file=sys.stderr)
+                return code or 1
+            print(f"# the JSON report is kept at {report}")
+        else:
+            print("# the JSON report goes with the simulator; keep it with: fleet-rollout demo --report PATH")
     return code
 
 

@@ -1,4 +1,6 @@
-"""The two failures a user can act on, each carrying its exit code.
+"""The two failures a user can act on: a configuration error (exit 2) and a deploy failure (exit 1).
+
+:func:`deploy.main.run` maps them to exit codes, in one place.
 
 Anything else raised is a bug: the entrypoint still writes outputs and the report for it.
 """
@@ -7,17 +9,24 @@ Anything else raised is a bug: the entrypoint still writes outputs and the repor
 class ConfigError(Exception):
     """A bad input, found before any network call (exit 2). Names the input, never a secret."""
 
-    exit_code = 2
-
     def __init__(self, input_name: str, message: str) -> None:
-        super().__init__(f"{input_name}: {message}")
-        self.input_name = input_name
+        self.input_name, self.message = input_name, message
+        super().__init__(self.naming(input_name))
+
+    def naming(self, subject: str) -> str:
+        """The message about ``subject``: the input inside Actions, its ``FLEET_*`` variable elsewhere.
+
+        Messages are written as predicates (``is required``, ``must start with '/'``) or as a
+        finding (``expected a whole number (got 'x')``), so the subject reads naturally in front."""
+        verb = self.message.split(" ", 1)[0]
+        return f"{subject} {self.message}" if verb in PREDICATE_VERBS else f"{subject}: {self.message}"
+
+
+PREDICATE_VERBS = frozenset({"is", "must", "needs", "has", "cannot"})
 
 
 class ConfigErrors(Exception):
     """Every bad input at once, so one run shows the user all of them (exit 2)."""
-
-    exit_code = 2
 
     def __init__(self, errors: list[ConfigError]) -> None:
         super().__init__("; ".join(str(e) for e in errors))
@@ -26,8 +35,6 @@ class ConfigErrors(Exception):
 
 class DeployFailed(Exception):
     """A remote or rollout failure (exit 1), worded for the person reading the Actions log."""
-
-    exit_code = 1
 
 
 class DeadlineExceeded(DeployFailed):

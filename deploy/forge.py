@@ -36,6 +36,7 @@ ANSWER_CAP = 8 * 1024 * 1024  # a page of 100 check runs with their output texts
 MAX_PAGES = 100  # 5,000 statuses on Gitea: far beyond a real commit; stops a server that ignores `page`
 RATE_LIMIT_MARGIN = 1.0  # seconds past the announced reset, for clock skew between us and the forge
 UNANNOUNCED_RATE_LIMIT_WAIT = 60.0  # GitHub: a 429 without headers means "wait at least a minute"
+MAX_ANNOUNCED_WAIT = 366 * 86400.0  # longer than any run: a larger figure from a server means the same
 
 
 @dataclass(frozen=True)
@@ -176,12 +177,13 @@ class ForgeClient:
         headers = response.headers
         if headers.get("Retry-After"):
             return _retry_after(headers["Retry-After"], self.clock.wall())
-        if headers.get("X-RateLimit-Remaining") == "0" and headers.get("X-RateLimit-Reset", "").isdigit():
-            return float(headers["X-RateLimit-Reset"]) - self.clock.wall()
+        reset = headers.get("X-RateLimit-Reset", "")
+        if headers.get("X-RateLimit-Remaining") == "0" and reset.isascii() and reset.isdigit() and len(reset) <= 12:
+            return float(reset) - self.clock.wall()
         return UNANNOUNCED_RATE_LIMIT_WAIT if response.status == 429 else None
 
     def _wait_out_rate_limit(self, wait: float, what: str, budget: Deadline | None, status: int) -> None:
-        wait = max(wait, 0.0) + RATE_LIMIT_MARGIN
+        wait = min(max(wait, 0.0), MAX_ANNOUNCED_WAIT) + RATE_LIMIT_MARGIN  # 1e308 s is "not in this run"
         limits = [(self.deadline.remaining(), "timeout")]
         if budget is not None:
             limits.append((budget.remaining(), "checks-timeout"))
@@ -241,6 +243,6 @@ def _retry_after(value: str, now: float) -> float:
     else:  # "nan" and "inf" parse as floats but announce nothing
         return seconds if math.isfinite(seconds) else UNANNOUNCED_RATE_LIMIT_WAIT
     try:
-        return email.utils.parsedate_to_datetime(value).timestamp() - now
-    except (TypeError, ValueError):
+        return email.utils.parsedate_to_datetime(value[:100]).timestamp() - now
+    except (TypeError, ValueError, OverflowError, IndexError):
         return UNANNOUNCED_RATE_LIMIT_WAIT

@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from http.client import HTTPException
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -49,6 +50,7 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ReadTimeoutError
 from urllib3.util import Timeout
 from urllib3.util.retry import Retry
 
@@ -78,6 +80,10 @@ class TransportError(DeployFailed):
         self.cause = cause
         self.timed_out = timed_out
         self.attempts = attempts
+
+
+class Aborted(DeployFailed):
+    """The run was cancelled while a request waited to be retried."""
 
 
 class UnusableBody(ValueError):
@@ -256,6 +262,9 @@ class _WatchedPoolMixin:
         if exchange.attempt is not None:
             exchange.attempt.body_socket = _body_socket(response)
         body, truncated = read_capped(response, exchange.cap, 200 <= response.status < 300)
+        if exchange.timed_out:  # the watchdog ended it: what arrived (headers or body) may be a piece
+            response.close()
+            raise ReadTimeoutError(self, url, "no complete answer in time")  # type: ignore[arg-type]
         exchange.body, exchange.truncated = body, truncated
         if truncated:  # the unread rest must not be drained before a retry: drop the connection
             response.close()
@@ -314,7 +323,9 @@ class ScheduledRetry(Retry):
         return self.delays[min(failures, len(self.delays)) - 1]
 
     def sleep(self, response: Any = None) -> None:
-        """Wait before the next attempt; past the overall deadline, stop instead of retrying."""
+        """Wait before the next attempt; past the overall deadline, or once cancelled, stop instead."""
+        if _WATCHDOG.aborted_at is not None:
+            raise Aborted("cancelled: no further retries")
         if self.deadline is not None:
             self.deadline.sleep(self.get_backoff_time(), "waiting to retry a transient failure")
         else:
@@ -438,7 +449,9 @@ class Client:
                                                 **kwargs)
             except BodyTooLarge as exc:
                 raise TransportError(url, str(exc), attempts=exchange.attempts) from None
-            except requests.RequestException as exc:
+            except (requests.RequestException, urllib3.exceptions.HTTPError, HTTPException, ValueError) as exc:
+                # requests re-raises some urllib3 errors as they are (a body that is not the gzip it
+                # claims: DecodeError); a malformed URL or header is a ValueError
                 raise TransportError(url, _cause(exc, budget, exchange.timed_out),
                                      timed_out=_timed_out(exc, exchange.timed_out),
                                      attempts=max(exchange.attempts, 1)) from None
@@ -448,7 +461,7 @@ class Client:
                     body, _ = read_capped(response.raw, cap, 200 <= response.status_code < 300)
             except BodyTooLarge as exc:
                 raise TransportError(url, str(exc), attempts=exchange.attempts) from None
-            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            except (requests.RequestException, urllib3.exceptions.HTTPError, HTTPException, OSError, ValueError) as exc:
                 raise TransportError(url, _cause(exc, budget, exchange.timed_out),
                                      timed_out=_timed_out(exc, exchange.timed_out),
                                      attempts=max(exchange.attempts, 1)) from None
@@ -479,6 +492,8 @@ def _cause(exc: BaseException | None, budget: float, cut: bool) -> str:
     text = " ".join(str(e) for e in chain[-1:])
     if isinstance(exc, requests.TooManyRedirects):
         return "too many redirects"
+    if "DecodeError" in names or "ContentDecodingError" in names:
+        return "a body that does not decode as its Content-Encoding says"
     if any(isinstance(e, ConnectionRefusedError) for e in chain) or "Connection refused" in text:
         return "connection refused"
     if any(isinstance(e, socket.gaierror) for e in chain) or "NameResolution" in names:

@@ -23,8 +23,8 @@ from deploy.errors import DeployFailed
 from deploy.forge import ForgeClient
 from deploy.gates import ChecksResult, live_kill_switch, newer_head, wait_for_required_checks
 from deploy.promote import PromoteResult, check_sources, promote_images
-from deploy.rollout import RolloutResult, enumerate_fleet, run_rollout
-from deploy.runner import Runner
+from deploy.rollout import RolloutResult, counted, enumerate_fleet, run_rollout
+from deploy.runner import Runner, listing
 from deploy.verify import VerifyResult, verify_tenants
 
 
@@ -102,7 +102,10 @@ def _stages(config: Config, run: Run, runner: Runner, clock: Clock, deadline: De
     if config.wants("rollout") or config.wants("verify"):
         cp = ControlPlaneClient(config.cp, config.rollout, runner, clock, deadline)
         with _stage(run, runner, "Plan", deadline):
-            run.fleet = enumerate_fleet(cp, runner)
+            run.fleet, rejected = enumerate_fleet(cp, runner)
+            if rejected:
+                run.notes["plan"] = f"the CP listed {counted(len(rejected), 'name')} that cannot be tenants: " \
+                                    f"{listing(rejected)}"
             if config.wants("rollout") and config.wants("promote") and config.promote.images:
                 check_sources(config.promote, runner, clock, deadline)
     if cp and config.wants("rollout"):
@@ -110,7 +113,8 @@ def _stages(config: Config, run: Run, runner: Runner, clock: Clock, deadline: De
             run.rollout = run_rollout(config.rollout, cp, run.fleet, runner, deadline)
         if not run.rollout.ok:
             raise DeployFailed(run.rollout.failure)
-        _report_quarantine(run.rollout, runner)
+        if not dry_run:  # a plan puts nothing on target: there is no coverage to gate
+            _report_quarantine(run.rollout, runner)
     if dry_run:
         for stage in ("verify", "promote"):
             if config.wants(stage):
@@ -167,8 +171,8 @@ def _superseded(config: Config, forge: ForgeClient | None, runner: Runner, when:
 def _report_quarantine(rollout: RolloutResult, runner: Runner) -> None:
     with runner.group("Coverage"):
         runner.log(
-            f"coverage: {len(rollout.shipped)}/{len(rollout.fleet)} on target, "
-            f"{len(rollout.stragglers)} straggler(s), tolerance {rollout.max_stragglers}"
+            f"coverage: {len(rollout.shipped)}/{counted(len(rollout.fleet), 'tenant')} on target, "
+            f"{counted(len(rollout.stragglers), 'straggler')}, tolerance {rollout.max_stragglers}"
         )
         for slug in rollout.quarantined:
             runner.warning(
@@ -200,7 +204,7 @@ def _verify(config: Config, run: Run, forge: ForgeClient | None, runner: Runner,
     with _stage(run, runner, "Verify", deadline):
         run.verify = verify_tenants(config.verify, config.sha, rows, runner, clock, deadline)
     if not run.verify.ok:
-        bad = [f"{state} {', '.join(run.verify.slugs(state))}" for state in ("stale", "unreachable", "unhealthy")
+        bad = [f"{state} {listing(run.verify.slugs(state))}" for state in ("stale", "unreachable", "unhealthy")
                if run.verify.slugs(state)]
         raise DeployFailed(f"verify failed: {'; '.join(bad)}; latest not promoted")
 

@@ -116,7 +116,7 @@ def promote_images(settings: PromoteSettings, runner: Runner, clock: Clock, dead
                 _promote(attempt, settings, runner)
             except Exception as exc:  # noqa: BLE001 - whatever broke (a cancellation too), moved tags go back
                 error = str(exc) if isinstance(exc, RegistryError) else f"{image}: {type(exc).__name__}: {exc}"
-                runner.log(f"{image}: FAILED: {error}")
+                runner.log(f"FAILED: {error}")  # the error names the image
                 grace_seconds = deadline.remaining() + min(settings.request_timeout, PUT_BACK_GRACE)
                 grace = Deadline.starting_now(clock, grace_seconds)
                 return _undo(attempts, settings, runner, grace, error)

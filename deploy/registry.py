@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +39,7 @@ MANIFEST_CAP = 4 * 1024 * 1024  # registries refuse larger manifests: more is no
 TOKEN_CAP = 1024 * 1024
 
 API_HOSTS = {"docker.io": "registry-1.docker.io", "index.docker.io": "registry-1.docker.io"}
-CHALLENGE_PARAM_RE = re.compile(r'([A-Za-z_][\w-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))')
+CHALLENGE_LIMIT = 8192  # a WWW-Authenticate header longer than this is not a challenge we can use
 
 
 class RegistryError(DeployFailed):
@@ -87,11 +86,53 @@ class Challenge:
 
 
 def parse_challenge(header: str) -> Challenge:
-    """``Bearer realm="https://ghcr.io/token",service="ghcr.io",scope="repository:a/b:pull,push"``."""
-    scheme, _, rest = header.strip().partition(" ")
-    params = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
-              for m in CHALLENGE_PARAM_RE.finditer(rest)}
-    return Challenge(scheme.lower(), {k: re.sub(r"\\(.)", r"\1", v) for k, v in params.items()})
+    """``Bearer realm="https://ghcr.io/token",service="ghcr.io",scope="repository:a/b:pull,push"``.
+
+    One pass over at most :data:`CHALLENGE_LIMIT` characters: a regex with a backtracking name
+    pattern took quadratic time on a long run of letters without ``=``.
+    """
+    scheme, _, rest = header[:CHALLENGE_LIMIT].strip().partition(" ")
+    params: dict[str, str] = {}
+    i, n = 0, len(rest)
+    while i < n:
+        while i < n and rest[i] in " ,\t":
+            i += 1
+        start = i
+        while i < n and (rest[i].isalnum() or rest[i] in "_-"):
+            i += 1
+        name = rest[start:i].lower()
+        while i < n and rest[i] in " \t":
+            i += 1
+        if not name or i >= n or rest[i] != "=":
+            i = _skip_to_comma(rest, i + (i == start))
+            continue
+        i += 1
+        while i < n and rest[i] in " \t":
+            i += 1
+        value, i = _challenge_value(rest, i)
+        params.setdefault(name, value)
+    return Challenge(scheme.lower(), params)
+
+
+def _challenge_value(text: str, i: int) -> tuple[str, int]:
+    """A quoted string (backslash escapes) or a token, and where it ends."""
+    if i < len(text) and text[i] == '"':
+        chars, i = [], i + 1
+        while i < len(text) and text[i] != '"':
+            if text[i] == "\\" and i + 1 < len(text):
+                i += 1
+            chars.append(text[i])
+            i += 1
+        return "".join(chars), i + 1
+    end = i
+    while end < len(text) and text[end] not in ", \t":
+        end += 1
+    return text[i:end], end
+
+
+def _skip_to_comma(text: str, i: int) -> int:
+    comma = text.find(",", i)
+    return len(text) if comma == -1 else comma + 1
 
 
 def registry_error_text(response: http.Reply) -> str:
@@ -204,7 +245,8 @@ class Repository:
         params = {"scope": f"repository:{self.name}:pull,push"}
         if challenge.params.get("service"):
             params["service"] = challenge.params["service"]
-        auth = (self.username, self._password) if self.username else None
+        # bytes: requests encodes a str credential as latin-1, which fails for other characters
+        auth = (self.username.encode(), self._password.encode()) if self.username else None
         response = self._request("GET", realm, f"token for {step}", {}, cap=TOKEN_CAP, params=params, auth=auth)
         if response.status != 200:
             raise self._refused(f"token service {parts.netloc}", step, response)

@@ -2,7 +2,7 @@
 
 Everything is derived from :class:`~deploy.pipeline.Run`, so a failed or cut-short run reports
 exactly as much as happened. Every fact in the summary is also logged, because Gitea may not
-show summaries.
+show summaries. :func:`text_summary` renders a written report for a terminal (the demo's ending).
 """
 
 from __future__ import annotations
@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from deploy import __version__
 from deploy.pipeline import Run
-from deploy.runner import Runner, escape_markdown
+from deploy.rollout import counted, describe_plan
+from deploy.runner import Runner, escape_markdown, listing
 
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}|-")
 OUTPUT_NAMES = (
@@ -25,6 +26,10 @@ OUTPUT_NAMES = (
 )
 # Outputs made only of our own words, numbers, digests and paths: redacting them could only
 # corrupt them (a 3-character token "tru" turned "true" into "***e").
+# Report fields made only of our own vocabulary: a short secret such as "deployed" must not
+# rewrite them (the outputs have the same rule, VERBATIM_OUTPUTS).
+VERBATIM_REPORT_KEYS = frozenset({"schema_version", "tool", "generated_at", "outcome", "state", "stages", "label",
+                                  "name", "media_type"})
 VERBATIM_OUTPUTS = frozenset(
     {"ok", "outcome", "result_count", "verified", "promoted-digest", "previous-digest", "report"}
 )
@@ -62,8 +67,8 @@ def publish(run: Run, runner: Runner, report_path: Path, workspace: Path) -> Non
     """
     with runner.group("Result"):
         _log_result(run, runner)
-    if run.outcome == "failed":
-        runner.error(run.reason, title="fleet-rollout failed", final=True)
+    if run.outcome == "failed" and (runner.in_actions or not _logged_already(run.reason, runner)):
+        runner.error(run.reason, title="fleet-rollout failed", final=True)  # the verdict, said once
     shown = report_path.relative_to(workspace) if report_path.is_relative_to(workspace) else report_path
 
     def write_report() -> None:
@@ -89,9 +94,10 @@ def redact_values(value: Any, redact: Callable[[str], str]) -> Any:
     Redacting the serialised JSON instead once made the report invalid JSON with ``cp-token: 200``.
     """
     if isinstance(value, str):
-        return redact(value)
+        return value if DIGEST_RE.fullmatch(value) else redact(value)  # a digest is a hash, never a secret
     if isinstance(value, dict):
-        return {key: redact_values(item, redact) for key, item in value.items()}
+        return {key: item if key in VERBATIM_REPORT_KEYS else redact_values(item, redact)
+                for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [redact_values(item, redact) for item in value]
     return value
@@ -236,11 +242,20 @@ def _promotion_table(run: Run, cell: _Cell) -> list[str]:
 
 
 def _log_result(run: Run, runner: Runner) -> None:
-    runner.log(f"outcome: {run.outcome}" + (f" — {run.reason}" if run.reason else ""))
-    if run.rollout:
-        r = run.rollout
-        runner.log(f"rollout: {len(r.shipped)}/{len(r.fleet)} shipped, result rows {r.result_count}")
+    # A failure's reason is the run's last line, the verdict after this group: not repeated here.
+    runner.log(f"outcome: {run.outcome}" + (f" — {run.reason}" if run.reason and run.outcome != "failed" else ""))
+    r = run.rollout
+    if r and r.dry_run:
+        canary = run.config.rollout.canary if run.config else ""
+        runner.log(f"plan: {describe_plan(r.fleet, r.planned, canary)}, nothing deployed")
+    elif r:
+        runner.log(f"rollout: {len(r.shipped)}/{counted(len(r.fleet), 'tenant')} shipped, "
+                   f"{counted(r.result_count, 'result row')}")
         runner.log(f"stragglers: {_names(r.stragglers)}; quarantined: {_names(r.quarantined)}")
+        if r.outcome_unknown:
+            runner.log(f"outcome unknown (sent, no readable answer): {listing(tuple(r.outcome_unknown))}")
+        if r.halted and r.not_started:
+            runner.log(f"not started (the rollout halted first): {listing(r.not_started)}")
     if run.verify:
         for state in ("verified", "stale", "unreachable", "unhealthy"):
             slugs = run.verify.slugs(state)
@@ -253,6 +268,70 @@ def _log_result(run: Run, runner: Runner) -> None:
             runner.log(f"promote {p.image}:{run.promote.tag}: {p.state}: {what}")
     for stage, note in run.notes.items():
         runner.log(f"{stage}: {note}")
+
+
+def _logged_already(reason: str, runner: Runner) -> bool:
+    """Whether the stage that failed already logged the reason as an error line: a halted canary or
+    batch (the reason may go on with "; N later calls not started", which the Result group lists),
+    or a configuration error's bad inputs, one line each. Outside Actions the verdict would only be
+    that line again; inside, it is the run's one annotation and is always made."""
+    reason = " ".join(runner.redact(reason).split()).removeprefix("configuration error: ")
+    return any(message and reason.startswith(message) for message in runner.errors_said())
+
+
+def text_summary(document: Mapping[str, Any]) -> str:
+    """The run for a terminal, from its JSON report (:func:`report`, as written: redacted):
+    the headline, the reason, one line per tenant with its state, and the promotion.
+
+    The job summary's Markdown and Mermaid are for the runner's summary page, not for a terminal.
+    """
+    what = f" {document['target_tag']} ({document['sha'][:12]})" if document.get("target_tag") else ""
+    lines = [f"fleet-rollout: {document['outcome']}{what} in {document.get('seconds', 0):.1f} s"]
+    if document.get("reason"):
+        lines.append(f"reason: {document['reason']}")
+    states = _tenant_states(document)
+    if states:
+        table = [("tenant", "state", "detail"), *((slug, *verdict) for slug, verdict in states.items())]
+        widths = [max(len(row[column]) for row in table) for column in (0, 1)]
+        lines.append("")
+        lines += [f"{slug:<{widths[0]}}  {state:<{widths[1]}}  {detail}".rstrip() for slug, state, detail in table]
+    promote = document.get("promote") or {}
+    lines += [""] if promote.get("promotions") else []
+    for p in promote.get("promotions", []):
+        moved = f"{_short(p['previous_digest']) or '(no tag)'} → {_short(p['promoted_digest'])}"
+        what = moved if p["state"] == "promoted" else p["detail"]
+        lines.append(f"{promote['tag']} on {p['image']}: {p['state']}, {what}")
+    return "\n".join(lines) + "\n"
+
+
+def _tenant_states(document: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
+    """slug → (state, detail), the same verdicts as the job summary's tenant table."""
+    rollout, verify = document.get("rollout") or {}, document.get("verify") or {}
+    calls = rollout.get("calls", [])
+    rows = {row["slug"]: row for call in calls for row in call.get("rows", [])}
+    asked = {slug for call in calls for slug in call.get("slugs", [])}
+    verdicts = {tenant["slug"]: tenant for tenant in verify.get("tenants", [])}
+    states = {}
+    for slug in document.get("fleet", []):
+        row, verdict = rows.get(slug, {}), verdicts.get(slug)
+        if slug in rollout.get("quarantined", []):
+            states[slug] = ("quarantined", row.get("error", "") or "did not reach the target")
+        elif verdict:
+            states[slug] = (verdict["state"], "" if verdict["state"] == "verified" else verdict["detail"])
+        elif rollout.get("dry_run"):
+            states[slug] = ("planned", "")
+        elif slug in rollout.get("outcome_unknown", []):
+            states[slug] = ("outcome unknown", "sent, no readable answer")
+        elif slug in rollout.get("stragglers", []):
+            states[slug] = ("straggler", row.get("error", "") or "no row from the CP") if slug in asked else (
+                "not started", "the rollout halted first")
+        else:
+            states[slug] = ("on target", "") if slug in rows else ("", "")
+    return states
+
+
+def _short(digest: str) -> str:
+    return f"{digest[:19]}…" if digest.startswith("sha256:") else digest
 
 
 def _names(slugs: Any) -> str:

@@ -18,7 +18,7 @@ from deploy.clock import Deadline
 from deploy.config import RolloutPlan
 from deploy.controlplane import CallResult, ControlPlaneClient, TenantRow
 from deploy.errors import DeadlineExceeded, DeployFailed
-from deploy.runner import Runner
+from deploy.runner import Runner, listing
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,8 @@ class RolloutResult:
         if self.halted:
             return self.halted
         if not self.within_tolerance:
-            names = ", ".join(self.stragglers)
-            return f"{len(self.stragglers)} stragglers exceed max-stragglers {self.max_stragglers}: {names}"
+            names = listing(self.stragglers)
+            return f"{_exceed(len(self.stragglers), self.max_stragglers)}: {names}"
         return ""
 
     def as_dict(self) -> dict[str, Any]:
@@ -99,17 +99,18 @@ class RolloutResult:
         }
 
 
-def enumerate_fleet(client: ControlPlaneClient, runner: Runner) -> tuple[str, ...]:
-    """The live fleet by dry run; without it there is nothing to roll out, so failure is fatal."""
+def enumerate_fleet(client: ControlPlaneClient, runner: Runner) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The live fleet by dry run, and the names it held that cannot be tenants (neither deployed
+    nor polled). Without a fleet there is nothing to roll out, so a failure is fatal."""
     call = client.enumerate()
     if not call.ok:
         raise DeployFailed(f"could not enumerate the fleet: {call.error}")
     if call.rejected:
-        runner.warning(f"the CP enumerated {len(call.rejected)} name(s) that cannot be tenants; they are neither "
-                       f"deployed nor polled: {', '.join(call.rejected[:20])}", title="invalid tenant names")
+        runner.warning(f"the CP enumerated {counted(len(call.rejected), 'name')} that cannot be tenants; they are "
+                       f"neither deployed nor polled: {listing(call.rejected)}", title="invalid tenant names")
     fleet = tuple(dict.fromkeys(row.slug for row in call.rows))
-    runner.log(f"fleet: {len(fleet)} tenants ({call.seconds:.1f} s): {', '.join(fleet) or 'none'}")
-    return fleet
+    runner.log(f"fleet: {counted(len(fleet), 'tenant')} ({call.seconds:.1f} s): {', '.join(fleet) or 'none'}")
+    return fleet, call.rejected
 
 
 def plan_batches(fleet: Sequence[str], canary: str, batch_size: int) -> tuple[tuple[str, ...], ...]:
@@ -139,7 +140,7 @@ def run_rollout(
                 progress.batch(client, label, slugs, runner)
             if progress.halted:
                 if number < len(batches):
-                    progress.halted += f"; {len(batches) - number} later call(s) not started"
+                    progress.halted += f"; {counted(len(batches) - number, 'later call')} not started"
                 break
     except DeployFailed as exc:  # the deadline, a cancellation: keep what happened
         progress.halted = str(exc)
@@ -230,8 +231,8 @@ class _Progress:
         if call.ok and call.error:  # ok: true with a message is information, not a halt
             runner.log(f"{label}: the CP adds: {call.error}")
         if len(so_far) > self.start.max_stragglers:  # name them all, whether or not the CP halted too
-            names = ", ".join(so_far)
-            self.halted = f"{len(so_far)} stragglers exceed max-stragglers {self.start.max_stragglers}: {names}"
+            names = listing(so_far)
+            self.halted = f"{_exceed(len(so_far), self.start.max_stragglers)}: {names}"
             self.halted += f" ({cp_error})" if cp_error else ""
             runner.error(self.halted, title="too many stragglers")
         elif cp_error:
@@ -250,7 +251,25 @@ def _row_problem(row: TenantRow | None) -> str:
 
 
 def _log_plan(result: RolloutResult, plan: RolloutPlan, runner: Runner) -> None:
-    runner.log(f"dry run: would deploy {plan.target_tag} to {len(result.fleet)} tenants in {len(result.planned)} calls")
+    runner.log(f"dry run: would deploy {plan.target_tag} to {describe_plan(result.fleet, result.planned, plan.canary)}")
+    batches = len(result.planned) - (1 if plan.canary else 0)
     for number, slugs in enumerate(result.planned, start=1):
-        kind = "canary" if plan.canary and number == 1 else "batch"
+        kind = "canary" if plan.canary and number == 1 else f"batch {number - (1 if plan.canary else 0)}/{batches}"
         runner.log(f"  {number}. {kind}: {', '.join(slugs)}")
+
+
+def describe_plan(fleet: Sequence[str], planned: Sequence[Sequence[str]], canary: str) -> str:
+    """``4 tenants in 2 batches``, or ``5 tenants in a canary and 2 batches``."""
+    batches = counted(len(planned) - (1 if canary else 0), "batch")
+    return f"{counted(len(fleet), 'tenant')} in {'a canary and ' if canary else ''}{batches}"
+
+
+def counted(number: int, noun: str) -> str:
+    """``1 tenant``, ``2 tenants``, ``1 batch``, ``3 batches``: a count with its noun, plural right."""
+    if number == 1:
+        return f"{number} {noun}"
+    return f"{number} {noun}{'es' if noun.endswith(('s', 'sh', 'ch', 'x')) else 's'}"
+
+
+def _exceed(stragglers: int, tolerance: int) -> str:
+    return f"{counted(stragglers, 'straggler')} {'exceeds' if stragglers == 1 else 'exceed'} max-stragglers {tolerance}"

@@ -44,6 +44,10 @@ WINDOW = 6  # this many consecutive characters of any form of a secret are as go
 GRAM = 3  # the redaction prefilter's piece: every WINDOW-long match holds one starting at a STRIDE multiple
 STRIDE = WINDOW - GRAM + 1
 LINE_LIMIT = 4096  # characters per log line: one server body must not become a megabyte line
+# Gitea's act reads GITHUB_OUTPUT with a 64 KiB line limit and then drops *every* output of the
+# step, so each output value stays far below it; the JSON report keeps the full lists.
+OUTPUT_LIST_LIMIT = 16 * 1024
+OUTPUT_TEXT_LIMIT = 8 * 1024
 _MARKER_ROOM = 40  # the longest "… (N more characters)"
 _UPPER_HEX = re.compile(r"%[0-9A-F]{2}")
 _MARKDOWN = str.maketrans(
@@ -60,6 +64,25 @@ def escape_markdown(text: str) -> str:
     plain slug such as ``tenant-1`` stays exactly as it is.
     """
     return _AUTOLINK_WWW.sub(r"\1\\.", " ".join(str(text).split()).translate(_MARKDOWN))
+
+
+def listing(names: Sequence[str], limit: int = 20) -> str:
+    """``a, b, c`` — or the first ``limit`` and a count, so a message stays one readable line."""
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown}, … and {len(names) - limit} more"
+
+
+def bounded_json_list(items: Sequence[str], limit: int = OUTPUT_LIST_LIMIT) -> str:
+    """A JSON array of at most ``limit`` characters: the first items that fit, then a last
+    element ``"+N more"`` (still valid JSON; the JSON report has the full list)."""
+    encoded = [json.dumps(item) for item in items]
+    size, kept = 2, 0
+    for text in encoded:
+        if size + len(text) + 1 > limit - 32:  # room for the "+N more" element
+            break
+        size, kept = size + len(text) + 1, kept + 1
+    rest = [json.dumps(f"+{len(items) - kept} more")] if kept < len(items) else []
+    return "[" + ", ".join(encoded[:kept] + rest) + "]"
 
 
 def cap_line(line: str, limit: int = LINE_LIMIT, cut: int = 0) -> str:
@@ -83,9 +106,22 @@ def secret_forms(secret: str) -> set[str]:
         escaped = html.escape(secret, quote=quoted)
         forms |= {escaped, escaped.replace("&#x27;", "&#39;")}
     for data in _encodings(secret):
-        for url in (quote(data, safe=""), quote_plus(data, safe="")):
+        for url in (quote(data, safe=""), quote_plus(data, safe=""), "".join(f"%{b:02X}" for b in data)):
             forms |= {url, _UPPER_HEX.sub(lambda m: m.group().lower(), url)}
+    forms |= _escaped_everywhere(secret)
     return {form for form in forms if form}
+
+
+def _escaped_everywhere(secret: str) -> set[str]:
+    """Encoders that escape more than they must: Go's JSON (``\\u0026`` for ``&``, ``<``, ``>``),
+    and every character as ``\\uXXXX``, ``&#NN;`` or ``&#xNN;``, in either hex case."""
+    go_json = json.dumps(secret)[1:-1]
+    for char, code in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e")):
+        go_json = go_json.replace(char, code)
+    every_u = "".join(json.dumps(c)[1:-1] if ord(c) > 0xFFFF else f"\\u{ord(c):04x}" for c in secret)
+    return {go_json, every_u, every_u.replace("\\u", "\\U").upper().replace("\\U", "\\u"),
+            "".join(f"&#{ord(c)};" for c in secret), "".join(f"&#x{ord(c):x};" for c in secret),
+            "".join(f"&#x{ord(c):X};" for c in secret)}
 
 
 def base64_pieces(secret: str) -> set[str]:
@@ -254,6 +290,10 @@ class Runner:
     def annotation_count(self, kind: str) -> int:
         return self._counts.get(kind, 0)
 
+    def errors_said(self) -> list[str]:
+        """The error annotations made so far, as written (redacted, capped), whitespace folded."""
+        return [" ".join(message.split()) for kind, _title, message in self._annotated if kind == "error"]
+
     def finish(self) -> None:
         """Emit the one annotation per kind that counts what the cap held back."""
         if not self.in_actions:
@@ -314,8 +354,8 @@ class Runner:
 
     def _output_value(self, value: str | Sequence[str], verbatim: bool) -> str:
         if not isinstance(value, str):
-            return json.dumps([self.redact(item) for item in value])
-        return value if verbatim else self.redact(value)
+            return bounded_json_list([self.redact(item) for item in value])
+        return value if verbatim else cap_line(self.redact(value), OUTPUT_TEXT_LIMIT)
 
     def write_summary(self, markdown: str, redacted: bool = False) -> None:
         """Append the job summary, truncated under the runner's 1 MiB limit.

@@ -40,6 +40,7 @@ class ActionResult:
     summary: str
     report: dict[str, Any] | None
     files_text: str  # every file the action wrote, for secret scans
+    output_text: str = ""  # GITHUB_OUTPUT as written, for parsers other than the runner's
 
     def everything(self) -> str:
         """All text a user or a log could ever see."""
@@ -119,4 +120,5 @@ def run_action(
         summary=summary,
         report=json.loads(report_text) if report_text else None,
         files_text="\n".join([outputs_text, summary, report_text]),
+        output_text=outputs_text,
     )

@@ -253,3 +253,32 @@ def test_url_credentials_never_reach_the_log_outputs_summary_or_report(fleet, ac
     )
     assert result.code == 2 and server.requests == []
     assert_no_secrets(result, "hunter2-pass", "abcdefgh12345", "k3y-abcdefgh")
+
+
+@pytest.mark.parametrize("value", ["1_000", "１０", "١٠"])
+def test_a_number_in_another_script_or_with_underscores_is_refused(value):
+    """float() and \\d accept these; an input that only looks like a number must not pass."""
+    assert "expected" in errors_for(timeout=value)["timeout"]
+    assert "expected a whole number" in errors_for(batch_size=value)["batch-size"]
+
+
+def test_a_bad_timeout_is_one_error_not_two():
+    assert errors_for(timeout="nan")["timeout"].count("timeout") == 1
+
+
+@pytest.mark.parametrize("url", ["https://deploy:pw-Secret-99@cp.example.com", "https://cp.example.com/#x",
+                                 "http://deploy:pw-Secret-99?x@127.0.0.1:9"])
+def test_credentials_or_a_fragment_in_cp_url_are_refused_without_echoing_them(url):
+    error = errors_for(cp_url=url)["cp-url"]
+    assert "pw-Secret-99" not in error and ("credentials" in error or "'#'" in error)
+
+
+def test_credentials_in_a_promote_image_are_refused_without_echoing_them():
+    error = errors_for(promote_images="https://deploy:pw-Secret-99@reg.example.com/acme/app")["promote-images"]
+    assert "pw-Secret-99" not in error and "registry-username" in error
+
+
+@pytest.mark.parametrize("name", ["cp_token", "github_token"])
+def test_a_token_that_cannot_travel_in_a_header_is_a_configuration_error(name):
+    error = errors_for(**{name: "t\u00f6k\u20ac-with-euro"})[name.replace("_", "-")]
+    assert "printable text on one line" in error and "euro" not in error

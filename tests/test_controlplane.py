@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import time
 
 import pytest
 import requests
@@ -145,3 +146,23 @@ def test_answers_of_any_shape_parse_or_fail_clearly_never_with_a_traceback():
             assert str(exc).startswith("the CP")
             outcomes["refused"] += 1
     assert outcomes["parsed"] > 20 and outcomes["refused"] > 1000  # both paths really exercised
+
+
+def test_a_long_call_says_every_heartbeat_that_it_is_still_waiting(client, requests_mock):
+    """A 10-minute call must not look hung: a line per heartbeat, with the read budget it runs under."""
+    client.heartbeat_seconds = 0.02
+    stream = client.runner.stream
+    beats = []
+
+    def slow_answer(request, context):
+        for _ in range(500):  # until the heartbeat has spoken twice (at most 5 s)
+            beats[:] = [line for line in stream.getvalue().splitlines() if "waiting for the CP" in line]
+            if len(beats) >= 2:
+                break
+            time.sleep(0.01)
+        return {"ok": True, "results": [{"slug": "a", "verified_on_target": True}]}
+
+    requests_mock.post(URL, json=slow_answer)
+    call = client.redeploy("batch 3/12", ["a"], max_stragglers=1)
+    assert call.ok and len(beats) >= 2
+    assert beats[0].startswith("batch 3/12: waiting for the CP, ") and beats[0].endswith(" s of 600 s read budget")

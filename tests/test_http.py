@@ -214,3 +214,40 @@ def test_error_text_finds_a_title_in_linear_time_and_ignores_unclosed_ones() -> 
     bomb = b"<html>" + b"<title>" * 300_000
     assert http.error_text(bomb) == "HTML page (not JSON)"
     assert http.error_text(b"<!DOCTYPE html><TITLE>502 Bad Gateway</TITLE>") == "HTML page: 502 Bad Gateway"
+
+
+def test_a_body_that_is_not_the_gzip_it_claims_is_a_transport_error_not_a_crash() -> None:
+    def handler(conn: socket.socket, _: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 9\r\n\r\nnot gzip!")
+
+    with raw_server(handler) as url, pytest.raises(http.TransportError, match="does not decode as its Content-En"):
+        client().request("GET", url, budget=5)
+
+
+def test_a_body_read_until_close_that_the_watchdog_cut_is_not_taken_as_complete() -> None:
+    """No Content-Length: EOF ends the body. The watchdog's shutdown is an EOF too, so without a
+    check a piece of an answer would pass as all of it."""
+
+    def handler(conn: socket.socket, _: bytes) -> None:
+        conn.sendall(b'HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{"ok": tr')
+        drip(conn, b"ue" + b" " * 500)
+
+    with raw_server(handler) as url, pytest.raises(http.TransportError) as caught:
+        client().request("GET", url, budget=0.5)
+    assert caught.value.timed_out
+
+
+def test_once_cancelled_a_request_is_not_retried_after_a_wait() -> None:
+    """SECURITY.md § Cancellation: a retry wait after SIGTERM would hold the exit past 2 s."""
+
+    def handler(conn: socket.socket, _: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n")
+
+    watchdog = http._WATCHDOG
+    with raw_server(handler) as url:
+        http.abort_all()
+        try:
+            with pytest.raises(http.Aborted):
+                client(delays=(30.0,)).request("GET", url, budget=5)
+        finally:
+            watchdog.aborted_at = None

@@ -339,11 +339,20 @@ def test_the_release_fails_rather_than_publishing_an_action_that_still_builds(tm
     assert run_release_rewrite(tmp_path).returncode != 0
 
 
-def test_the_release_builds_both_architectures_on_version_tags():
+def test_the_release_builds_both_architectures_when_run_by_hand_on_main():
     release = load_yaml(ROOT / ".github" / "workflows" / "release.yml")
     build = release_step("build")["with"]
-    assert release[True]["push"]["tags"] == ["v*.*.*"]  # YAML 1.1 reads the key `on` as True
+    assert list(release[True]) == ["workflow_dispatch"]  # YAML 1.1 reads the key `on` as True
     assert set(build["platforms"].split(",")) == {"linux/amd64", "linux/arm64"} and build["push"] is True
+
+
+def test_the_release_never_moves_a_version_tag():
+    """Gitea's act_runner fetches a ref without force: a moved vX.Y.Z keeps running the old clone."""
+    text = (ROOT / ".github" / "workflows" / "release.yml").read_text()
+    pushes = [line.strip() for line in text.splitlines() if "git push" in line or "git tag" in line]
+    assert 'git tag --annotate "$TAG" --message "fleet-rollout $VERSION, image $IMAGE:$VERSION@$DIGEST"' in pushes
+    assert all("--force" not in line for line in pushes if "$TAG" in line)
+    assert any("--force" in line and "$MAJOR" in line for line in pushes)  # only vX moves
 
 
 @pytest.mark.parametrize("path", GITHUB_EXAMPLES + WORKFLOWS, ids=lambda p: p.name)

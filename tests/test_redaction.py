@@ -179,3 +179,20 @@ def test_a_cut_that_splits_a_secret_leaves_no_piece_of_it():
     r.mask(secret)
     r.log("a" * (4 * LINE_LIMIT - 10) + secret)  # the scan window ends inside the secret
     assert leftover_pieces(stream.getvalue(), secret) == []
+
+
+@pytest.mark.parametrize("encode", [
+    lambda s: "".join(f"\\u{ord(c):04x}" for c in s),
+    lambda s: "".join(f"\\u{ord(c):04X}" for c in s),
+    lambda s: "".join(f"&#{ord(c)};" for c in s),
+    lambda s: "".join(f"&#x{ord(c):x};" for c in s),
+    lambda s: "".join(f"%{ord(c):02X}" for c in s),
+    lambda s: "".join(f"%{ord(c):02x}" for c in s),
+    lambda s: json.dumps(s)[1:-1].replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e"),
+], ids=["all-u", "all-U", "html-dec", "html-hex", "pct-all", "pct-all-lower", "go-json"])
+def test_a_secret_escaped_more_than_it_must_be_is_redacted(encode):
+    """Encoders that escape every character (or Go's JSON, which escapes & < >) echo a secret unchanged in meaning."""
+    secret = 'cpK7+Vq/Xw9=Lr&<m>"Tz4'
+    runner = Runner(io.StringIO())
+    runner.mask(secret)
+    assert runner.redact(f"denied {encode(secret)} end") == f"denied {MASK} end"

@@ -11,6 +11,7 @@ import pytest
 
 from deploy.controlplane import CallResult
 from deploy.pipeline import Run
+from deploy.promote import PromoteResult, Promotion
 from deploy.report import publish
 from deploy.rollout import RolloutResult
 from deploy.runner import MASK, Runner, parse_output_file
@@ -75,3 +76,16 @@ def test_an_unwritable_summary_or_report_still_leaves_the_others(tmp_path):
     errors = [line for line in log.splitlines() if line.startswith("::error")]
     assert len(errors) == 2
     assert "could not write the JSON report" in errors[0] and "could not write the job summary" in errors[1]
+
+
+@pytest.mark.parametrize("secret", ["sha", "deployed", "batch"])
+def test_a_secret_that_is_one_of_our_own_words_leaves_the_reports_vocabulary_and_digests(tmp_path, secret):
+    """A rollback reads the previous digest from the report: `sha` must not turn it into `***256:…`."""
+    digest = "sha256:" + "ab" * 32
+    run = deployed_run()
+    promotion = Promotion("ghcr.io/acme/app", "v1", digest, digest, "m", "promoted", "")
+    run.promote = PromoteResult("latest", (promotion,), "")
+    _log, _output, _summary, report = publish_to(tmp_path, run, secret)
+    document = json.loads(report.read_text())
+    assert document["outcome"] == "deployed" and document["rollout"]["calls"][0]["label"] == "batch 1/1"
+    assert document["promote"]["promotions"][0]["previous_digest"] == digest

@@ -80,7 +80,7 @@ def test_stragglers_over_tolerance_stop_later_batches(fleet, action):
 
     assert result.code == 1
     assert [call["only_slugs"] for call in sim.deploy_calls()] == [["dead1", "dead2"]]
-    assert "1 later call(s) not started" in result.outputs["reason"]
+    assert "1 later call not started" in result.outputs["reason"]
 
 
 def test_transient_502_json_then_503_html_are_retried(fleet, action):
@@ -201,8 +201,9 @@ def test_a_dry_run_plans_with_dry_run_calls_only(fleet, action):
 
 
 def test_the_overall_timeout_stops_cleanly_with_outputs_and_report(fleet, action):
-    _sim, server = fleet([TenantSpec("dead", dead=True), *healthy("a")])
-    result = action(server, batch_size="1", timeout="1.2", verify_url="")
+    _sim, server = fleet([TenantSpec("dead", dead=True), *healthy("a")])  # the dead one takes 1.95 s
+    result = action(server, batch_size="1", timeout="1.2", cp_tenant_timeout="0.5", cp_settle_seconds="0.2",
+                    verify_url="")
 
     assert result.code == 1
     assert "overall timeout" in result.outputs["reason"]
@@ -220,12 +221,12 @@ def test_retries_never_run_past_the_overall_timeout(fleet, action):
 
 
 def test_a_batch_that_the_cp_could_not_answer_in_time_is_not_started(fleet, action):
-    sim, server = fleet(healthy("a", "b"))
-    result = action(server, batch_size="1", timeout="1.5", verify_url="")  # worst case per call: 1.95 s
+    sim, server = fleet([TenantSpec("slow", deploy_seconds=240), *healthy("b")])  # 240 sim s: 1.2 s
+    result = action(server, batch_size="1", timeout="3", verify_url="")  # worst case per call: 1.95 s
 
     assert result.code == 1
     assert "less than the CP's worst case" in result.outputs["reason"]
-    assert sim.deploy_calls() == []
+    assert [call["only_slugs"] for call in sim.deploy_calls()] == [["slow"]]
 
 
 def test_secrets_are_masked_in_actions_and_appear_only_in_the_mask_command(fleet, action):

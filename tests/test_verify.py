@@ -213,7 +213,7 @@ def test_redirect_loop_is_bounded_and_reported(requests_mock) -> None:
     assert requests_mock.call_count == 4  # one round: the request and three redirects
 
 
-@pytest.mark.parametrize("slug", ["acme eu/2?x=1", "..", ".", "a/../b", "[x](https://evil.test)"])
+@pytest.mark.parametrize("slug", ["acme eu/2?x=1", "..", ".", "a/../b", "[x](https://evil.test)", "b\n"])
 def test_a_slug_that_cannot_be_a_tenant_name_is_reported_not_polled(requests_mock, slug) -> None:
     """SECURITY.md § Parsing: `..` must never become a path segment of verify-url."""
     template = "https://fleet.example.test/tenants/{slug}/buildinfo"
