@@ -107,19 +107,26 @@ def working_container(image: str) -> Iterator[str]:
         buildah("rm", name, check=False)
 
 
-@contextmanager
-def mounted(image: str) -> Iterator[Path]:
-    """The image's root file system, read from the host."""
-    with working_container(image) as container:
-        yield Path(buildah("mount", container).stdout.strip())
-        buildah("umount", container, check=False)
+def exec_in(container: str, *command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``command`` (not the entrypoint) in a working container: for looking inside the image.
+
+    Inside, not through ``buildah mount``: the storage is root's, and a CI user may only sudo buildah.
+    """
+    return subprocess.run([*BUILDAH, "run", "--isolation", "chroot", container, "--", *command],
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def run_in(image: str, *command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """``command`` (not the entrypoint) in a fresh container of ``image``: for looking inside it."""
+    """``command`` in a fresh container of ``image``."""
     with working_container(image) as container:
-        return subprocess.run([*BUILDAH, "run", "--isolation", "chroot", container, "--", *command],
-                              capture_output=True, text=True, timeout=timeout)
+        return exec_in(container, *command, timeout=timeout)
+
+
+def files_in(container: str, directory: str) -> set[str]:
+    """Paths of the regular files under ``directory`` in a working container, relative to it."""
+    proc = exec_in(container, "find", directory, "-type", "f", "-printf", "%P\\n")
+    assert proc.returncode == 0, proc.stderr
+    return set(proc.stdout.splitlines())
 
 
 @dataclass
@@ -240,6 +247,7 @@ class StartedAction:
             summary=summary,
             report=json.loads(report_text) if report_text else None,
             files_text="\n".join([outputs_text, summary, report_text]),
+            output_text=outputs_text,
         )
 
 
