@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +56,11 @@ class Component(Protocol):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256  # a 1000-tenant verify round connects all at once
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up (a cut exchange, a cancelled run) is normal here, not a traceback."""
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError, TimeoutError)):
+            super().handle_error(request, client_address)
 
 
 class SimServer:
