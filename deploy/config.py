@@ -232,7 +232,7 @@ class InputSources:
     env: Mapping[str, str]  # the environment with every FLEET_* filled in from INPUT_* where absent
     from_input: tuple[str, ...]  # inputs read from INPUT_* because FLEET_* was absent
     differing: tuple[str, ...]  # inputs whose FLEET_* and INPUT_* values differ (FLEET_* wins)
-    literal: tuple[str, ...]  # inputs whose FLEET_* value is an uninterpolated ${{ … }}
+    literal: tuple[tuple[str, str], ...]  # (input, its FLEET_* value): an uninterpolated ${{ … }}
     unknown: tuple[tuple[str, str], ...]  # (FLEET_* name we do not know, closest known name or '')
 
     @classmethod
@@ -245,7 +245,8 @@ class InputSources:
                 resolved[fleet] = env[runner]
                 from_input.append(name)
             elif fleet in env and EXPRESSION_RE.match(env[fleet]):
-                literal.append(name)
+                literal.append((name, env[fleet].strip()))  # an error, but the kill switch and masking
+                resolved[fleet] = env.get(runner, "")  # must still see the runner's own value
             elif fleet in env and runner in env and env[fleet].strip() != env[runner].strip():
                 differing.append(name)
         known = [env_name(name) for name in DEFAULTS]
@@ -256,11 +257,11 @@ class InputSources:
         return cls(resolved, tuple(from_input), tuple(differing), tuple(literal), unknown)
 
     def errors(self) -> list[ConfigError]:
-        return [ConfigError(name, f"is the literal text {self.env[env_name(name)].strip()[:60]!r}: the runner did not "
+        return [ConfigError(name, f"is the literal text {text[:60]!r}: the runner did not "
                                   "evaluate action.yml's runs.env (Gitea's act skips it when the step has "
                                   "`with: args`, and older act releases did not interpolate it); remove `args` "
                                   f"from the step, or set {env_name(name)} in the step's env")
-                for name in self.literal]
+                for name, text in self.literal]
 
     def notes(self) -> list[str]:
         """Lines for the start of the log: names only, never values."""
@@ -458,7 +459,7 @@ def parse_kill_switch(value: str) -> bool:
 
 
 def parse_duration(value: str, minimum: float = 0.0, positive: bool = False, maximum: float = DAY) -> float:
-    """Seconds, bounded: ``1e12`` once passed here and overflowed later as an internal error."""
+    """Seconds, bounded: an unbounded ``1e12`` would overflow later, an internal error instead of exit 2."""
     if not value.isascii() or "_" in value:  # float() also takes "1_000" and other scripts' digits
         raise ValueError("expected a number of seconds")
     try:
@@ -470,7 +471,7 @@ def parse_duration(value: str, minimum: float = 0.0, positive: bool = False, max
     if positive and seconds <= 0:
         raise ValueError("must be greater than 0 seconds")
     if seconds < minimum:
-        raise ValueError(f"must be at least {minimum:g} seconds")
+        raise ValueError("must be 0 or more" if minimum == 0 else f"must be at least {minimum:g} seconds")
     if seconds > maximum:
         raise ValueError(f"must be at most {maximum:g} seconds{' (a day)' if maximum == DAY else ''}")
     return seconds

@@ -30,7 +30,7 @@ from deploy import http
 from deploy.clock import Clock, Deadline
 from deploy.config import Forge
 from deploy.errors import DeployFailed
-from deploy.runner import MASK, Runner
+from deploy.runner import Runner
 
 ANSWER_CAP = 8 * 1024 * 1024  # a page of 100 check runs with their output texts
 MAX_PAGES = 100  # 5,000 statuses on Gitea: far beyond a real commit; stops a server that ignores `page`
@@ -149,7 +149,11 @@ class ForgeClient:
         while True:
             self.deadline.check(what)
             try:
-                response = self.http.request("GET", url, params=params, budget=self.forge.request_timeout)
+                # the caller's own budget (checks-timeout) bounds the exchange too, not only rate-limit
+                # waits; the last poll, made as it runs out, is bounded by the overall deadline alone
+                limit = budget if budget is not None and 0 < budget.remaining() < self.deadline.remaining() else None
+                response = self.http.request("GET", url, params=params, budget=self.forge.request_timeout,
+                                             deadline=limit)
             except http.TransportError as exc:
                 raise ForgeError(f"{what}: the {self.shape.label} API is unreachable ({exc})") from None
             wait = self._rate_limit_wait(response)
@@ -159,7 +163,7 @@ class ForgeClient:
         if response.status == 404 and missing_ok:
             return None
         if response.status != 200:
-            text = self._scrub(http.error_text(response.body))
+            text = self.runner.redact(http.error_text(response.body))  # a server may echo the token
             detail = f": {text}" if text else ""
             raise ForgeError(
                 f"{what}: the {self.shape.label} API answered HTTP {response.status}{detail}",
@@ -198,8 +202,6 @@ class ForgeClient:
         self.runner.log(f"{self.shape.label} API rate limit reached while {what}: waiting {wait:.0f} s, until {until}")
         self.clock.sleep(wait)
 
-    def _scrub(self, text: str) -> str:
-        return text.replace(self.forge.token, MASK) if self.forge.token else text
 
 
 def _json(response: http.Reply | None, what: str) -> Any:

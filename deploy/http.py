@@ -443,32 +443,26 @@ class Client:
               kwargs: dict[str, Any]) -> Reply:
         deadline.check(f"{method} {_origin(url)}")
         with _exchanging(_Exchange(url, budget, deadline, cap)) as exchange:
+            response = None
             try:
                 timeout: Any = DeadlineTimeout(deadline, budget)  # see DeadlineTimeout: requests passes it on
                 response = self.session.request(method, url, timeout=timeout, allow_redirects=False, stream=True,
                                                 **kwargs)
-            except BodyTooLarge as exc:
-                raise TransportError(url, str(exc), attempts=exchange.attempts) from None
-            except (requests.RequestException, urllib3.exceptions.HTTPError, HTTPException, ValueError) as exc:
-                # requests re-raises some urllib3 errors as they are (a body that is not the gzip it
-                # claims: DecodeError); a malformed URL or header is a ValueError
-                raise TransportError(url, _cause(exc, budget, exchange.timed_out),
-                                     timed_out=_timed_out(exc, exchange.timed_out),
-                                     attempts=max(exchange.attempts, 1)) from None
-            try:
                 body = exchange.body
                 if body is None:  # no pool hook ran (a test adapter): read it here, same caps
                     body, _ = read_capped(response.raw, cap, 200 <= response.status_code < 300)
             except BodyTooLarge as exc:
                 raise TransportError(url, str(exc), attempts=exchange.attempts) from None
             except (requests.RequestException, urllib3.exceptions.HTTPError, HTTPException, OSError, ValueError) as exc:
+                # requests re-raises some urllib3 errors as they are (a body that is not the gzip it
+                # claims: DecodeError); a malformed URL or header is a ValueError
                 raise TransportError(url, _cause(exc, budget, exchange.timed_out),
                                      timed_out=_timed_out(exc, exchange.timed_out),
                                      attempts=max(exchange.attempts, 1)) from None
             finally:
-                if exchange.truncated or exchange.timed_out:
+                if response is not None and (exchange.truncated or exchange.timed_out):
                     response.close()  # the rest of the body is unread: the connection can't be reused
-                else:
+                elif response is not None:
                     response.raw.release_conn()
             return Reply(response.status_code, response.reason or "", response.headers, body, url,
                          max(exchange.attempts, 1))

@@ -12,34 +12,15 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import signal
 import sys
-import threading
 import traceback
 from collections.abc import Mapping, Sequence
 from typing import NoReturn, TextIO
 
-from deploy import __version__, config, http, pipeline, report
+from deploy import __version__, cancel, config, pipeline, report
 from deploy.clock import Clock
 from deploy.errors import ConfigErrors, DeployFailed
 from deploy.runner import Runner
-
-
-class Cancelled(DeployFailed):
-    """The runner stopped the container (job cancelled or timed out)."""
-
-
-_publishing = threading.Event()  # once outputs are being written, a signal must not cut them short
-
-
-def _cancel(signum: int, frame: object) -> None:
-    """Stop now, but report: cut every open HTTP exchange (a tenant that never answers must not
-    hold the exit), then raise :class:`Cancelled` in the main thread, which the stages record."""
-    for name in ("SIGINT", "SIGTERM"):  # the runner may send both: the second must not cut the report short
-        signal.signal(getattr(signal, name), signal.SIG_IGN)
-    http.abort_all()
-    if not _publishing.is_set():
-        raise Cancelled(f"cancelled by signal {signal.Signals(signum).name}; later stages did not run")
 
 
 def run(env: Mapping[str, str], stream: TextIO | None = None, clock: Clock | None = None) -> int:
@@ -58,14 +39,15 @@ def run(env: Mapping[str, str], stream: TextIO | None = None, clock: Clock | Non
     record = pipeline.Run()
     report_path = runner_env.report_path(env)
     try:
-        if config.kill_switch(env):
-            record.skip("kill switch: input `disabled` is set")
-        elif sources.literal:
-            raise ConfigErrors(sources.errors())
-        else:
-            settings = config.load(env)
-            report_path = settings.report_path
-            pipeline.execute(settings, record, runner, clock or Clock())
+        with cancel.armed():
+            if config.kill_switch(env):
+                record.skip("kill switch: input `disabled` is set")
+            elif sources.literal:
+                raise ConfigErrors(sources.errors())
+            else:
+                settings = config.load(env)
+                report_path = settings.report_path
+                pipeline.execute(settings, record, runner, clock or Clock())
     except ConfigErrors as exc:
         record.fail(_configuration_error(exc, runner), exit_code=2)
     except DeployFailed as exc:  # a cancellation between stages
@@ -73,8 +55,7 @@ def run(env: Mapping[str, str], stream: TextIO | None = None, clock: Clock | Non
     except Exception as exc:  # noqa: BLE001 - a bug must still leave outputs and a report behind
         runner.log(traceback.format_exc())
         record.fail(f"internal error ({type(exc).__name__}: {exc}); this is a bug in fleet-rollout, please report it")
-    _publishing.set()
-    report.publish(record, runner, report_path, runner_env.workspace)
+    report.publish(record, runner, report_path, runner_env.workspace)  # not armed: a signal cannot cut it
     runner.finish()
     return record.exit_code
 
@@ -158,11 +139,13 @@ def main(argv: Sequence[str]) -> int:
     if args.command == "demo":
         from deploy import demo  # the simulator is not needed by a run
 
-        return demo.main(report=args.report)
+        try:
+            return demo.main(report=args.report)
+        except KeyboardInterrupt:  # Ctrl-C in a terminal: stop quietly, as any command-line tool does
+            return 130
     if argv:  # e.g. a lone "--": whatever it is, it is not the bare command
         cli_parser.error(f"unexpected arguments {' '.join(argv)!r}; run {PROG} with no arguments to deploy")
-    signal.signal(signal.SIGTERM, _cancel)
-    signal.signal(signal.SIGINT, _cancel)
+    cancel.install()
     return run(os.environ)
 
 
@@ -214,7 +197,7 @@ def cli() -> None:
 
     A cancelled job ends the run cleanly, still reporting: on cancel the runner interrupts the step
     (SIGINT, then SIGTERM); ``docker run`` forwards both to the container. Either becomes
-    :class:`Cancelled`, so outputs and the report are written.
+    :class:`~deploy.cancel.Cancelled` (see :mod:`deploy.cancel`), so outputs and the report are written.
     """
     sys.stdout = _Stdout(sys.stdout)
     try:

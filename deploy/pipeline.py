@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from deploy import cancel
 from deploy.clock import Clock, Deadline
 from deploy.config import Config
 from deploy.controlplane import ControlPlaneClient, TenantRow
@@ -219,7 +220,7 @@ def _promote(config: Config, run: Run, forge: ForgeClient | None, runner: Runner
     if run.rollout is not None and config.gates.disabled_variable and live_kill_switch(config.gates, forge, runner):
         raise Skip(f"kill switch: repository variable {config.gates.disabled_variable} was set during the run; "
                    "latest not promoted")
-    with _stage(run, runner, "Promote", deadline):
+    with _stage(run, runner, "Promote", deadline), cancel.deferred():  # a put-back is never cut in half
         run.promote = promote_images(config.promote, runner, clock, deadline)
     if not run.promote.ok:
         raise DeployFailed(f"promote failed: {run.promote.error}")

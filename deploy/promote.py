@@ -194,6 +194,10 @@ def _undo(attempts: list[_Attempt], settings: PromoteSettings, runner: Runner, g
     promotions.append(_promotion(failed, settings, now, state, detail))
     promotions += [Promotion(image, settings.source, "", "", "", "not-started", f"not started: {failed.image} failed")
                    for image in settings.images[len(attempts):]]
+    stuck = [f"{p.image} ({settings.tag} left on {p.promoted_digest or 'an unknown digest'})"
+             for p in promotions if p.state == "rollback-failed"]
+    if stuck:  # the one line every reader sees (the `reason` output) must say what is left half-moved
+        error += f"; rollback failed for {', '.join(stuck)}"
     return PromoteResult(settings.tag, tuple(promotions), error)
 
 

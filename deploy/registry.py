@@ -36,7 +36,8 @@ MANIFEST_TYPES = (OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST)
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
 MANIFEST_ACCEPT = ", ".join(MANIFEST_TYPES)
 MANIFEST_CAP = 4 * 1024 * 1024  # registries refuse larger manifests: more is not a manifest
-TOKEN_CAP = 1024 * 1024
+TOKEN_CAP = 64 * 1024  # a token answer: a JWT and a few fields
+MAX_TOKEN = 8 * 1024  # a longer "token" is refused before it is registered as a secret (its forms cost memory)
 
 API_HOSTS = {"docker.io": "registry-1.docker.io", "index.docker.io": "registry-1.docker.io"}
 CHALLENGE_LIMIT = 8192  # a WWW-Authenticate header longer than this is not a challenge we can use
@@ -236,7 +237,7 @@ class Repository:
         realm = challenge.params.get("realm", "")
         parts = urlsplit(realm)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise RegistryError(f"{self.image}: {step}: bearer challenge without a usable realm ({realm!r})")
+            raise RegistryError(f"{self.image}: {step}: bearer challenge without a usable realm ({realm[:80]!r})")
         if parts.scheme == "http" and self.base_url.startswith("https://"):
             # The password would cross the network in clear, whatever allow-insecure-http says: that
             # flag serves a registry entry written http://, never an https registry's token service.
@@ -257,6 +258,9 @@ class Repository:
             token = None
         if not isinstance(token, str) or not token:
             raise RegistryError(f"{self.image}: token service {parts.netloc} answered {step} without a token")
+        if len(token) > MAX_TOKEN or not token.isprintable():
+            raise RegistryError(f"{self.image}: token service {parts.netloc} answered {step} with a token that is "
+                                f"not one ({len(token)} characters)")
         self.mask(token)
         return token
 
@@ -292,5 +296,5 @@ class Repository:
     def _check_digest(self, response: http.Reply, digest: str, step: str) -> None:
         claimed = response.headers.get("Docker-Content-Digest", "")
         if claimed and claimed != digest:
-            raise RegistryError(f"{self.image}: {step}: Docker-Content-Digest says {claimed} "
+            raise RegistryError(f"{self.image}: {step}: Docker-Content-Digest says {claimed[:80]} "
                                 f"but the bytes hash to {digest}")

@@ -72,6 +72,8 @@ def publish(run: Run, runner: Runner, report_path: Path, workspace: Path) -> Non
     shown = report_path.relative_to(workspace) if report_path.is_relative_to(workspace) else report_path
 
     def write_report() -> None:
+        if not report_path.resolve().is_relative_to(workspace.resolve()):  # report-path is checked as
+            raise OSError("it leads outside the workspace (a symbolic link?)")  # text; a link is not text
         report_path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(redact_values(report(run), runner.redact), indent=2)  # values, never the JSON
         report_path.write_text(text + "\n", encoding="utf-8")
@@ -91,7 +93,7 @@ def publish(run: Run, runner: Runner, report_path: Path, workspace: Path) -> Non
 def redact_values(value: Any, redact: Callable[[str], str]) -> Any:
     """``value`` with every string leaf redacted; the structure (keys, numbers, booleans) untouched.
 
-    Redacting the serialised JSON instead once made the report invalid JSON with ``cp-token: 200``.
+    Redacting the serialised JSON instead could rewrite its syntax (a token ``200`` or ``"``).
     """
     if isinstance(value, str):
         return value if DIGEST_RE.fullmatch(value) else redact(value)  # a digest is a hash, never a secret
@@ -311,18 +313,20 @@ def _tenant_states(document: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
     rows = {row["slug"]: row for call in calls for row in call.get("rows", [])}
     asked = {slug for call in calls for slug in call.get("slugs", [])}
     verdicts = {tenant["slug"]: tenant for tenant in verify.get("tenants", [])}
+    quarantined, unknown = set(rollout.get("quarantined", [])), set(rollout.get("outcome_unknown", []))
+    stragglers = set(rollout.get("stragglers", []))  # sets: a lookup per tenant, linear in the fleet
     states = {}
     for slug in document.get("fleet", []):
         row, verdict = rows.get(slug, {}), verdicts.get(slug)
-        if slug in rollout.get("quarantined", []):
+        if slug in quarantined:
             states[slug] = ("quarantined", row.get("error", "") or "did not reach the target")
         elif verdict:
             states[slug] = (verdict["state"], "" if verdict["state"] == "verified" else verdict["detail"])
         elif rollout.get("dry_run"):
             states[slug] = ("planned", "")
-        elif slug in rollout.get("outcome_unknown", []):
+        elif slug in unknown:
             states[slug] = ("outcome unknown", "sent, no readable answer")
-        elif slug in rollout.get("stragglers", []):
+        elif slug in stragglers:
             states[slug] = ("straggler", row.get("error", "") or "no row from the CP") if slug in asked else (
                 "not started", "the rollout halted first")
         else:

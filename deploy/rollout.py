@@ -159,6 +159,7 @@ class _Progress:
     calls: list[CallResult] = field(default_factory=list)
     halted: str = ""
     soak_span: tuple[float, float] | None = None
+    straggling: dict[str, None] = field(default_factory=dict)  # an ordered set, kept per call: linear
 
     def result(self) -> RolloutResult:
         return RolloutResult(
@@ -167,8 +168,19 @@ class _Progress:
         )
 
     def stragglers(self) -> tuple[str, ...]:
-        done = {slug for call in self.calls for slug in call.slugs}
-        return tuple(s for s in self.result().stragglers if s in done)
+        """Tenants a call was made for that are not on target yet. Each call updates only its own
+        tenants: walking the whole fleet per batch made a large rollout quadratic."""
+        return tuple(self.straggling)
+
+    def _record(self, call: CallResult) -> None:
+        self.calls.append(call)
+        rows = {row.slug: row for row in call.rows}
+        for slug in call.slugs:
+            row = rows.get(slug)
+            if row is not None and row.on_target:
+                self.straggling.pop(slug, None)
+            else:
+                self.straggling[slug] = None
 
     def redeploy(self, client: ControlPlaneClient, label: str, slugs: tuple[str, ...], tolerance: int) -> CallResult:
         """One scoped call, started only if the CP has time to answer it within the overall timeout.
@@ -186,9 +198,9 @@ class _Progress:
         try:
             call = client.redeploy(label, slugs, max_stragglers=tolerance)
         except BaseException as exc:  # sent, then interrupted: the CP may have deployed these tenants
-            self.calls.append(client.unanswered(label, slugs, started, str(exc) or type(exc).__name__))
+            self._record(client.unanswered(label, slugs, started, str(exc) or type(exc).__name__))
             raise
-        self.calls.append(call)
+        self._record(call)
         return call
 
     def canary(self, client: ControlPlaneClient, slug: str, runner: Runner) -> None:
@@ -217,7 +229,7 @@ class _Progress:
         runner.log(f"{label}: redeploying {', '.join(slugs)} (stragglers still tolerated: {tolerance})")
         call = self.redeploy(client, label, slugs, tolerance)
         so_far = self.stragglers()
-        stragglers = [s for s in slugs if s in so_far]
+        stragglers = [s for s in slugs if s in self.straggling]
         runner.log(
             f"{label}: {len(call.rows)}/{len(slugs)} rows, {len(slugs) - len(stragglers)} on target, "
             f"stragglers {', '.join(stragglers) or 'none'} ({call.seconds:.1f} s)"

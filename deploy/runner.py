@@ -249,8 +249,7 @@ class Runner:
     def log(self, text: str = "") -> None:
         """Plain log lines. A line from a remote server can't smuggle in a workflow command.
 
-        Each line is capped at :data:`LINE_LIMIT` after redaction (a 50 MB server body once
-        became one 8.9 MB log line).
+        Each line is capped at :data:`LINE_LIMIT` after redaction: a server's body is not a log line.
         """
         for raw in text.splitlines() or [""]:
             line, cut = self._redact_head(raw)
@@ -323,11 +322,11 @@ class Runner:
         props = f" title={escape_property(title)}" if title else ""
         self._write(f"::{kind}{props}::{escape_data(message)}")
 
-    def _write(self, line: str) -> None:
+    def _write(self, line: str, capped: bool = True) -> None:
         # The runner also obeys the legacy `##[command]` syntax anywhere in a line; text from a
         # server (a CP error, a slug) must not switch off command processing or mask handling.
         # Every line is capped, but never a mask: cutting one would leave the secret unmasked.
-        if not line.startswith("::add-mask::"):
+        if capped and not line.startswith("::add-mask::"):
             line = "\n".join(cap_line(part) for part in line.split("\n"))
         self.stream.write(line.replace("##[", "##\u200b[") + "\n")
         self.stream.flush()
@@ -337,7 +336,7 @@ class Runner:
     def write_outputs(self, outputs: Mapping[str, str | Sequence[str]], verbatim: Collection[str] = ()) -> None:
         """Append outputs to ``GITHUB_OUTPUT``, or print ``name=value`` lines without one.
 
-        Redaction must never rewrite structure (a 3-character token ``tru`` once turned ``ok:
+        Redaction must never rewrite structure (a 3-character token ``tru`` would turn ``ok:
         true`` into ``***e``), so values are redacted, never the syntax around them: a list is
         redacted item by item and then written as a JSON array (still valid JSON); a string is
         redacted unless its name is in ``verbatim`` — outputs made only of our own words, numbers,
@@ -346,8 +345,8 @@ class Runner:
         """
         values = {name: self._output_value(value, name in verbatim) for name, value in outputs.items()}
         if not self.output_path:
-            for name, value in values.items():
-                self._write(f"{name}={value}")
+            for name, value in values.items():  # already bounded: a cut list would not be JSON
+                self._write(f"{name}={value}", capped=False)
             return
         with open(self.output_path, "a", encoding="utf-8") as out:
             out.write("".join(format_output(name, value) for name, value in values.items()))

@@ -43,7 +43,7 @@ def test_defaults_load_and_target_tag_derives_from_sha():
         ({"cp_url": "cp.example.com"}, "cp-url", "http(s) URL"),
         ({"rollout_timeout": "60"}, "rollout-timeout", "below request-timeout"),
         ({"rollout_timeout": "390"}, "rollout-timeout", "300 + 90 = 390"),
-        ({"soak_seconds": "-5"}, "soak-seconds", "at least 0"),
+        ({"soak_seconds": "-5"}, "soak-seconds", "must be 0 or more"),
         ({"verify_budget": "nan"}, "verify-budget", "finite"),
         ({"dry_run": "maybe"}, "dry-run", "true or false"),
         ({"retry_delays": "5,x"}, "retry-delays", "number of seconds"),

@@ -608,6 +608,7 @@ def half_promote_recorded(result: Outcome, world: World) -> None:
     assert (world.latest(REPO), world.latest(REPO2)) == (new1, old2)  # what the registry really holds
     assert json.loads(result.outputs["promoted-digest"])[world.image(REPO)] == new1, result.outputs
     assert json.loads(result.outputs["previous-digest"])[world.image(REPO)] == old1, result.outputs
+    assert f"rollback failed for {world.image(REPO)} (latest left on {new1})" in result.outputs["reason"]
 
 
 def baseline_deployed(result: Outcome, world: World) -> None:
@@ -840,6 +841,55 @@ def test_sigterm_during_verify_writes_outputs_and_report_within_2_s(world: World
     assert_common(result, timeout=30, within=30)
     reason = result.outputs["reason"]
     assert result.outputs["outcome"] == "failed" and ("SIGTERM" in reason or "cancel" in reason.lower()), reason
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Where a cancellation lands: how to hold the run there, and how to know it is there."""
+
+    hold: Callable[[World], None]
+    inputs: Mapping[str, str]
+    there: Callable[[World, Live], bool]
+
+
+STAGES = {
+    "gates": Stage(lambda w: None, {"required-checks": "ci/never-reported", "checks-timeout": "60",
+                                    "checks-interval": "0.2"},
+                   lambda w, live: live.logged("Waiting for required checks")),
+    "enumerate": Stage(lambda w: w.hostile.add(hang(), method="POST", path=REDEPLOY, when=cp_call(True)), {},
+                       lambda w, live: bool(w.cp_posts(dry_run=True))),
+    "rollout-call": Stage(lambda w: w.hostile.add(hang(), method="POST", path=REDEPLOY, when=cp_call(False)),
+                          {"rollout-timeout": "20"}, lambda w, live: bool(w.cp_posts(dry_run=False))),
+    "soak": Stage(lambda w: None, {"canary": "a", "soak-seconds": "40"}, lambda w, live: live.logged("soak: waiting")),
+    "promote": Stage(lambda w: w.hostile.add(hang(), method="PUT", prefix=f"/v2/{REPO}/manifests/"),
+                     {"stages": "promote", "promote-images": "$image", "request-timeout": "20",
+                      "rollout-timeout": "30"},
+                     lambda w, live: bool(w.hostile.seen(f"/v2/{REPO}/manifests/latest", "PUT"))),
+}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_sigterm_in_every_stage_writes_outputs_and_report_within_2_s(world: World, tmp_path: Path, stage: str) -> None:
+    """[9] SECURITY.md § Threat model: hostile servers → Cancellation, stage by stage (verify above)."""
+    where = STAGES[stage]
+    where.hold(world)
+    live = Live(world, tmp_path / "run", {"timeout": "60", **where.inputs})
+    try:
+        assert wait_until(lambda: where.there(world, live), 15), "\n".join(live.lines[-30:])
+        signalled = time.monotonic()
+        live.proc.send_signal(signal.SIGTERM)
+        written = wait_until(live.written, 2.0)
+        took = time.monotonic() - signalled
+        live.proc.wait(timeout=10)
+    finally:
+        live.kill()
+    assert written, f"outputs and report not written within 2 s of SIGTERM ({took:.1f} s)\n" + "\n".join(live.lines)
+    result = live.result()
+    assert_common(result, timeout=60, within=60)
+    assert result.outputs["outcome"] == "failed" and "SIGTERM" in result.outputs["reason"], result.outputs
+    if stage == "promote":  # the tag the PUT may have moved is checked and put back, never left unknown
+        assert world.latest(REPO) == world.digests[REPO][0]
+        assert result.report["promote"]["promotions"][0]["state"] in ("rolled-back", "failed")
 
 
 # -- token realms: a unit test (an https registry on loopback would need a trusted certificate) ----

@@ -89,3 +89,17 @@ def test_a_secret_that_is_one_of_our_own_words_leaves_the_reports_vocabulary_and
     document = json.loads(report.read_text())
     assert document["outcome"] == "deployed" and document["rollout"]["calls"][0]["label"] == "batch 1/1"
     assert document["promote"]["promotions"][0]["previous_digest"] == digest
+
+
+def test_a_report_path_that_a_link_leads_out_of_the_workspace_is_not_written(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    (workspace / "reports").symlink_to(outside)
+    stream = io.StringIO()
+    runner = Runner(stream, str(tmp_path / "output"), str(tmp_path / "summary.md"), in_actions=True)
+    publish(deployed_run(), runner, workspace / "reports" / "r.json", workspace)
+    assert not (outside / "r.json").exists()
+    assert "could not write the JSON report" in stream.getvalue() and "outside the workspace" in stream.getvalue()
+    assert parse_output_file((tmp_path / "output").read_text())["outcome"] == "deployed"

@@ -158,3 +158,26 @@ def test_outside_actions_a_configuration_error_names_the_environment_variable(tm
     assert "error: FLEET_CP_URL is required for the rollout and verify stages" in stdout
     assert "error: FLEET_BATCH_SIZE: expected a whole number (got 'many')" in stdout
     assert "cp-url: cp-url" not in stdout and "input cp-url" not in stdout
+
+
+def test_when_no_runs_env_value_was_evaluated_the_kill_switch_still_wins(tmp_path: Path) -> None:
+    """Every FLEET_* left as its literal expression: INPUT_DISABLED=true must still skip."""
+    with_ = {"cp-url": "https://cp.example.test", "cp-token": "cp-Token-0f9e8d7c", "disabled": "true"}
+    env = container_env(with_, {"sha": SHA, "token": ""}, tmp_path)
+    for name in [key for key in env if key.startswith("FLEET_")]:
+        env[name] = "${{ inputs." + name.removeprefix("FLEET_").lower().replace("_", "-") + " }}"
+    code, stdout = run_entrypoint(env)
+    outputs = act_outputs(Path(env["GITHUB_OUTPUT"]).read_text())
+    assert (code, outputs["outcome"]) == (0, "skipped"), stdout
+    assert "cp-Token-0f9e8d7c" not in stdout.replace("::add-mask::cp-Token-0f9e8d7c", "")
+
+
+def test_when_no_runs_env_value_was_evaluated_the_error_says_why_and_masks_the_token(tmp_path: Path) -> None:
+    with_ = {"cp-url": "https://cp.example.test", "cp-token": "cp-Token-0f9e8d7c"}
+    env = container_env(with_, {"sha": SHA, "token": ""}, tmp_path)
+    for name in [key for key in env if key.startswith("FLEET_")]:
+        env[name] = "${{ inputs." + name.removeprefix("FLEET_").lower().replace("_", "-") + " }}"
+    code, stdout = run_entrypoint(env)
+    outputs = act_outputs(Path(env["GITHUB_OUTPUT"]).read_text())
+    assert code == 2 and "the runner did not evaluate action.yml's runs.env" in outputs["reason"]
+    assert "::add-mask::cp-Token-0f9e8d7c" in stdout
