@@ -815,34 +815,6 @@ def test_sigterm_while_batch_2_is_in_flight_records_the_call_as_unknown(world: W
     assert {"c", "d"} <= set(_outputs_list(result, "stragglers")), result.outputs
 
 
-def test_sigterm_during_verify_writes_outputs_and_report_within_2_s(world: World, tmp_path: Path) -> None:
-    """[9] SECURITY.md § Threat model: hostile servers → Cancellation.
-
-    Tenant b never answers; each poll may wait up to 3 s. SIGTERM while it is being polled:
-    outputs and the report must be on disk within 2 s of the signal.
-    """
-    world.hostile.add(hang(), method="GET", path="/tenants/b/buildinfo")
-    inputs = {"verify-url": "$buildinfo", "verify-budget": "20", "verify-interval": "3", "request-timeout": "3",
-              "rollout-timeout": "4", "timeout": "30"}
-    live = Live(world, tmp_path / "run", inputs)
-    try:
-        polling = wait_until(lambda: live.logged("verify: ") and bool(world.hostile.seen("/tenants/b/buildinfo")), 15)
-        assert polling, "\n".join(live.lines[-30:])
-        signalled = time.monotonic()
-        live.proc.send_signal(signal.SIGTERM)
-        written = wait_until(live.written, 2.0)
-        took = time.monotonic() - signalled
-        live.proc.wait(timeout=10)
-    finally:
-        live.kill()
-    log = "\n".join(live.lines[-20:])
-    assert written, f"outputs and report not written within 2 s of SIGTERM ({took:.1f} s)\n{log}"
-    result = live.result()
-    assert_common(result, timeout=30, within=30)
-    reason = result.outputs["reason"]
-    assert result.outputs["outcome"] == "failed" and ("SIGTERM" in reason or "cancel" in reason.lower()), reason
-
-
 @dataclass(frozen=True)
 class Stage:
     """Where a cancellation lands: how to hold the run there, and how to know it is there."""
@@ -861,6 +833,11 @@ STAGES = {
     "rollout-call": Stage(lambda w: w.hostile.add(hang(), method="POST", path=REDEPLOY, when=cp_call(False)),
                           {"rollout-timeout": "20"}, lambda w, live: bool(w.cp_posts(dry_run=False))),
     "soak": Stage(lambda w: None, {"canary": "a", "soak-seconds": "40"}, lambda w, live: live.logged("soak: waiting")),
+    # tenant b never answers and each poll may wait up to 3 s: the signal must not wait for it
+    "verify": Stage(lambda w: w.hostile.add(hang(), method="GET", path="/tenants/b/buildinfo"),
+                    {"verify-url": "$buildinfo", "verify-budget": "20", "verify-interval": "3", "request-timeout": "3",
+                     "rollout-timeout": "4"},
+                    lambda w, live: live.logged("verify: ") and bool(w.hostile.seen("/tenants/b/buildinfo"))),
     "promote": Stage(lambda w: w.hostile.add(hang(), method="PUT", prefix=f"/v2/{REPO}/manifests/"),
                      {"stages": "promote", "promote-images": "$image", "request-timeout": "20",
                       "rollout-timeout": "30"},
@@ -870,7 +847,7 @@ STAGES = {
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_sigterm_in_every_stage_writes_outputs_and_report_within_2_s(world: World, tmp_path: Path, stage: str) -> None:
-    """[9] SECURITY.md § Threat model: hostile servers → Cancellation, stage by stage (verify above)."""
+    """[9] SECURITY.md § Threat model: hostile servers → Cancellation, in every stage."""
     where = STAGES[stage]
     where.hold(world)
     live = Live(world, tmp_path / "run", {"timeout": "60", **where.inputs})
