@@ -114,7 +114,9 @@ class ForgeClient:
         """
         what = f"reading the checks of {sha[:12]}"
         statuses = _newest(self._pages(f"commits/{sha}/statuses", None, what, budget), "context")
-        states = {name: (_state(row.get("state") or row.get("status")),) for name, row in statuses.items()}
+        states: dict[str, tuple[str, ...]] = {
+            name: (_state(row.get("state") or row.get("status")),) for name, row in statuses.items()
+        }
         if self.forge.kind == "github":
             runs = _newest(self._pages(f"commits/{sha}/check-runs", "check_runs", what, budget), "name")
             for name, row in runs.items():

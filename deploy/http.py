@@ -396,15 +396,17 @@ class Reply:
     @property
     def redirect_note(self) -> str:
         """Why a 3xx was not followed (its target is not shown: it may be an internal URL)."""
+        location = self.headers.get("Location", "")
         if self.status not in REDIRECT_STATUSES:
             return ""
-        target = urljoin(self.url, self.headers.get("Location", ""))
-        if not self.headers.get("Location"):
+        if not location:
             return "a redirect without a Location"
+        target = urljoin(self.url, location)
         if urlsplit(target).scheme == "http" and urlsplit(self.url).scheme == "https":
             return "a redirect that downgrades to http://, not followed"
-        return "a redirect to another origin, not followed" if not same_origin(self.url, target) else \
-            f"more than {MAX_REDIRECTS} redirects"
+        if not same_origin(self.url, target):
+            return "a redirect to another origin, not followed"
+        return f"more than {MAX_REDIRECTS} redirects"
 
 
 class Client:
