@@ -21,9 +21,10 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deploy.clock import Clock, Deadline
-from deploy.config import VerifySettings
+from deploy.context import Context
 from deploy.controlplane import TenantRow
 from deploy.runner import Runner
+from deploy.settings import HttpSettings, VerifySettings
 from deploy.sim.fleet import FleetSim, TenantSpec
 from deploy.sim.server import SimServer
 from deploy.verify import VerifyResult, verify_tenants
@@ -59,14 +60,13 @@ def measure(size: int, concurrency: int) -> tuple[VerifyResult, float]:
     with SimServer([sim]) as server:
         settings = VerifySettings(
             url_template=f"{server.url}/tenants/{{slug}}/buildinfo", field="git_sha",
-            budget=BUDGET, interval=INTERVAL, concurrency=concurrency, request_timeout=10.0,
+            budget=BUDGET, interval=INTERVAL, concurrency=concurrency,
         )
         rows = [TenantRow(t.slug, healthz_ok=True) for t in sim.tenants]
-        clock = Clock()
+        ctx = Context(Runner(stream=io.StringIO()), Deadline.starting_now(Clock(), 600.0))
         deploy(server, sim)
         began = time.monotonic()
-        result = verify_tenants(settings, SHA, rows, Runner(stream=io.StringIO()), clock,
-                                Deadline.starting_now(clock, 600.0))
+        result = verify_tenants(settings, HttpSettings(request_timeout=10.0, retry_delays=()), SHA, rows, ctx)
         return result, time.monotonic() - began
 
 

@@ -17,19 +17,39 @@ from __future__ import annotations
 import base64
 import contextlib
 import difflib
-import ipaddress
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from deploy.domain import (
+    DIGEST_RE,
+    SHA_RE,
+    SHOWN_VALUE,
+    TAG_RE,
+    ImageRef,
+    display_url,
+    is_loopback,
+    parse_image,
+    parse_kill_switch,
+    url_parts,
+)
 from deploy.errors import ConfigError, ConfigErrors
+from deploy.settings import (
+    STAGES,
+    Config,
+    ControlPlaneSettings,
+    ForgeSettings,
+    GateSettings,
+    HttpSettings,
+    PromoteSettings,
+    RolloutSettings,
+    VerifySettings,
+)
 
 T = TypeVar("T")
-
-STAGES: tuple[str, ...] = ("rollout", "verify", "promote")
 
 # Defaults of every input; action.yml declares the same ones (a test keeps them in sync).
 # Empty means "none", or "computed at run time" for target-tag, promote-source and branch.
@@ -76,18 +96,11 @@ DEFAULTS: dict[str, str] = {
 SECRET_INPUTS = ("cp-token", "registry-password", "github-token")
 URL_INPUTS = ("cp-url", "verify-url", "promote-images")  # may carry a credential in userinfo or query
 MIN_RELIABLE_SECRET = 8  # shorter, and a secret also matches ordinary words and numbers in the log
-SHOWN_VALUE = 80  # characters of a bad value quoted in its error
 MIN_QUERY_SECRET = 8  # a query value this long in a URL input is treated as a credential (?key=…)
 
 TRUE_WORDS = {"true", "yes", "on", "1"}
 FALSE_WORDS = {"false", "no", "off", "0"}
-KILL_WORDS = TRUE_WORDS | {"disabled", "disable"}
-LIVE_WORDS = FALSE_WORDS | {"enabled", ""}
 
-SHA_RE = re.compile(r"^[0-9a-fA-F]{7,64}$")
-TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
-DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-REPOSITORY_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
 VARIABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_RETRIES = 10
 # Upper bounds: beyond them a value is a typo, and would overflow (1e12 s) or stall (a pool of 1e8).
@@ -100,112 +113,6 @@ MAX_STRAGGLERS = 1_000_000
 def env_name(input_name: str) -> str:
     """``rollout-timeout`` → ``FLEET_ROLLOUT_TIMEOUT``."""
     return "FLEET_" + input_name.upper().replace("-", "_")
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-@dataclass(frozen=True)
-class ControlPlane:
-    url: str
-    token: str = field(repr=False)
-    redeploy_path: str
-    request_timeout: float
-    rollout_timeout: float
-    retry_delays: tuple[float, ...]
-
-    @property
-    def redeploy_url(self) -> str:
-        return self.url.rstrip("/") + self.redeploy_path
-
-
-@dataclass(frozen=True)
-class RolloutPlan:
-    target_tag: str
-    canary: str
-    soak_seconds: float
-    batch_size: int
-    max_stragglers: int
-    cp_tenant_timeout: float
-    cp_settle_seconds: float
-    dry_run: bool
-
-    @property
-    def call_worst_case(self) -> float:
-        """How long the CP may take to answer a scoped call: its slowest tenant, then the settle."""
-        return self.cp_tenant_timeout + self.cp_settle_seconds
-
-
-@dataclass(frozen=True)
-class VerifySettings:
-    url_template: str  # empty: verify is skipped with a warning
-    field: str
-    budget: float
-    interval: float
-    concurrency: int
-    request_timeout: float
-
-
-@dataclass(frozen=True)
-class PromoteSettings:
-    images: tuple[str, ...]
-    tag: str
-    source: str  # a tag, or a sha256: digest
-    username: str
-    password: str = field(repr=False)
-    allow_single_arch: bool
-    allow_insecure_http: bool
-    request_timeout: float
-    retry_delays: tuple[float, ...]
-
-
-@dataclass(frozen=True)
-class GateSettings:
-    required_checks: tuple[str, ...]
-    checks_timeout: float
-    checks_interval: float
-    skip_if_superseded: bool
-    branch: str
-    disabled_variable: str
-
-
-@dataclass(frozen=True)
-class Forge:
-    """Where the forge API is (GitHub or Gitea), and the job's token for it."""
-
-    kind: str  # "github" | "gitea"
-    api_url: str
-    repository: str  # owner/name
-    token: str = field(repr=False)
-    request_timeout: float
-    retry_delays: tuple[float, ...]
-
-
-@dataclass(frozen=True)
-class Config:
-    stages: tuple[str, ...]
-    sha: str
-    cp: ControlPlane
-    rollout: RolloutPlan
-    verify: VerifySettings
-    promote: PromoteSettings
-    gates: GateSettings
-    forge: Forge
-    report_path: Path
-    timeout: float
-
-    def wants(self, stage: str) -> bool:
-        return stage in self.stages
-
-    @property
-    def secrets(self) -> tuple[str, ...]:
-        return (self.cp.token, self.promote.password, self.forge.token)
 
 
 EXPRESSION_RE = re.compile(r"^\s*\$\{\{.*\}\}\s*$", re.DOTALL)
@@ -339,7 +246,7 @@ def secrets_in(env: Mapping[str, str]) -> tuple[str, ...]:
 def _url_credentials(url: str) -> list[str]:
     """The userinfo password and every query value of :data:`MIN_QUERY_SECRET`+ characters, as
     written and decoded."""
-    _, userinfo, _, _, hidden = _url_parts(url)
+    _, userinfo, _, _, hidden = url_parts(url)
     password = userinfo.partition(":")[2]
     query = hidden[1:].partition("#")[0] if hidden.startswith("?") else ""
     written = [pair.partition("=")[2] for pair in re.split("[&;]", query)]
@@ -366,30 +273,6 @@ def short_secret_warnings(env: Mapping[str, str]) -> list[str]:
                 f"use a longer {kind}"
             )
     return warnings
-
-
-def display_url(value: str) -> str:
-    """A URL input as it may be shown in an error or the log: userinfo reduced to the host, and the
-    query (and fragment) replaced by ``…`` — either may carry a credential (``?key=``)."""
-    scheme, _, host, path, hidden = _url_parts(value)
-    return f"{scheme}{host}{path}" + (f"{hidden[0]}…" if hidden else "")
-
-
-def _url_parts(value: str) -> tuple[str, str, str, str, str]:
-    """``(scheme://, userinfo, host, /path, ?query#fragment)`` by plain string surgery rather than
-    a URL parser, so that even a value no parser accepts (exactly when it is shown in an error)
-    is split the same way for display and for finding its credentials."""
-    scheme, sep, rest = value.partition("://")
-    if not sep:
-        scheme, rest = "", value
-    # Userinfo runs to the *last* '@' anywhere: a password with an unencoded '/', '?' or '#' must
-    # not be mistaken for a path or a query and shown. (An '@' in a query over-hides; that is safe.)
-    userinfo, _, rest = rest.rpartition("@")
-    cut = min((i for i in (rest.find("?"), rest.find("#")) if i != -1), default=len(rest))
-    rest, hidden = rest[:cut], rest[cut:]
-    slash = rest.find("/")
-    host, path = (rest, "") if slash == -1 else (rest[:slash], rest[slash:])
-    return scheme + sep, userinfo, host, path, hidden
 
 
 class _Inputs:
@@ -446,16 +329,6 @@ def parse_bool(value: str) -> bool:
     if word in FALSE_WORDS:
         return False
     raise ValueError("expected true or false (also yes/no, on/off, 1/0)")
-
-
-def parse_kill_switch(value: str) -> bool:
-    """True means "skip everything". An unknown word must neither deploy nor freeze silently."""
-    word = value.strip().lower()
-    if word in KILL_WORDS:
-        return True
-    if word in LIVE_WORDS:
-        return False
-    raise ValueError("expected one of 1/true/yes/on/disabled/disable (skip) or 0/false/no/off/enabled/empty (run)")
 
 
 def parse_duration(value: str, minimum: float = 0.0, positive: bool = False, maximum: float = DAY) -> float:
@@ -535,29 +408,6 @@ def parse_url(value: str, allow_insecure: bool, credentials: bool = False) -> st
     return value
 
 
-def parse_image(value: str, allow_insecure: bool) -> str:
-    """``[http://]host[:port]/repository``. HTTPS unless the host is loopback or the entry says
-    ``http://`` — one explicit image, never every registry because of a CP-wide flag."""
-    shown = repr(display_url(value)[:SHOWN_VALUE])
-    if "@" in value or "#" in value or "?" in value:
-        raise ValueError(f"{shown}: must be host[:port]/repository, without credentials (use registry-username and "
-                         "registry-password)")
-    scheme, has_scheme, rest = value.partition("://")
-    if not has_scheme:
-        scheme, rest = "https", value
-    host, _, repository = rest.partition("/")
-    if scheme not in ("http", "https"):
-        raise ValueError(f"{shown}: only http:// or https:// (or no scheme: https)")
-    if not repository or not ("." in host or ":" in host or host == "localhost"):
-        raise ValueError(f"{shown}: expected host[:port]/repository, e.g. ghcr.io/acme/app")
-    if not REPOSITORY_RE.match(repository):
-        raise ValueError(f"{shown}: repository must be lowercase path components")
-    hostname = urlsplit("//" + host).hostname or host
-    if scheme == "http" and not allow_insecure and not is_loopback(hostname):
-        raise ValueError(f"{shown}: plain http:// to a registry needs allow-insecure-http: true")
-    return value
-
-
 def parse_report_path(value: str) -> str:
     """Relative and inside the workspace: an absolute path or ``..`` could write anywhere the
     container's user can (root, on a self-hosted runner's mounted workspace)."""
@@ -589,15 +439,15 @@ def load(env: Mapping[str, str]) -> Config:
     insecure = inputs.boolean("allow-insecure-http")
     needs_cp = "rollout" in stages or "verify" in stages
 
-    request_timeout = inputs.duration("request-timeout", positive=True)
-    retry_delays = inputs.parse("retry-delays", parse_delays, tuple[float, ...]())
+    http = HttpSettings(request_timeout=inputs.duration("request-timeout", positive=True),
+                        retry_delays=inputs.parse("retry-delays", parse_delays, ()))
     cp_worst_case = (inputs.duration("cp-tenant-timeout"), inputs.duration("cp-settle-seconds"))
-    cp = _control_plane(inputs, needs_cp, insecure, request_timeout, retry_delays, cp_worst_case)
+    cp = _control_plane(inputs, needs_cp, insecure, http.request_timeout, cp_worst_case)
     sha = _sha(inputs, env, required=needs_cp or not (inputs.raw("target-tag") or inputs.raw("promote-source")))
-    rollout = _rollout_plan(inputs, sha, cp_worst_case)
-    verify = _verify_settings(inputs, stages, insecure, request_timeout)
-    promote = _promote_settings(inputs, rollout.target_tag, insecure, request_timeout, retry_delays)
-    gates, forge = _gates_and_forge(inputs, env, request_timeout, retry_delays)
+    rollout = _rollout_settings(inputs, sha, cp_worst_case)
+    verify = _verify_settings(inputs, insecure)
+    promote = _promote_settings(inputs, rollout.target_tag, insecure)
+    gates, forge = _gates_and_forge(inputs, env)
     timeout = inputs.duration("timeout", positive=True)
     report = inputs.parse("report-path", parse_report_path, DEFAULTS["report-path"])
 
@@ -625,6 +475,7 @@ def load(env: Mapping[str, str]) -> Config:
     return Config(
         stages=stages,
         sha=sha,
+        http=http,
         cp=cp,
         rollout=rollout,
         verify=verify,
@@ -637,9 +488,8 @@ def load(env: Mapping[str, str]) -> Config:
 
 
 def _control_plane(
-    inputs: _Inputs, needed: bool, insecure: bool, request_timeout: float, retry_delays: tuple[float, ...],
-    cp_worst_case: tuple[float, float],
-) -> ControlPlane:
+    inputs: _Inputs, needed: bool, insecure: bool, request_timeout: float, cp_worst_case: tuple[float, float],
+) -> ControlPlaneSettings:
     url = ""
     if inputs.raw("cp-url"):
         url = inputs.parse("cp-url", lambda v: parse_url(v, insecure), "")
@@ -667,7 +517,7 @@ def _control_plane(
             "its slowest tenant, so a shorter read budget gives up before a dead tenant can be "
             "reported and quarantined",
         )
-    return ControlPlane(url, token, path, request_timeout, rollout_timeout, retry_delays)
+    return ControlPlaneSettings(url=url, token=token, redeploy_path=path, rollout_timeout=rollout_timeout)
 
 
 def _sha(inputs: _Inputs, env: Mapping[str, str], required: bool) -> str:
@@ -682,11 +532,11 @@ def _sha(inputs: _Inputs, env: Mapping[str, str], required: bool) -> str:
     return raw.lower()
 
 
-def _rollout_plan(inputs: _Inputs, sha: str, cp_worst_case: tuple[float, float]) -> RolloutPlan:
+def _rollout_settings(inputs: _Inputs, sha: str, cp_worst_case: tuple[float, float]) -> RolloutSettings:
     tag = inputs.text("target-tag") or (f"staging-{sha[:7]}" if sha else "")
     if tag and not TAG_RE.match(tag):
         inputs.fail("target-tag", f"not a valid image tag (got {tag!r})")
-    return RolloutPlan(
+    return RolloutSettings(
         target_tag=tag,
         canary=inputs.text("canary"),
         soak_seconds=inputs.duration("soak-seconds"),
@@ -698,9 +548,7 @@ def _rollout_plan(inputs: _Inputs, sha: str, cp_worst_case: tuple[float, float])
     )
 
 
-def _verify_settings(
-    inputs: _Inputs, stages: tuple[str, ...], insecure: bool, request_timeout: float
-) -> VerifySettings:
+def _verify_settings(inputs: _Inputs, insecure: bool) -> VerifySettings:
     template = inputs.text("verify-url")
     if template:
         if "{slug}" not in template:
@@ -716,18 +564,13 @@ def _verify_settings(
         budget=inputs.duration("verify-budget", positive=True),
         interval=inputs.duration("verify-interval", positive=True, maximum=HOUR),
         concurrency=inputs.count("verify-concurrency", 1, MAX_VERIFY_CONCURRENCY),
-        request_timeout=request_timeout,
     )
 
 
-def _promote_settings(
-    inputs: _Inputs, target_tag: str, insecure: bool, request_timeout: float, retry_delays: tuple[float, ...]
-) -> PromoteSettings:
-    images = inputs.parse(
-        "promote-images",
-        lambda v: tuple(parse_image(i, insecure) for i in parse_list(v)),
-        tuple[str, ...](),
-    )
+def _promote_settings(inputs: _Inputs, target_tag: str, insecure: bool) -> PromoteSettings:
+    no_images: tuple[ImageRef, ...] = ()
+    images = inputs.parse("promote-images", lambda v: tuple(parse_image(i, insecure) for i in parse_list(v)),
+                          no_images)
     tag = inputs.text("promote-tag")
     if not TAG_RE.match(tag):
         inputs.fail("promote-tag", f"not a valid image tag (got {tag!r})")
@@ -746,15 +589,10 @@ def _promote_settings(
         username=username,
         password=password,
         allow_single_arch=inputs.boolean("allow-single-arch"),
-        allow_insecure_http=insecure,
-        request_timeout=request_timeout,
-        retry_delays=retry_delays,
     )
 
 
-def _gates_and_forge(
-    inputs: _Inputs, env: Mapping[str, str], request_timeout: float, retry_delays: tuple[float, ...]
-) -> tuple[GateSettings, Forge]:
+def _gates_and_forge(inputs: _Inputs, env: Mapping[str, str]) -> tuple[GateSettings, ForgeSettings]:
     variable = inputs.text("disabled-variable")
     if variable and not VARIABLE_RE.match(variable):
         inputs.fail("disabled-variable", f"not a variable name (got {variable!r})")
@@ -766,20 +604,18 @@ def _gates_and_forge(
         branch=inputs.text("branch") or env.get("GITHUB_REF_NAME", "").strip(),
         disabled_variable=variable,
     )
-    return gates, _forge(env, inputs.header_secret("github-token"), request_timeout, retry_delays)
+    return gates, _forge(env, inputs.header_secret("github-token"))
 
 
-def _forge(env: Mapping[str, str], token: str, request_timeout: float, retry_delays: tuple[float, ...]) -> Forge:
+def _forge(env: Mapping[str, str], token: str) -> ForgeSettings:
     api_url = (env.get("GITHUB_API_URL") or "").rstrip("/")
     server_url = (env.get("GITHUB_SERVER_URL") or "").rstrip("/")
     is_gitea = env.get("GITEA_ACTIONS", "").lower() == "true" or api_url.endswith("/api/v1")
     if is_gitea and not api_url:
         api_url = f"{server_url}/api/v1"
-    return Forge(
+    return ForgeSettings(
         kind="gitea" if is_gitea else "github",
         api_url=api_url or "https://api.github.com",
         repository=env.get("GITHUB_REPOSITORY", "").strip(),
         token=token,
-        request_timeout=request_timeout,
-        retry_delays=retry_delays,
     )

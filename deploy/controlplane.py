@@ -11,25 +11,21 @@ never a traceback.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from enum import StrEnum
 from typing import Any
 
 from deploy import http
-from deploy.clock import Clock, Deadline
-from deploy.config import ControlPlane, RolloutPlan
+from deploy.context import Context
+from deploy.domain import TENANT_RE
 from deploy.errors import DeployFailed
-from deploy.runner import Runner
+from deploy.settings import ControlPlaneSettings, HttpSettings, RolloutSettings
 
 ANSWER_CAP = 32 * 1024 * 1024  # a 50,000-tenant enumeration is about 10 MiB of rows
-# A tenant name is a DNS-label-like word: it becomes a host name or a path segment of verify-url,
-# so `.`, `..`, `/`, markup and spaces can never be one.
-TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,252}\Z")  # \Z: `$` would let "b\n" through
 
 
 class CPResponseError(DeployFailed):
@@ -44,9 +40,13 @@ class CallState(StrEnum):
 
 @dataclass(frozen=True)
 class TenantRow:
-    """One tenant's line in a CP answer. ``None`` means an older CP left the field out."""
+    """One tenant's line in a CP answer. ``None`` means an older CP left the field out.
+
+    Only the slug is positional: the rest are runs of same-typed fields, easy to swap by position.
+    """
 
     slug: str
+    _: KW_ONLY
     phase: str = ""
     ssm_status: str = ""
     ssm_exit_code: int | None = None
@@ -68,11 +68,8 @@ class TenantRow:
     def healthy(self) -> bool:
         return self.healthz_ok is not False
 
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CallResult:
     """One CP call after retries: what was asked, what came back, how long it took."""
 
@@ -91,32 +88,23 @@ class CallResult:
     def outcome_unknown(self) -> bool:
         return self.state is CallState.UNKNOWN
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "label": self.label, "slugs": list(self.slugs), "state": str(self.state), "ok": self.ok,
-            "status": self.status, "error": self.error, "started": round(self.started, 3),
-            "seconds": round(self.seconds, 3), "rows": [r.as_dict() for r in self.rows],
-            "rejected_slugs": list(self.rejected),
-        }
-
 
 class ControlPlaneClient:
     heartbeat_seconds = 30.0  # a line while a call is in flight: a silent 10-minute step looks hung
 
-    def __init__(self, cp: ControlPlane, plan: RolloutPlan, runner: Runner, clock: Clock, deadline: Deadline) -> None:
+    def __init__(self, cp: ControlPlaneSettings, plan: RolloutSettings, http_settings: HttpSettings,
+                 ctx: Context) -> None:
         self.cp = cp
         self.plan = plan
-        self.clock = clock
-        self.deadline = deadline
-        self.runner = runner
+        self.ctx = ctx
         self._calling = ""  # which call and tenants a retry line is about
-        policy = http.Policy(cp.retry_delays, cap=ANSWER_CAP, headers={"Authorization": f"Bearer {cp.token}"})
-        self.http = http.Client(policy, clock, deadline, on_retry=self._log_retry)
+        policy = http_settings.policy(cap=ANSWER_CAP, headers={"Authorization": f"Bearer {cp.token}"})
+        self.http = ctx.client(policy, on_retry=self._log_retry)
 
     def enumerate(self) -> CallResult:
         """The live fleet, by dry run: read-only, so it may come before the gates."""
         body = self._body(dry_run=True, max_stragglers=self.plan.max_stragglers)
-        return self._call("enumerate", (), body, self.cp.request_timeout)
+        return self._call("enumerate", (), body, self.http.policy.budget)
 
     def redeploy(self, label: str, slugs: Sequence[str], max_stragglers: int) -> CallResult:
         """Redeploy ``slugs`` concurrently; ``max_stragglers`` is the fleet-wide tolerance left."""
@@ -138,14 +126,14 @@ class ControlPlaneClient:
         return body
 
     def _log_retry(self, line: str) -> None:
-        self.runner.log(f"  ↻ {self._calling}: {line}")
+        self.ctx.runner.log(f"  ↻ {self._calling}: {line}")
 
     def _call(self, label: str, slugs: tuple[str, ...], body: dict[str, Any], budget: float) -> CallResult:
         """One call after retries. A call that got no readable answer is ``UNKNOWN``, never raised:
         the CP may have deployed its tenants, so the report must say so."""
-        self.deadline.check(f"starting the {label} call")
+        self.ctx.deadline.check(f"starting the {label} call")
         self._calling = f"{label} ({', '.join(slugs)})" if slugs else label
-        started = self.clock.now()
+        started = self.ctx.clock.now()
         try:
             with self._heartbeat(label, budget):
                 reply = self.http.request("POST", self.cp.redeploy_url, json=body, budget=budget)
@@ -170,7 +158,7 @@ class ControlPlaneClient:
 
         def beat() -> None:
             while not stop.wait(self.heartbeat_seconds):
-                self.runner.log(f"{label}: waiting for the CP, {time.monotonic() - started:.0f} s of "
+                self.ctx.runner.log(f"{label}: waiting for the CP, {time.monotonic() - started:.0f} s of "
                                 f"{budget:g} s read budget")
 
         threading.Thread(target=beat, name="heartbeat", daemon=True).start()
@@ -182,9 +170,10 @@ class ControlPlaneClient:
     def _result(self, label: str, slugs: tuple[str, ...], started: float, status: int | None, error: str,
                 state: CallState, ok: bool = False, rows: tuple[TenantRow, ...] = (),
                 rejected: tuple[str, ...] = ()) -> CallResult:
-        now = self.clock.now()
-        return CallResult(label, slugs, ok, rows, status, error, started - self.deadline.start, now - started,
-                          state=state, rejected=rejected)
+        now = self.ctx.clock.now()
+        return CallResult(label=label, slugs=slugs, ok=ok, rows=rows, status=status, error=error,
+                          started=started - self.ctx.deadline.start, seconds=now - started, state=state,
+                          rejected=rejected)
 
     def unanswered(self, label: str, slugs: tuple[str, ...], started: float, why: str) -> CallResult:
         """A call interrupted in flight (the deadline during a retry wait, a cancellation)."""

@@ -27,10 +27,10 @@ from typing import Any
 from urllib.parse import quote
 
 from deploy import http
-from deploy.clock import Clock, Deadline
-from deploy.config import Forge
+from deploy.clock import Deadline
+from deploy.context import Context
 from deploy.errors import DeployFailed
-from deploy.runner import Runner
+from deploy.settings import ForgeSettings, HttpSettings
 
 ANSWER_CAP = 8 * 1024 * 1024  # a page of 100 check runs with their output texts
 MAX_PAGES = 100  # 5,000 statuses on Gitea: far beyond a real commit; stops a server that ignores `page`
@@ -69,16 +69,16 @@ class ForgeError(DeployFailed):
 class ForgeClient:
     """Reads branch heads, repository variables and commit check states from one repository."""
 
-    def __init__(self, forge: Forge, runner: Runner, clock: Clock, deadline: Deadline) -> None:
-        self.forge, self.runner, self.clock, self.deadline = forge, runner, clock, deadline
+    def __init__(self, forge: ForgeSettings, http_settings: HttpSettings, ctx: Context) -> None:
+        self.forge, self.ctx = forge, ctx
+        self.runner, self.clock, self.deadline = ctx.runner, ctx.clock, ctx.deadline
         self.shape = SHAPES[forge.kind]
-        runner.mask(forge.token)
+        ctx.runner.mask(forge.token)
         # `token` works on both forges (GitHub also takes Bearer; Gitea's job token only `token`).
         headers = {"Authorization": f"token {forge.token}", "Accept": self.shape.accept}
         if forge.kind == "github":
             headers["X-GitHub-Api-Version"] = "2022-11-28"
-        policy = http.Policy(forge.retry_delays, cap=ANSWER_CAP, headers=headers)
-        self.http = http.Client(policy, clock, deadline, on_retry=runner.log)
+        self.http = ctx.client(http_settings.policy(cap=ANSWER_CAP, headers=headers), on_retry=ctx.runner.log)
 
     def branch_head(self, branch: str) -> str:
         """The commit SHA at the head of ``branch`` (lower case)."""
@@ -154,8 +154,7 @@ class ForgeClient:
                 # the caller's own budget (checks-timeout) bounds the exchange too, not only rate-limit
                 # waits; the last poll, made as it runs out, is bounded by the overall deadline alone
                 limit = budget if budget is not None and 0 < budget.remaining() < self.deadline.remaining() else None
-                response = self.http.request("GET", url, params=params, budget=self.forge.request_timeout,
-                                             deadline=limit)
+                response = self.http.request("GET", url, params=params, deadline=limit)
             except http.TransportError as exc:
                 raise ForgeError(f"{what}: the {self.shape.label} API is unreachable ({exc})") from None
             wait = self._rate_limit_wait(response)

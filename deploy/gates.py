@@ -23,12 +23,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from deploy.clock import Clock, Deadline
-from deploy.config import SHA_RE, GateSettings, parse_kill_switch
+from deploy.clock import Deadline
+from deploy.context import Context
+from deploy.domain import SHA_RE, parse_kill_switch, sha_matches
 from deploy.errors import DeployFailed
 from deploy.forge import ForgeClient, ForgeError
 from deploy.runner import Runner
-from deploy.verify import sha_matches
+from deploy.settings import GateSettings
 
 PASSING = "success"
 FAILING = frozenset(
@@ -37,15 +38,13 @@ FAILING = frozenset(
 MISSING = "missing"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ChecksResult:
     states: tuple[tuple[str, str], ...]  # (check name, final state), in required-checks order
     seconds: float  # how long the gate waited
 
 
-def wait_for_required_checks(
-    gates: GateSettings, sha: str, client: ForgeClient, runner: Runner, clock: Clock, deadline: Deadline
-) -> ChecksResult:
+def wait_for_required_checks(gates: GateSettings, sha: str, client: ForgeClient, ctx: Context) -> ChecksResult:
     """Wait until every required check is green on ``sha``; raise :class:`DeployFailed` otherwise.
 
     Polls every ``checks-interval`` until ``checks-timeout``, logging a line only when a check's
@@ -53,7 +52,8 @@ def wait_for_required_checks(
     timeout lists the last state of each check.
     """
     if not gates.required_checks:
-        return ChecksResult((), 0.0)
+        return ChecksResult(states=(), seconds=0.0)
+    runner, clock = ctx.runner, ctx.clock
     started = clock.now()
     budget = Deadline.starting_now(clock, gates.checks_timeout)
     runner.log(
@@ -77,13 +77,13 @@ def wait_for_required_checks(
         if all(state == PASSING for state in current.values()):
             waited = clock.now() - started
             runner.log(f"All {len(current)} required checks are green on {sha[:12]} (waited {waited:.1f} s)")
-            return ChecksResult(tuple(current.items()), waited)
+            return ChecksResult(states=tuple(current.items()), seconds=waited)
         if budget.remaining() <= 0:
             raise DeployFailed(
                 f"required checks not green on {sha[:12]} after {gates.checks_timeout:g} s "
                 f"(input `checks-timeout`): {_listing(current.items())}; nothing was deployed"
             )
-        deadline.sleep(min(gates.checks_interval, budget.remaining()), "waiting for required checks")
+        ctx.deadline.sleep(min(gates.checks_interval, budget.remaining()), "waiting for required checks")
 
 
 def combined_state(states: tuple[str, ...]) -> str:

@@ -368,9 +368,10 @@ class DeadlineTimeout(Timeout):
 
 @dataclass(frozen=True)
 class Policy:
-    """How one remote party is talked to."""
+    """How one remote party is talked to: the one input of :class:`Client`."""
 
     retry_delays: tuple[float, ...] = ()
+    budget: float = 30.0  # seconds one exchange may take, unless a call says otherwise (request-timeout)
     cap: int = 8 * 1024 * 1024  # decoded bytes of a success body
     pool_size: int = 10
     headers: Mapping[str, str] = field(default_factory=dict)
@@ -426,11 +427,13 @@ class Client:
     def close(self) -> None:
         self.session.close()
 
-    def request(self, method: str, url: str, *, budget: float, cap: int | None = None,
+    def request(self, method: str, url: str, *, budget: float | None = None, cap: int | None = None,
                 deadline: Deadline | None = None, **kwargs: Any) -> Reply:
         """One exchange (with its retries and same-origin redirects); :class:`TransportError` when
-        no complete answer came. ``deadline`` narrows the client's own (a stage's budget)."""
+        no complete answer came. ``budget`` and ``cap`` override the policy's for this call;
+        ``deadline`` replaces the client's own (a stage's budget, promote's put-back grace)."""
         deadline = deadline or self.deadline
+        budget = self.policy.budget if budget is None else budget
         for _ in range(MAX_REDIRECTS + 1):
             reply = self._once(method, url, budget, cap or self.policy.cap, deadline, kwargs)
             location = reply.headers.get("Location", "")

@@ -16,31 +16,43 @@ second. Whatever it achieves, each image's state and both digests are recorded.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from enum import StrEnum
 
 from deploy import http
-from deploy.clock import Clock, Deadline
-from deploy.config import PromoteSettings
+from deploy.clock import Deadline
+from deploy.context import Context
+from deploy.domain import ImageRef
 from deploy.errors import DeployFailed
 from deploy.registry import MANIFEST_CAP, Manifest, RegistryError, Repository
 from deploy.runner import Runner
+from deploy.settings import HttpSettings, PromoteSettings
 
 PUT_BACK_GRACE = 4.0  # seconds past the overall deadline the put-back may take: the run still ends by timeout + 5 s
-STATES = ("promoted", "rolled-back", "failed", "not-started", "rollback-failed")
 
 
-@dataclass(frozen=True)
+class PromotionState(StrEnum):
+    """Where one image's promote tag was left."""
+
+    PROMOTED = "promoted"  # on the source, read back
+    ROLLED_BACK = "rolled-back"  # left or put back where it was, because another image failed
+    FAILED = "failed"  # this image's promotion failed, and its tag is where it was
+    NOT_STARTED = "not-started"  # an earlier image failed first
+    ROLLBACK_FAILED = "rollback-failed"  # moved, and could not be put back: both digests say where it is
+
+
+@dataclass(frozen=True, kw_only=True)
 class Promotion:
     image: str  # host/repository
     source: str  # the tag or digest promoted from
     promoted_digest: str  # digest under the tag after this run ('' if the run never moved it)
     previous_digest: str  # digest under the tag before ('' if the tag did not exist, or was never read)
     media_type: str
-    state: str  # one of STATES
+    state: PromotionState
     detail: str  # one line for humans
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PromoteResult:
     tag: str
     promotions: tuple[Promotion, ...]
@@ -48,7 +60,7 @@ class PromoteResult:
 
     @property
     def ok(self) -> bool:
-        return not self.error and all(p.state == "promoted" for p in self.promotions)
+        return not self.error and all(p.state == PromotionState.PROMOTED for p in self.promotions)
 
     @property
     def promoted_digest_output(self) -> str:
@@ -57,10 +69,6 @@ class PromoteResult:
     @property
     def previous_digest_output(self) -> str:
         return self._per_image("previous_digest")
-
-    def as_dict(self) -> dict:
-        return {"tag": self.tag, "ok": self.ok, "error": self.error,
-                "promotions": [asdict(p) for p in self.promotions]}
 
     def _per_image(self, name: str) -> str:
         """A plain digest for one image, a JSON object keyed by image for several."""
@@ -83,69 +91,59 @@ class _Attempt:
         return self.repository.image
 
 
-def check_sources(settings: PromoteSettings, runner: Runner, clock: Clock, deadline: Deadline) -> None:
+def registry_client(http_settings: HttpSettings, ctx: Context) -> http.Client:
+    """One session for every image, shared by the preflight and the move (the caller closes it)."""
+    return ctx.client(http_settings.policy(cap=MANIFEST_CAP), on_retry=ctx.runner.log)
+
+
+def check_sources(settings: PromoteSettings, client: http.Client, ctx: Context) -> None:
     """Before the fleet moves, read every image's source: read-only, and it fails fast.
 
     A wrong registry password or a build pushed under another tag would otherwise surface only
     after the whole fleet was rolled out and verified, with ``latest`` left behind.
     """
-    client = _client(settings, runner, clock, deadline)
-    try:
-        for image in settings.images:
-            try:
-                source = _repository(image, settings, client, runner, deadline).find_manifest(settings.source)
-            except RegistryError as exc:
-                raise DeployFailed(f"promote preflight, before any deploy: {exc}") from None
-            if source is None:
-                raise DeployFailed(f"promote preflight, before any deploy: {image} has no {settings.source} "
-                                   "(was the build pushed under that name?)")
-            runner.log(f"promote preflight: {image}:{settings.source} is {source.digest} ({source.describe()})")
-    finally:
-        client.close()
+    for image in settings.images:
+        try:
+            source = _repository(image, settings, client, ctx.runner).find_manifest(settings.source, ctx.deadline)
+        except RegistryError as exc:
+            raise DeployFailed(f"promote preflight, before any deploy: {exc}") from None
+        if source is None:
+            raise DeployFailed(f"promote preflight, before any deploy: {image} has no {settings.source} "
+                               "(was the build pushed under that name?)")
+        ctx.runner.log(f"promote preflight: {image}:{settings.source} is {source.digest} ({source.describe()})")
 
 
-def promote_images(settings: PromoteSettings, runner: Runner, clock: Clock, deadline: Deadline) -> PromoteResult:
+def promote_images(settings: PromoteSettings, client: http.Client, ctx: Context) -> PromoteResult:
     """Move ``settings.tag`` to ``settings.source`` in every image, or in none of them."""
     attempts: list[_Attempt] = []
-    client = _client(settings, runner, clock, deadline)
-    try:
-        for image in settings.images:
-            attempt = _Attempt(_repository(image, settings, client, runner, deadline))
-            attempts.append(attempt)
-            try:
-                _promote(attempt, settings, runner)
-            except Exception as exc:  # noqa: BLE001 - whatever broke (a cancellation too), moved tags go back
-                error = str(exc) if isinstance(exc, RegistryError) else f"{image}: {type(exc).__name__}: {exc}"
-                runner.log(f"FAILED: {error}")  # the error names the image
-                grace_seconds = deadline.remaining() + min(settings.request_timeout, PUT_BACK_GRACE)
-                grace = Deadline.starting_now(clock, grace_seconds)
-                return _undo(attempts, settings, runner, grace, error)
-    finally:
-        client.close()
-    return PromoteResult(settings.tag, tuple(_promoted(a, settings) for a in attempts), "")
+    runner, deadline = ctx.runner, ctx.deadline
+    for image in settings.images:
+        attempt = _Attempt(_repository(image, settings, client, runner))
+        attempts.append(attempt)
+        try:
+            _promote(attempt, settings, runner, deadline)
+        except Exception as exc:  # noqa: BLE001 - whatever broke (a cancellation too), moved tags go back
+            error = str(exc) if isinstance(exc, RegistryError) else f"{image}: {type(exc).__name__}: {exc}"
+            runner.log(f"FAILED: {error}")  # the error names the image
+            grace_seconds = deadline.remaining() + min(client.policy.budget, PUT_BACK_GRACE)
+            grace = Deadline.starting_now(ctx.clock, grace_seconds)
+            return _undo(attempts, settings, runner, grace, error)
+    return PromoteResult(tag=settings.tag, promotions=tuple(_promoted(a, settings) for a in attempts), error="")
 
 
-def _client(settings: PromoteSettings, runner: Runner, clock: Clock, deadline: Deadline) -> http.Client:
-    policy = http.Policy(settings.retry_delays, cap=MANIFEST_CAP)
-    return http.Client(policy, clock, deadline, on_retry=runner.log)
+def _repository(image: ImageRef, settings: PromoteSettings, client: http.Client, runner: Runner) -> Repository:
+    return Repository(image, client=client, username=settings.username, password=settings.password,
+                      mask=runner.mask)
 
 
-def _repository(image: str, settings: PromoteSettings, client: http.Client, runner: Runner,
-                deadline: Deadline) -> Repository:
-    return Repository(
-        image, client=client, deadline=deadline, request_timeout=settings.request_timeout,
-        username=settings.username, password=settings.password, mask=runner.mask,
-        allow_insecure_http=settings.allow_insecure_http)
-
-
-def _promote(attempt: _Attempt, settings: PromoteSettings, runner: Runner) -> None:
+def _promote(attempt: _Attempt, settings: PromoteSettings, runner: Runner, deadline: Deadline) -> None:
     repository, image, tag = attempt.repository, attempt.image, settings.tag
-    source = repository.find_manifest(settings.source)
+    source = repository.find_manifest(settings.source, deadline)
     if source is None:
         raise RegistryError(f"{image}: source {settings.source} not found (was the build pushed under that name?)")
     attempt.source = source
     runner.log(f"{image}: source {settings.source} is {source.digest} ({source.describe()})")
-    previous = attempt.previous = repository.find_manifest(tag)
+    previous = attempt.previous = repository.find_manifest(tag, deadline)
     runner.log(f"{image}: {tag} was {previous.digest} ({previous.describe()})" if previous
                else f"{image}: {tag} does not exist yet")
     if previous and previous.is_index and not source.is_index and not settings.allow_single_arch:
@@ -156,14 +154,14 @@ def _promote(attempt: _Attempt, settings: PromoteSettings, runner: Runner) -> No
         runner.log(f"{image}: {tag} is already on {source.digest}; nothing to push")
     else:
         attempt.pushed = True
-        repository.put_manifest(tag, source)
+        repository.put_manifest(tag, source, deadline)
         runner.log(f"{image}: pushed {source.digest} as {tag}")
-    _read_back(repository, tag, source.digest)
+    _read_back(repository, tag, source.digest, deadline)
     runner.log(f"{image}: read back {tag}: {source.digest} OK")
 
 
-def _read_back(repository: Repository, tag: str, expected: str) -> None:
-    found = repository.find_manifest(tag)
+def _read_back(repository: Repository, tag: str, expected: str, deadline: Deadline) -> None:
+    found = repository.find_manifest(tag, deadline)
     if found is None or found.digest != expected:
         now = found.digest if found else "nothing"
         raise RegistryError(f"{repository.image}: read back {tag}: expected {expected}, the registry serves {now}")
@@ -175,7 +173,8 @@ def _promoted(attempt: _Attempt, settings: PromoteSettings) -> Promotion:
     was = previous.digest if previous else ""
     moved = f"{tag}: {was or '(new tag)'} → {source.digest}"
     detail = f"{tag} already on {source.digest}" if was == source.digest else moved
-    return Promotion(attempt.image, settings.source, source.digest, was, source.media_type, "promoted", detail)
+    return Promotion(image=attempt.image, source=settings.source, promoted_digest=source.digest, previous_digest=was,
+                     media_type=source.media_type, state=PromotionState.PROMOTED, detail=detail)
 
 
 def _undo(attempts: list[_Attempt], settings: PromoteSettings, runner: Runner, grace: Deadline,
@@ -186,52 +185,57 @@ def _undo(attempts: list[_Attempt], settings: PromoteSettings, runner: Runner, g
     for attempt in moved:
         state, now, note = _restore(attempt, settings.tag, runner, grace)
         promotions.append(_promotion(attempt, settings, now, state, f"{note} because {failed.image} failed"))
-    now, detail, state = "", error, "failed"
+    now, detail, state = "", error, PromotionState.FAILED
     if failed.pushed:
         restored, now, note = _restore(failed, settings.tag, runner, grace)
         now, detail = ("" if now == _digest(failed.previous) else now), f"{error}; {note}"
-        state = "rollback-failed" if restored == "rollback-failed" else state
+        state = PromotionState.ROLLBACK_FAILED if restored == PromotionState.ROLLBACK_FAILED else state
     promotions.append(_promotion(failed, settings, now, state, detail))
-    promotions += [Promotion(image, settings.source, "", "", "", "not-started", f"not started: {failed.image} failed")
+    promotions += [Promotion(image=str(image), source=settings.source, promoted_digest="", previous_digest="",
+                             media_type="", state=PromotionState.NOT_STARTED,
+                             detail=f"not started: {failed.image} failed")
                    for image in settings.images[len(attempts):]]
     stuck = [f"{p.image} ({settings.tag} left on {p.promoted_digest or 'an unknown digest'})"
-             for p in promotions if p.state == "rollback-failed"]
+             for p in promotions if p.state == PromotionState.ROLLBACK_FAILED]
     if stuck:  # the one line every reader sees (the `reason` output) must say what is left half-moved
         error += f"; rollback failed for {', '.join(stuck)}"
-    return PromoteResult(settings.tag, tuple(promotions), error)
+    return PromoteResult(tag=settings.tag, promotions=tuple(promotions), error=error)
 
 
-def _restore(attempt: _Attempt, tag: str, runner: Runner, grace: Deadline) -> tuple[str, str, str]:
+def _restore(attempt: _Attempt, tag: str, runner: Runner, grace: Deadline) -> tuple[PromotionState, str, str]:
     """Put ``tag`` back where it was: (state, digest now under the tag or '' if absent, note)."""
     repository, previous = attempt.repository, attempt.previous
-    repository.deadline = grace
     now = attempt.source.digest if attempt.source else ""
     try:
-        current = repository.find_manifest(tag)
+        current = repository.find_manifest(tag, grace)
         now = current.digest if current else ""
         if previous is None and current is None:
-            state, note = "rolled-back", f"{tag} still does not exist"
+            state, note = PromotionState.ROLLED_BACK, f"{tag} still does not exist"
         elif previous is None:
-            state, note = "rollback-failed", (
+            state, note = PromotionState.ROLLBACK_FAILED, (
                 f"{tag} did not exist before and is left on {now} (deleting a tag is not portable across "
                 "registries: delete it by hand if it must go)")
         elif now == previous.digest:
-            state, note = "rolled-back", f"{tag} is still on the previous {now}"
+            state, note = PromotionState.ROLLED_BACK, f"{tag} is still on the previous {now}"
         else:
-            repository.put_manifest(tag, previous)
-            _read_back(repository, tag, previous.digest)
-            state, now, note = "rolled-back", previous.digest, f"{tag} put back on the previous {previous.digest}"
+            repository.put_manifest(tag, previous, grace)
+            _read_back(repository, tag, previous.digest, grace)
+            state, now = PromotionState.ROLLED_BACK, previous.digest
+            note = f"{tag} put back on the previous {previous.digest}"
     except Exception as exc:  # noqa: BLE001 - anything at all: record the state, never lose the record
         was = previous.digest if previous else "(none)"
         why = str(exc) if isinstance(exc, DeployFailed) else f"{type(exc).__name__}: {exc}"
-        state, note = "rollback-failed", f"could not put {tag} back on {was}: {why}; it may still be on {now}"
+        state = PromotionState.ROLLBACK_FAILED
+        note = f"could not put {tag} back on {was}: {why}; it may still be on {now}"
     runner.log(f"{attempt.image}: rollback: {note}")
     return state, now, note
 
 
-def _promotion(attempt: _Attempt, settings: PromoteSettings, now: str, state: str, detail: str) -> Promotion:
+def _promotion(attempt: _Attempt, settings: PromoteSettings, now: str, state: PromotionState,
+               detail: str) -> Promotion:
     media_type = attempt.source.media_type if attempt.source else ""
-    return Promotion(attempt.image, settings.source, now, _digest(attempt.previous), media_type, state, detail)
+    return Promotion(image=attempt.image, source=settings.source, promoted_digest=now,
+                     previous_digest=_digest(attempt.previous), media_type=media_type, state=state, detail=detail)
 
 
 def _digest(manifest: Manifest | None) -> str:

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from deploy import http
 from deploy.clock import Deadline
-from deploy.config import is_loopback
+from deploy.domain import ImageRef
 from deploy.errors import DeployFailed
 from deploy.http import error_text
 
@@ -39,7 +39,6 @@ MANIFEST_CAP = 4 * 1024 * 1024  # registries refuse larger manifests: more is no
 TOKEN_CAP = 64 * 1024  # a token answer: a JWT and a few fields
 MAX_TOKEN = 8 * 1024  # a longer "token" is refused before it is registered as a secret (its forms cost memory)
 
-API_HOSTS = {"docker.io": "registry-1.docker.io", "index.docker.io": "registry-1.docker.io"}
 CHALLENGE_LIMIT = 8192  # a WWW-Authenticate header longer than this is not a challenge we can use
 
 
@@ -154,33 +153,31 @@ def _text(value: Any) -> str:
 
 
 class Repository:
-    """One repository on one registry (``host[:port]/name``), with the auth it negotiated."""
+    """One repository on one registry, with the auth it negotiated (reused for every later call).
 
-    def __init__(self, image: str, *, client: http.Client, deadline: Deadline, request_timeout: float,
-                 username: str = "", password: str = "", mask: Callable[[str], None] = lambda secret: None,
-                 allow_insecure_http: bool = False) -> None:
-        scheme, has_scheme, address = image.partition("://")
-        host, _, self.name = (address if has_scheme else image).partition("/")
-        self.image = image
+    Every call takes the deadline it must finish by: promote puts tags back under a grace
+    deadline of its own, on the same repository and auth.
+    """
+
+    def __init__(self, image: ImageRef, *, client: http.Client, username: str = "", password: str = "",
+                 mask: Callable[[str], None] = lambda secret: None) -> None:
+        self.ref = image
+        self.image = str(image)
+        self.name = image.repository
+        self.base_url = image.base_url
         self.client = client
-        self.deadline = deadline  # promote swaps in a short grace deadline to put tags back
-        self.request_timeout = request_timeout
         self.username, self._password = username, password
         self.mask = mask
-        self.allow_insecure_http = allow_insecure_http
-        hostname = urlsplit("//" + host).hostname or host
-        plain = scheme == "http" if has_scheme else is_loopback(hostname)
-        self.base_url = f"{'http' if plain else 'https'}://{API_HOSTS.get(host, host)}"
         self._authorization = ""
         if username:  # what a token service receives as `Basic …`, as requests encodes it (latin-1)
             for encoding in ("latin-1", "utf-8"):
                 with contextlib.suppress(UnicodeEncodeError):
                     mask(base64.b64encode(f"{username}:{password}".encode(encoding)).decode())
 
-    def find_manifest(self, reference: str) -> Manifest | None:
+    def find_manifest(self, reference: str, deadline: Deadline) -> Manifest | None:
         """The manifest under a tag or digest, or None when the registry has none there."""
         step = f"GET manifest {reference}"
-        response = self._send("GET", reference, step, {"Accept": MANIFEST_ACCEPT})
+        response = self._send("GET", reference, step, deadline, {"Accept": MANIFEST_ACCEPT})
         if response.status == 404:
             return None
         self._expect_success(response, step)
@@ -190,41 +187,40 @@ class Repository:
             raise RegistryError(f"{self.image}: {step}: the bytes served hash to {manifest.digest}")
         return manifest
 
-    def put_manifest(self, tag: str, manifest: Manifest) -> None:
+    def put_manifest(self, tag: str, manifest: Manifest, deadline: Deadline) -> None:
         """Store the same bytes under ``tag``, declaring the manifest's own media type."""
         step = f"PUT manifest {tag}"
-        response = self._send("PUT", tag, step, {"Content-Type": manifest.media_type}, manifest.body)
+        response = self._send("PUT", tag, step, deadline, {"Content-Type": manifest.media_type}, manifest.body)
         self._expect_success(response, step)
         self._check_digest(response, manifest.digest, step)
 
     # -- requests and auth ---------------------------------------------------------------
 
-    def _send(self, method: str, reference: str, step: str, headers: dict[str, str],
+    def _send(self, method: str, reference: str, step: str, deadline: Deadline, headers: dict[str, str],
               body: bytes | None = None) -> http.Reply:
         url = f"{self.base_url}/v2/{self.name}/manifests/{reference}"
-        response = self._request(method, url, step, headers, body)
-        if response.status == 401 and self._authenticate(response, step):
-            response = self._request(method, url, step, headers, body)
+        response = self._request(method, url, step, deadline, headers, body)
+        if response.status == 401 and self._authenticate(response, step, deadline):
+            response = self._request(method, url, step, deadline, headers, body)
         if response.status in (401, 403):
             raise self._refused("registry", step, response)
         return response
 
-    def _request(self, method: str, url: str, step: str, headers: dict[str, str], body: bytes | None = None,
-                 cap: int = MANIFEST_CAP, **kwargs: Any) -> http.Reply:
-        self.deadline.check(f"{step} on {self.image}")
+    def _request(self, method: str, url: str, step: str, deadline: Deadline, headers: dict[str, str],
+                 body: bytes | None = None, cap: int = MANIFEST_CAP, **kwargs: Any) -> http.Reply:
+        deadline.check(f"{step} on {self.image}")
         if self._authorization and "auth" not in kwargs:
             headers = {**headers, "Authorization": self._authorization}
         try:
-            return self.client.request(method, url, headers=headers, data=body, budget=self.request_timeout,
-                                        deadline=self.deadline, cap=cap, **kwargs)
+            return self.client.request(method, url, headers=headers, data=body, deadline=deadline, cap=cap, **kwargs)
         except http.TransportError as exc:
             raise RegistryError(f"{self.image}: {step} failed: {exc}") from None
 
-    def _authenticate(self, response: http.Reply, step: str) -> bool:
+    def _authenticate(self, response: http.Reply, step: str, deadline: Deadline) -> bool:
         """Answer a 401 challenge; False when retrying could not change the answer."""
         challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
         if challenge.scheme == "bearer":
-            self._authorization = "Bearer " + self._token(challenge, step)
+            self._authorization = "Bearer " + self._token(challenge, step, deadline)
             return True
         if challenge.scheme == "basic" and self.username and not self._authorization.startswith("Basic "):
             pair = f"{self.username}:{self._password}".encode()
@@ -233,7 +229,7 @@ class Repository:
             return True
         return False
 
-    def _token(self, challenge: Challenge, step: str) -> str:
+    def _token(self, challenge: Challenge, step: str, deadline: Deadline) -> str:
         realm = challenge.params.get("realm", "")
         parts = urlsplit(realm)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -248,7 +244,8 @@ class Repository:
             params["service"] = challenge.params["service"]
         # bytes: requests encodes a str credential as latin-1, which fails for other characters
         auth = (self.username.encode(), self._password.encode()) if self.username else None
-        response = self._request("GET", realm, f"token for {step}", {}, cap=TOKEN_CAP, params=params, auth=auth)
+        response = self._request("GET", realm, f"token for {step}", deadline, {}, cap=TOKEN_CAP, params=params,
+                                 auth=auth)
         if response.status != 200:
             raise self._refused(f"token service {parts.netloc}", step, response)
         try:

@@ -3,21 +3,36 @@
 Everything is derived from :class:`~deploy.pipeline.Run`, so a failed or cut-short run reports
 exactly as much as happened. Every fact in the summary is also logged, because Gitea may not
 show summaries. :func:`text_summary` renders a written report for a terminal (the demo's ending).
+
+The JSON report is an artifact other tools read, so its shape is a contract: :data:`REPORTED`
+declares every key of every result type, :func:`as_json` is the one rule that serialises them,
+``schema/report.schema.json`` describes the result, and :data:`SCHEMA_VERSION` changes with it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import secrets
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, is_dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from deploy import __version__
-from deploy.pipeline import Run
-from deploy.rollout import counted, describe_plan
+from deploy.controlplane import CallResult, TenantRow
+from deploy.gates import ChecksResult
+from deploy.pipeline import Outcome, Run, Span
+from deploy.promote import PromoteResult, Promotion, PromotionState
+from deploy.rollout import RolloutResult, Soak, counted, describe_plan
 from deploy.runner import Runner, escape_markdown, listing
+from deploy.verify import STATES, TenantVerdict, Verdict, VerifyResult
+
+SCHEMA_VERSION = 1  # bump with schema/report.schema.json whenever a key or a type of the report changes
 
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}|-")
 OUTPUT_NAMES = (
@@ -40,15 +55,15 @@ def outputs(run: Run, report_shown: str) -> dict[str, str | list[str]]:
     rollout, verify, promote = run.rollout, run.verify, run.promote
     return {
         "ok": "true" if run.ok else "false",
-        "outcome": run.outcome,
+        "outcome": str(run.outcome or ""),
         "reason": run.reason,
         "result_count": str(rollout.result_count if rollout else 0),
         "quarantined": _listed(rollout.quarantined if rollout else ()),
         "stragglers": _listed(rollout.stragglers if rollout else ()),
-        "verified": str(len(verify.slugs("verified")) if verify else 0),
-        "stale": _listed(verify.slugs("stale") if verify else ()),
-        "unreachable": _listed(verify.slugs("unreachable") if verify else ()),
-        "unhealthy": _listed(verify.slugs("unhealthy") if verify else ()),
+        "verified": str(len(verify.slugs(Verdict.VERIFIED)) if verify else 0),
+        "stale": _listed(verify.slugs(Verdict.STALE) if verify else ()),
+        "unreachable": _listed(verify.slugs(Verdict.UNREACHABLE) if verify else ()),
+        "unhealthy": _listed(verify.slugs(Verdict.UNHEALTHY) if verify else ()),
         "promoted-digest": promote.promoted_digest_output if promote else "",
         "previous-digest": promote.previous_digest_output if promote else "",
         "report": report_shown,
@@ -67,7 +82,7 @@ def publish(run: Run, runner: Runner, report_path: Path, workspace: Path) -> Non
     """
     with runner.group("Result"):
         _log_result(run, runner)
-    if run.outcome == "failed" and (runner.in_actions or not _logged_already(run.reason, runner)):
+    if run.outcome == Outcome.FAILED and (runner.in_actions or not _logged_already(run.reason, runner)):
         runner.error(run.reason, title="fleet-rollout failed", final=True)  # the verdict, said once
     shown = report_path.relative_to(workspace) if report_path.is_relative_to(workspace) else report_path
 
@@ -76,7 +91,7 @@ def publish(run: Run, runner: Runner, report_path: Path, workspace: Path) -> Non
             raise OSError("it leads outside the workspace (a symbolic link?)")  # text; a link is not text
         report_path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(redact_values(report(run), runner.redact), indent=2)  # values, never the JSON
-        report_path.write_text(text + "\n", encoding="utf-8")
+        replace_file(report_path.resolve(), text + "\n")
 
     writes: list[tuple[str, Callable[[], None]]] = [
         (f"the JSON report to {report_path}", write_report),
@@ -105,29 +120,114 @@ def redact_values(value: Any, redact: Callable[[str], str]) -> Any:
     return value
 
 
+def replace_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all: a reader (an upload step, a later job) never
+    finds half a report, and a failed write leaves the previous file as it was.
+
+    The text goes to a new file beside ``path`` (the same file system), created like ``write_text``
+    creates one (the umask decides its mode), and is then renamed over ``path``.
+    """
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with open(descriptor, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+
+
 def report(run: Run) -> dict[str, Any]:
-    config = run.config
+    """The JSON report: what the run did, as :data:`REPORTED` declares it (not yet redacted)."""
     return {
+        "schema_version": SCHEMA_VERSION,
         "tool": f"fleet-rollout {__version__}",
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "outcome": run.outcome,
-        "ok": run.ok,
-        "reason": run.reason,
-        "exit_code": run.exit_code,
-        "seconds": round(run.seconds, 3),
-        "sha": config.sha if config else "",
-        "target_tag": config.rollout.target_tag if config else "",
-        "stages": list(config.stages) if config else [],
-        "notes": run.notes,
-        "fleet": list(run.fleet),
-        "checks": _as_dict(run.checks),
-        "rollout": run.rollout.as_dict() if run.rollout else None,
-        "verify": _as_dict(run.verify),
-        "promote": _as_dict(run.promote),
-        "timeline": [
-            {"name": s.name, "started": round(s.started, 3), "seconds": round(s.seconds, 3)} for s in run.timeline()
-        ],
+        **as_json(run),
     }
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key of a reported object: what it is read from — the attribute (a field or a property)
+    of its name, another attribute, or a function of the object — and the places a float is rounded
+    to (``None``: as measured)."""
+
+    name: str
+    read: str | Callable[[Any], Any] = ""
+    digits: int | None = None
+
+    def value(self, result: Any) -> Any:
+        value = self.read(result) if callable(self.read) else getattr(result, self.read or self.name)
+        return round(value, self.digits) if self.digits is not None and isinstance(value, float) else value
+
+
+MS = 3  # durations and times are reported to the millisecond
+
+
+def _slugs(state: Verdict) -> Callable[[VerifyResult], tuple[str, ...]]:
+    return lambda verify: verify.slugs(state)
+
+
+REPORTED: dict[type, tuple[Key, ...]] = {
+    Run: (
+        Key("outcome"), Key("ok"), Key("reason"), Key("exit_code"), Key("seconds", digits=MS),
+        Key("sha", lambda run: run.config.sha if run.config else ""),
+        Key("target_tag", lambda run: run.config.rollout.target_tag if run.config else ""),
+        Key("stages", lambda run: run.config.stages if run.config else ()),
+        Key("notes"), Key("fleet"), Key("checks"), Key("rollout"), Key("verify"), Key("promote"),
+        Key("timeline", Run.timeline),
+    ),
+    Span: (Key("name"), Key("started", digits=MS), Key("seconds", digits=MS)),
+    ChecksResult: (Key("states"), Key("seconds")),
+    RolloutResult: (
+        Key("fleet"), Key("planned_batches", "planned"), Key("max_stragglers"), Key("dry_run"), Key("halted"),
+        Key("result_count"), Key("stragglers"), Key("quarantined"),
+        Key("outcome_unknown", lambda rollout: tuple(rollout.outcome_unknown)),  # the slugs; the calls say why
+        Key("calls"), Key("soak"),
+    ),
+    Soak: (Key("started"), Key("seconds")),
+    CallResult: (
+        Key("label"), Key("slugs"), Key("state"), Key("ok"), Key("status"), Key("error"),
+        Key("started", digits=MS), Key("seconds", digits=MS), Key("rows"), Key("rejected_slugs", "rejected"),
+    ),
+    TenantRow: tuple(Key(name) for name in (
+        "slug", "phase", "ssm_status", "ssm_exit_code", "healthz_ok", "verified_on_target", "running_image", "error",
+    )),
+    VerifyResult: (
+        Key("ok"), Key("rounds"), Key("started", digits=MS), Key("seconds", digits=MS),
+        *(Key(state.value, _slugs(state)) for state in STATES),
+        Key("tenants", "verdicts"),
+    ),
+    TenantVerdict: (Key("slug"), Key("state"), Key("running"), Key("detail"), Key("seconds", digits=MS)),
+    PromoteResult: (Key("tag"), Key("ok"), Key("error"), Key("promotions")),
+    Promotion: tuple(Key(name) for name in (
+        "image", "source", "promoted_digest", "previous_digest", "media_type", "state", "detail",
+    )),
+}
+
+
+def as_json(value: Any) -> Any:
+    """``value`` as the JSON report shows it: the one rule every result is serialised by.
+
+    A result dataclass is an object of the keys :data:`REPORTED` declares for its type, in that
+    order; an enum is its value; a tuple or a list is an array, a mapping an object; ``None``, a
+    string, a number or a boolean is itself. Anything else — a type nobody declared — is a
+    :class:`TypeError`: nothing reaches the report without being declared here.
+    """
+    if isinstance(value, Enum):
+        return value.value
+    if value is None or isinstance(value, (str, int, float)):  # bool is an int
+        return value
+    if is_dataclass(value) and type(value) in REPORTED:
+        return {key.name: as_json(key.value(value)) for key in REPORTED[type(value)]}
+    if isinstance(value, (tuple, list)):
+        return [as_json(item) for item in value]
+    if isinstance(value, Mapping):
+        return {str(key): as_json(item) for key, item in value.items()}
+    raise TypeError(f"{type(value).__name__} is not part of the JSON report's contract (deploy.report.REPORTED)")
 
 
 def summary(run: Run, redact: Callable[[str], str] | None = None) -> str:
@@ -145,7 +245,8 @@ def summary(run: Run, redact: Callable[[str], str] | None = None) -> str:
 
 
 def _headline(run: Run) -> str:
-    icon = {"deployed": "✅", "planned": "📝", "skipped": "⏭️", "failed": "❌"}.get(run.outcome, "❔")
+    icons = {Outcome.DEPLOYED: "✅", Outcome.PLANNED: "📝", Outcome.SKIPPED: "⏭️", Outcome.FAILED: "❌"}
+    icon = icons.get(run.outcome, "❔") if run.outcome else "❔"
     config = run.config
     what = f" `{config.rollout.target_tag}` ({config.sha[:12]})" if config and config.rollout.target_tag else ""
     return f"{icon} {run.outcome}{what}"
@@ -164,7 +265,7 @@ def _facts(run: Run, cell: _Cell) -> list[str]:
         if r.halted and r.not_started:
             rows.append(("Not started", f"{len(r.not_started)} (the rollout halted first)"))
     if run.verify:
-        counts = ", ".join(f"{s} {len(run.verify.slugs(s))}" for s in ("verified", "stale", "unreachable", "unhealthy"))
+        counts = ", ".join(f"{s} {len(run.verify.slugs(s))}" for s in STATES)
         rows.append(("Verify", f"{counts} in {run.verify.seconds:.1f} s"))
     for stage, note in run.notes.items():
         rows.append((stage.capitalize(), note))
@@ -207,11 +308,11 @@ def _tenant_table(run: Run, cell: _Cell) -> list[str]:
     ]
     for slug in run.fleet:
         row, verdict = rows.get(slug), verdicts.get(slug)
-        verify = "quarantined" if slug in quarantined else (verdict.state if verdict else "")
-        if verdict and verdict.state != "verified" and verdict.running:
+        verify = Verdict.QUARANTINED if slug in quarantined else (verdict.state if verdict else "")
+        if verdict and verdict.state != Verdict.VERIFIED and verdict.running:
             verify += f" (runs {verdict.running[:12]})"
         error = row.error if row else _missing_row(run, slug)
-        error = error or (verdict.detail if verdict and verdict.state != "verified" else "")
+        error = error or (verdict.detail if verdict and verdict.state != Verdict.VERIFIED else "")
         lines.append(
             f"| {cell(slug)} | {cell(row.phase if row else '')} | {cell(row.ssm_status if row else '')} "
             f"| {_flag(row.healthz_ok if row else None)} | {_flag(row.verified_on_target if row else None)} "
@@ -245,7 +346,7 @@ def _promotion_table(run: Run, cell: _Cell) -> list[str]:
 
 def _log_result(run: Run, runner: Runner) -> None:
     # A failure's reason is the run's last line, the verdict after this group: not repeated here.
-    runner.log(f"outcome: {run.outcome}" + (f" — {run.reason}" if run.reason and run.outcome != "failed" else ""))
+    runner.log(f"outcome: {run.outcome}" + (f" — {run.reason}" if run.reason and run.outcome != Outcome.FAILED else ""))
     r = run.rollout
     if r and r.dry_run:
         canary = run.config.rollout.canary if run.config else ""
@@ -259,14 +360,14 @@ def _log_result(run: Run, runner: Runner) -> None:
         if r.halted and r.not_started:
             runner.log(f"not started (the rollout halted first): {listing(r.not_started)}")
     if run.verify:
-        for state in ("verified", "stale", "unreachable", "unhealthy"):
+        for state in STATES:
             slugs = run.verify.slugs(state)
-            names = f" ({_names(slugs)})" if slugs and state != "verified" else ""
+            names = f" ({_names(slugs)})" if slugs and state != Verdict.VERIFIED else ""
             runner.log(f"verify {state}: {len(slugs)}{names}")
     if run.promote:
         for p in run.promote.promotions:
             moved = f"now {p.promoted_digest}, before {p.previous_digest or '(no tag)'}"
-            what = moved if p.state == "promoted" else p.detail
+            what = moved if p.state == PromotionState.PROMOTED else p.detail
             runner.log(f"promote {p.image}:{run.promote.tag}: {p.state}: {what}")
     for stage, note in run.notes.items():
         runner.log(f"{stage}: {note}")
@@ -301,7 +402,7 @@ def text_summary(document: Mapping[str, Any]) -> str:
     lines += [""] if promote.get("promotions") else []
     for p in promote.get("promotions", []):
         moved = f"{_short(p['previous_digest']) or '(no tag)'} → {_short(p['promoted_digest'])}"
-        what = moved if p["state"] == "promoted" else p["detail"]
+        what = moved if p["state"] == PromotionState.PROMOTED else p["detail"]
         lines.append(f"{promote['tag']} on {p['image']}: {p['state']}, {what}")
     return "\n".join(lines) + "\n"
 
@@ -315,13 +416,13 @@ def _tenant_states(document: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
     verdicts = {tenant["slug"]: tenant for tenant in verify.get("tenants", [])}
     quarantined, unknown = set(rollout.get("quarantined", [])), set(rollout.get("outcome_unknown", []))
     stragglers = set(rollout.get("stragglers", []))  # sets: a lookup per tenant, linear in the fleet
-    states = {}
+    states: dict[str, tuple[str, str]] = {}
     for slug in document.get("fleet", []):
         row, verdict = rows.get(slug, {}), verdicts.get(slug)
         if slug in quarantined:
-            states[slug] = ("quarantined", row.get("error", "") or "did not reach the target")
+            states[slug] = (Verdict.QUARANTINED, row.get("error", "") or "did not reach the target")
         elif verdict:
-            states[slug] = (verdict["state"], "" if verdict["state"] == "verified" else verdict["detail"])
+            states[slug] = (verdict["state"], "" if verdict["state"] == Verdict.VERIFIED else verdict["detail"])
         elif rollout.get("dry_run"):
             states[slug] = ("planned", "")
         elif slug in unknown:
@@ -345,14 +446,6 @@ def _names(slugs: Any) -> str:
 def _listed(items: Any) -> list[str]:
     """A JSON-array output: the runner redacts each item, then encodes the array."""
     return [str(item) for item in items]
-
-
-def _as_dict(result: Any) -> Any:
-    if result is None:
-        return None
-    if hasattr(result, "as_dict"):
-        return result.as_dict()
-    return dict(result.__dict__)
 
 
 def _flag(value: bool | None) -> str:

@@ -12,23 +12,30 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
 
-from deploy.clock import Deadline
-from deploy.config import RolloutPlan
+from deploy.context import Context
 from deploy.controlplane import CallResult, ControlPlaneClient, TenantRow
 from deploy.errors import DeadlineExceeded, DeployFailed
 from deploy.runner import Runner, listing
+from deploy.settings import RolloutSettings
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
+class Soak:
+    """The canary's soak, in seconds since the run started."""
+
+    started: float
+    seconds: float
+
+
+@dataclass(frozen=True, kw_only=True)
 class RolloutResult:
     fleet: tuple[str, ...]  # every tenant the enumeration returned, in order
     max_stragglers: int
     calls: tuple[CallResult, ...] = ()  # deploy calls only: canary and batches
     halted: str = ""  # why the rollout stopped early; '' when it ran through (or was a dry run)
     planned: tuple[tuple[str, ...], ...] = ()  # the batches, canary first
-    soak: tuple[float, float] | None = None  # (started, seconds) since the run started
+    soak: Soak | None = None
     dry_run: bool = False
 
     @cached_property
@@ -88,16 +95,6 @@ class RolloutResult:
             return f"{_exceed(len(self.stragglers), self.max_stragglers)}: {names}"
         return ""
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "fleet": list(self.fleet), "planned_batches": [list(b) for b in self.planned],
-            "max_stragglers": self.max_stragglers, "dry_run": self.dry_run, "halted": self.halted,
-            "result_count": self.result_count, "stragglers": list(self.stragglers),
-            "quarantined": list(self.quarantined), "outcome_unknown": list(self.outcome_unknown),
-            "calls": [c.as_dict() for c in self.calls],
-            "soak": None if self.soak is None else {"started": self.soak[0], "seconds": self.soak[1]},
-        }
-
 
 def enumerate_fleet(client: ControlPlaneClient, runner: Runner) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The live fleet by dry run, and the names it held that cannot be tenants (neither deployed
@@ -120,21 +117,22 @@ def plan_batches(fleet: Sequence[str], canary: str, batch_size: int) -> tuple[tu
 
 
 def run_rollout(
-    plan: RolloutPlan, client: ControlPlaneClient, fleet: tuple[str, ...], runner: Runner, deadline: Deadline
+    plan: RolloutSettings, client: ControlPlaneClient, fleet: tuple[str, ...], ctx: Context
 ) -> RolloutResult:
     if plan.canary and plan.canary not in fleet:
         raise DeployFailed(f"canary {plan.canary!r} is not in the fleet the CP enumerated")
     batches = plan_batches(fleet, plan.canary, plan.batch_size)
-    result = RolloutResult(fleet, plan.max_stragglers, planned=batches, dry_run=plan.dry_run)
+    result = RolloutResult(fleet=fleet, max_stragglers=plan.max_stragglers, planned=batches, dry_run=plan.dry_run)
+    runner = ctx.runner
     if plan.dry_run:
         _log_plan(result, plan, runner)
         return result
-    progress = _Progress(result, plan, deadline)
+    progress = _Progress(result, plan, ctx)
     try:
         for number, slugs in enumerate(batches, start=1):
             if plan.canary and number == 1:
                 progress.canary(client, slugs[0], runner)
-                progress.soak(plan.soak_seconds, runner, deadline)
+                progress.soak(plan.soak_seconds, runner)
             else:
                 label = f"batch {number - (1 if plan.canary else 0)}/{len(batches) - (1 if plan.canary else 0)}"
                 progress.batch(client, label, slugs, runner)
@@ -154,17 +152,17 @@ class _Progress:
     """The rollout as it happens; mutable only inside :func:`run_rollout`."""
 
     start: RolloutResult
-    plan: RolloutPlan
-    deadline: Deadline
+    plan: RolloutSettings
+    ctx: Context
     calls: list[CallResult] = field(default_factory=list)
     halted: str = ""
-    soak_span: tuple[float, float] | None = None
+    soak_span: Soak | None = None
     straggling: dict[str, None] = field(default_factory=dict)  # an ordered set, kept per call: linear
 
     def result(self) -> RolloutResult:
         return RolloutResult(
-            self.start.fleet, self.start.max_stragglers, tuple(self.calls), self.halted,
-            self.start.planned, self.soak_span,
+            fleet=self.start.fleet, max_stragglers=self.start.max_stragglers, calls=tuple(self.calls),
+            halted=self.halted, planned=self.start.planned, soak=self.soak_span,
         )
 
     def stragglers(self) -> tuple[str, ...]:
@@ -188,13 +186,13 @@ class _Progress:
         A call abandoned mid-deploy loses its per-tenant results (the seed incident); stopping
         before it leaves the fleet where the report says it is.
         """
-        worst, left = self.plan.call_worst_case, self.deadline.remaining()
+        worst, left = self.plan.call_worst_case, self.ctx.deadline.remaining()
         if left < worst:
             raise DeadlineExceeded(
                 f"overall timeout: {left:.0f} s left, less than the CP's worst case for a call "
                 f"({worst:g} s = cp-tenant-timeout + cp-settle-seconds); {label} ({', '.join(slugs)}) not started"
             )
-        started = self.deadline.clock.now()
+        started = self.ctx.clock.now()
         try:
             call = client.redeploy(label, slugs, max_stragglers=tolerance)
         except BaseException as exc:  # sent, then interrupted: the CP may have deployed these tenants
@@ -216,13 +214,13 @@ class _Progress:
         else:
             runner.log(f"canary {slug}: on target, healthy ({call.seconds:.1f} s)")
 
-    def soak(self, seconds: float, runner: Runner, deadline: Deadline) -> None:
+    def soak(self, seconds: float, runner: Runner) -> None:
         if seconds <= 0:
             return
         runner.log(f"soak: waiting {seconds:g} s with the canary alone on the new build")
-        started = deadline.elapsed()
-        deadline.sleep(seconds, "soaking the canary")
-        self.soak_span = (started, seconds)
+        started = self.ctx.deadline.elapsed()
+        self.ctx.deadline.sleep(seconds, "soaking the canary")
+        self.soak_span = Soak(started=started, seconds=seconds)
 
     def batch(self, client: ControlPlaneClient, label: str, slugs: tuple[str, ...], runner: Runner) -> None:
         tolerance = self.start.max_stragglers - len(self.stragglers())
@@ -262,7 +260,7 @@ def _row_problem(row: TenantRow | None) -> str:
     return f"verified_on_target is false (ssm_status {row.ssm_status or 'unknown'})"
 
 
-def _log_plan(result: RolloutResult, plan: RolloutPlan, runner: Runner) -> None:
+def _log_plan(result: RolloutResult, plan: RolloutSettings, runner: Runner) -> None:
     runner.log(f"dry run: would deploy {plan.target_tag} to {describe_plan(result.fleet, result.planned, plan.canary)}")
     batches = len(result.planned) - (1 if plan.canary else 0)
     for number, slugs in enumerate(result.planned, start=1):

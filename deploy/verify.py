@@ -24,72 +24,61 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 from urllib.parse import quote
 
 from deploy import http
 from deploy.clock import Clock, Deadline
-from deploy.config import VerifySettings, display_url
-from deploy.controlplane import TENANT_RE, TenantRow
+from deploy.context import Context
+from deploy.controlplane import TenantRow
+from deploy.domain import TENANT_RE, display_url, sha_matches
 from deploy.errors import DeadlineExceeded
 from deploy.runner import Runner
+from deploy.settings import HttpSettings, VerifySettings
 
-STATES = ("verified", "stale", "unreachable", "unhealthy")
-FAILING = ("stale", "unreachable", "unhealthy")
 BODY_LIMIT = 64 * 1024  # a /buildinfo answer is a few hundred bytes; more is not a build info
 MIN_TIMEOUT = 0.05  # a request near the deadline still gets a sliver to fail fast in
-MIN_PREFIX = 7  # `git rev-parse --short`'s length: shorter prefixes prove nothing
 SHOWN_CHARS = 100  # what a tenant reports is shortened to this before it is logged or stored
 
 
-@dataclass(frozen=True)
+class Verdict(StrEnum):
+    """A tenant's state after verify, in the report, the outputs and the summary's tenant table."""
+
+    VERIFIED = "verified"  # it reported the build
+    STALE = "stale"  # it still reported another SHA when the budget ran out
+    UNREACHABLE = "unreachable"  # it never answered usefully
+    UNHEALTHY = "unhealthy"  # the CP said healthz_ok: false, so it was not polled
+    QUARANTINED = "quarantined"  # the coverage gate's: a tolerated straggler, never polled
+
+
+STATES = (Verdict.VERIFIED, Verdict.STALE, Verdict.UNREACHABLE, Verdict.UNHEALTHY)  # what polling can conclude
+FAILING = (Verdict.STALE, Verdict.UNREACHABLE, Verdict.UNHEALTHY)
+
+
+@dataclass(frozen=True, kw_only=True)
 class TenantVerdict:
     slug: str
-    state: str  # "verified" | "stale" | "unreachable" | "unhealthy"
+    state: Verdict  # one of STATES
     running: str  # SHA last reported ('' if never)
     detail: str  # last error / why, one line
     seconds: float  # time from stage start to the verdict
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "slug": self.slug, "state": self.state, "running": self.running,
-            "detail": self.detail, "seconds": round(self.seconds, 3),
-        }
 
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class VerifyResult:
     verdicts: tuple[TenantVerdict, ...]
     rounds: int
     started: float  # seconds since the run started (deadline.elapsed() at stage start)
     seconds: float
 
-    def slugs(self, state: str) -> tuple[str, ...]:
+    def slugs(self, state: Verdict) -> tuple[str, ...]:
         return tuple(v.slug for v in self.verdicts if v.state == state)
 
     @property
     def ok(self) -> bool:
         """Every tenant verified. Vacuously true for no tenants: the caller decides if that is proof."""
-        return all(v.state == "verified" for v in self.verdicts)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok, "rounds": self.rounds, "started": round(self.started, 3),
-            "seconds": round(self.seconds, 3),
-            **{state: list(self.slugs(state)) for state in STATES},
-            "tenants": [v.as_dict() for v in self.verdicts],
-        }
-
-
-def sha_matches(reported: str, sha: str) -> bool:
-    """Equal, or one a prefix of the other of at least :data:`MIN_PREFIX` characters; any case."""
-    reported, sha = reported.strip().lower(), sha.strip().lower()
-    if not reported or not sha:
-        return False
-    if reported == sha:
-        return True
-    shorter, longer = sorted((reported, sha), key=len)
-    return len(shorter) >= MIN_PREFIX and longer.startswith(shorter)
+        return all(v.state == Verdict.VERIFIED for v in self.verdicts)
 
 
 def buildinfo_url(template: str, slug: str) -> str:
@@ -108,10 +97,9 @@ def read_field(doc: Any, path: str) -> Any:
     return doc
 
 
-def verification_client(concurrency: int, clock: Clock, deadline: Deadline) -> http.Client:
+def verification_client(concurrency: int, ctx: Context) -> http.Client:
     """No retries (the rounds are the retry), one pooled connection per worker, bodies capped."""
-    policy = http.Policy((), cap=BODY_LIMIT, pool_size=concurrency, headers={"Accept": "application/json"})
-    return http.Client(policy, clock, deadline)
+    return ctx.client(http.Policy((), cap=BODY_LIMIT, pool_size=concurrency, headers={"Accept": "application/json"}))
 
 
 @dataclass(frozen=True)
@@ -156,13 +144,14 @@ class _Stage:
                     deadline.elapsed(), tuple(dict.fromkeys(row.slug for row in rows)), {}, [])
         for row in {row.slug: row for row in rows}.values():  # the latest row of a slug wins
             if not TENANT_RE.match(row.slug):
-                stage.verdicts[row.slug] = TenantVerdict(row.slug, "unreachable", "", "not a tenant name; not polled",
-                                                         0.0)
+                stage.verdicts[row.slug] = TenantVerdict(slug=row.slug, state=Verdict.UNREACHABLE, running="",
+                                                         detail="not a tenant name; not polled", seconds=0.0)
             elif row.healthy:
                 stage.pending.append(_Pending(row.slug, buildinfo_url(settings.url_template, row.slug)))
             else:
                 why = "the CP reported healthz_ok: false" + (f" ({_one_line(row.error)})" if row.error else "")
-                stage.verdicts[row.slug] = TenantVerdict(row.slug, "unhealthy", "", f"{why}; not polled", 0.0)
+                stage.verdicts[row.slug] = TenantVerdict(slug=row.slug, state=Verdict.UNHEALTHY, running="",
+                                                         detail=f"{why}; not polled", seconds=0.0)
         return stage
 
     @property
@@ -172,10 +161,10 @@ class _Stage:
     def left(self) -> float:
         return max(self.end - self.clock.now(), 0.0)
 
-    def poll_rounds(self, client: http.Client, runner: Runner) -> None:
+    def poll_rounds(self, client: http.Client, request_timeout: float, runner: Runner) -> None:
         """Poll every pending tenant once per interval tick until none is pending or time is up."""
         workers = max(1, min(self.settings.concurrency, len(self.pending)))
-        cap = min(self.settings.request_timeout, self.settings.interval)
+        cap = min(request_timeout, self.settings.interval)
         stage_deadline = Deadline(self.clock, self.start, self.end - self.start)
         probe = _Probe(client, self.settings.field, self.clock, cap, self.end, stage_deadline)
         pool = _Workers(workers, probe)
@@ -190,7 +179,7 @@ class _Stage:
             self.rounds += 1
             answers = pool.map([tenant.url for tenant in self.pending])
             self.pending = self._settle(answers)
-            verified = sum(v.state == "verified" for v in self.verdicts.values())
+            verified = sum(v.state == Verdict.VERIFIED for v in self.verdicts.values())
             runner.log(
                 f"verify: {verified}/{len(self.order)} on target, {len(self.pending)} waiting, "
                 f"{_seconds(self.left())} s left"
@@ -211,7 +200,8 @@ class _Stage:
                 tenant.running = _one_line(answer.reported)
             if answer.reported and sha_matches(answer.reported, self.sha):
                 self.verdicts[tenant.slug] = TenantVerdict(
-                    tenant.slug, "verified", tenant.running, "", answer.at - self.start
+                    slug=tenant.slug, state=Verdict.VERIFIED, running=tenant.running, detail="",
+                    seconds=answer.at - self.start,
                 )
                 continue
             tenant.problem = answer.problem or f"reports {tenant.running[:12]}, not {self.sha[:12]}"
@@ -223,16 +213,16 @@ class _Stage:
         verdicts = dict(self.verdicts)
         for tenant in self.pending:
             verdicts[tenant.slug] = _give_up(tenant, self.sha, self.rounds, elapsed)
-        return VerifyResult(tuple(verdicts[slug] for slug in self.order), self.rounds, self.started, elapsed)
+        return VerifyResult(verdicts=tuple(verdicts[slug] for slug in self.order), rounds=self.rounds,
+                            started=self.started, seconds=elapsed)
 
 
 def verify_tenants(
     settings: VerifySettings,
+    http_settings: HttpSettings,
     sha: str,
     rows: Sequence[TenantRow],
-    runner: Runner,
-    clock: Clock,
-    deadline: Deadline,
+    ctx: Context,
     client: http.Client | None = None,
 ) -> VerifyResult:
     """Poll every healthy row's ``verify-url`` until it reports ``sha`` or the shared deadline passes.
@@ -243,7 +233,8 @@ def verify_tenants(
     """
     if not sha or not settings.url_template:
         raise ValueError("verify needs the sha and a verify-url template")
-    stage = _Stage.begin(settings, sha, rows, clock, deadline)
+    runner = ctx.runner
+    stage = _Stage.begin(settings, sha, rows, ctx.clock, ctx.deadline)
     cut = " (cut short by the overall timeout)" if stage.budget < settings.budget else ""
     runner.log(
         f"verify: {len(stage.pending)} tenants must report {settings.field} = {sha[:12]} at "
@@ -251,9 +242,9 @@ def verify_tenants(
         f"for up to {_seconds(stage.budget)} s{cut}"
     )
     own_client = client is None
-    client = client or verification_client(settings.concurrency, clock, deadline)
+    client = client or verification_client(settings.concurrency, ctx)
     try:
-        stage.poll_rounds(client, runner)
+        stage.poll_rounds(client, http_settings.request_timeout, runner)
     finally:
         if own_client:
             client.close()
@@ -268,8 +259,10 @@ def _give_up(tenant: _Pending, sha: str, rounds: int, elapsed: float) -> TenantV
     if tenant.running:
         last = "" if tenant.problem.startswith("reports ") else f"; last poll: {tenant.problem}"
         detail = f"still runs {tenant.running[:40]}, not {sha[:12]}, {polls}{last}"
-        return TenantVerdict(tenant.slug, "stale", tenant.running, detail, elapsed)
-    return TenantVerdict(tenant.slug, "unreachable", "", f"no usable answer {polls}: {tenant.problem}", elapsed)
+        return TenantVerdict(slug=tenant.slug, state=Verdict.STALE, running=tenant.running, detail=detail,
+                             seconds=elapsed)
+    return TenantVerdict(slug=tenant.slug, state=Verdict.UNREACHABLE, running="",
+                         detail=f"no usable answer {polls}: {tenant.problem}", seconds=elapsed)
 
 
 class _Workers:

@@ -9,7 +9,6 @@ afterwards exactly as the runner parses them.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -21,9 +20,10 @@ from typing import Any
 import yaml
 
 from deploy.runner import parse_output_file
+from tests.report_schema import load_report
+from tests.support import JOB_TOKEN, SHA
 
 ROOT = Path(__file__).resolve().parent.parent
-JOB_TOKEN = "ghs_jobtoken_0123456789"  # the emulated github.token
 EXPRESSION = re.compile(r"\$\{\{\s*([a-z]+)\.([A-Za-z0-9_-]+)\s*\}\}")
 
 
@@ -97,7 +97,7 @@ def run_action(
     cwd: Path = ROOT,
     timeout: float = 120,
 ) -> ActionResult:
-    github = {"sha": "8ddce85f3b2a4c6d9e0f1a2b3c4d5e6f708192a3", "token": JOB_TOKEN, **(github or {})}
+    github = {"sha": SHA, "token": JOB_TOKEN, **(github or {})}
     env = container_env(with_, github, workdir)
     base = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "INPUT_", "FLEET_", "GITEA_"))}
     proc = subprocess.run(
@@ -118,7 +118,7 @@ def run_action(
         stderr=proc.stderr,
         outputs=parse_output_file(outputs_text),
         summary=summary,
-        report=json.loads(report_text) if report_text else None,
+        report=load_report(report_text, f"the JSON report at {report_file}"),
         files_text="\n".join([outputs_text, summary, report_text]),
         output_text=outputs_text,
     )

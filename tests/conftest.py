@@ -1,4 +1,7 @@
-"""Fixtures shared by the end-to-end tests: a simulated fleet and the emulated runner."""
+"""The fixtures the tests share: a simulated fleet, a simulated forge and the emulated runner.
+
+Only fixtures live here; constants and plain helpers are in :mod:`tests.support`.
+"""
 
 from __future__ import annotations
 
@@ -8,29 +11,14 @@ from typing import Any
 
 import pytest
 
+from deploy.clock import FakeClock
 from deploy.sim.fleet import FleetSim, TenantSpec
+from deploy.sim.forge import ForgeSim
 from deploy.sim.server import Component, SimServer
-from tests.actions_runner import JOB_TOKEN, ActionResult, run_action
+from tests.actions_runner import ActionResult, run_action
+from tests.support import CP_TOKEN, FORGE_TOKEN, SCALE, SHA, TAG, step_inputs
 
 pytest_plugins = ["tests.registry_fixture"]
-
-SHA = "8ddce85f3b2a4c6d9e0f1a2b3c4d5e6f708192a3"
-TAG = f"staging-{SHA[:7]}"
-CP_TOKEN = "cp-secret-token-5a1c9e"
-SCALE = 0.005  # sim seconds → real seconds: the CP's 390 s worst case takes 1.95 s
-
-# Inputs in sim time: the dead tenant's 1.95 s is above request-timeout, within rollout-timeout.
-FAST_INPUTS = {
-    "request-timeout": "1",
-    "rollout-timeout": "4",
-    "cp-tenant-timeout": "1.5",
-    "cp-settle-seconds": "0.45",
-    "retry-delays": "0.05,0.1,0.2",
-    "soak-seconds": "0",
-    "verify-interval": "0.1",
-    "verify-budget": "5",
-    "timeout": "60",
-}
 
 
 @pytest.fixture
@@ -55,6 +43,15 @@ def fleet() -> Iterator[Callable[..., tuple[FleetSim, SimServer]]]:
         server.stop()
 
 
+@pytest.fixture(params=["github", "gitea"])
+def forge_sim(request: pytest.FixtureRequest) -> Iterator[tuple[ForgeSim, SimServer]]:
+    """A simulated GitHub, then Gitea, alone on a server, on a fake clock; :func:`tests.support.sim_client`
+    makes its client. ``@pytest.mark.parametrize("forge_sim", ["github"], indirect=True)`` picks one."""
+    forge = ForgeSim(kind=request.param, token=FORGE_TOKEN, clock=FakeClock())
+    with SimServer([forge]) as server:
+        yield forge, server
+
+
 @pytest.fixture
 def action(tmp_path: Path) -> Callable[..., ActionResult]:
     """``action(server, **inputs)`` runs entrypoint.py as the runner would, against ``server``."""
@@ -62,21 +59,12 @@ def action(tmp_path: Path) -> Callable[..., ActionResult]:
 
     def run(server: SimServer | None, github: dict[str, str] | None = None, extra_env: dict[str, str] | None = None,
             **inputs: str) -> ActionResult:
-        with_ = dict(FAST_INPUTS)
+        with_ = step_inputs(server, **inputs)
         github = dict(github or {})
         if server is not None:
-            with_.update({"cp-url": server.url, "cp-token": CP_TOKEN})
             github.setdefault("api_url", f"{server.url}/api/v3")  # never the real GitHub from a test
-        with_.update({k.replace("_", "-"): v for k, v in inputs.items()})
         workdir = tmp_path / f"run{next(runs)}"
         workdir.mkdir()
         return run_action(with_, workdir, github, extra_env)
 
     return run
-
-
-def assert_no_secrets(result: ActionResult, *secrets: str) -> None:
-    """Secrets appear nowhere a person could see: the log, stderr, outputs, summary, report."""
-    visible = "\n".join([result.visible_log(), result.stderr, result.files_text])
-    for secret in (CP_TOKEN, JOB_TOKEN, *secrets):
-        assert secret not in visible

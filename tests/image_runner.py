@@ -35,7 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from deploy.runner import parse_output_file
-from tests.actions_runner import JOB_TOKEN, ActionResult, container_env
+from tests.actions_runner import ActionResult, container_env
+from tests.report_schema import load_report
+from tests.support import JOB_TOKEN, SHA
 
 BUILDAH_ROOT = os.environ.get("FLEET_BUILDAH_ROOT", "/var/lib/fleet-rollout/containers")
 BUILDAH_RUNROOT = os.environ.get("FLEET_BUILDAH_RUNROOT", "/run/fleet-rollout/containers")
@@ -114,12 +116,6 @@ def exec_in(container: str, *command: str, timeout: float = 120) -> subprocess.C
     """
     return subprocess.run([*BUILDAH, "run", "--isolation", "chroot", container, "--", *command],
                           capture_output=True, text=True, timeout=timeout)
-
-
-def run_in(image: str, *command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """``command`` in a fresh container of ``image``."""
-    with working_container(image) as container:
-        return exec_in(container, *command, timeout=timeout)
 
 
 def files_in(container: str, directory: str) -> set[str]:
@@ -245,7 +241,7 @@ class StartedAction:
             stderr=stderr,
             outputs=parse_output_file(outputs_text),
             summary=summary,
-            report=json.loads(report_text) if report_text else None,
+            report=load_report(report_text, f"the JSON report the image wrote at {report_file}"),
             files_text="\n".join([outputs_text, summary, report_text]),
             output_text=outputs_text,
         )
@@ -259,7 +255,7 @@ def start_action(
     extra_env: dict[str, str] | None = None,
 ) -> StartedAction:
     """Start the image's ENTRYPOINT as the runner would, with ``with_`` as the step's inputs."""
-    github = {"sha": "8ddce85f3b2a4c6d9e0f1a2b3c4d5e6f708192a3", "token": JOB_TOKEN, **(github or {})}
+    github = {"sha": SHA, "token": JOB_TOKEN, **(github or {})}
     layout = Layout(workdir)
     env = runner_env(with_, github, layout)
     env.update({name: layout.translate(value) for name, value in (extra_env or {}).items()})

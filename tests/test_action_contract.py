@@ -13,6 +13,8 @@ from deploy import config, report
 from deploy.pipeline import Run
 from deploy.sim.fleet import TenantSpec
 from tests.actions_runner import ROOT, manifest
+from tests.report_schema import load_report
+from tests.support import SHA, buildinfo
 
 
 def test_every_input_has_a_description_and_the_runtime_default():
@@ -87,8 +89,8 @@ def test_the_entrypoint_runs_from_only_what_the_dockerfile_copies(tmp_path, flee
         "PATH": "/usr/bin:/bin",
         "FLEET_CP_URL": server.url,
         "FLEET_CP_TOKEN": sim.token,
-        "FLEET_SHA": "8ddce85f3b2a4c6d9e0f1a2b3c4d5e6f708192a3",
-        "FLEET_VERIFY_URL": f"{server.url}/tenants/{{slug}}/buildinfo",
+        "FLEET_SHA": SHA,
+        "FLEET_VERIFY_URL": buildinfo(server),
         "FLEET_VERIFY_INTERVAL": "0.1",
         "FLEET_SOAK_SECONDS": "0",
         "GITHUB_WORKSPACE": str(tmp_path),
@@ -99,4 +101,4 @@ def test_the_entrypoint_runs_from_only_what_the_dockerfile_copies(tmp_path, flee
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "outcome=deployed" in proc.stdout
-    assert (tmp_path / "fleet-rollout-report.json").exists()
+    load_report((tmp_path / "fleet-rollout-report.json").read_text())

@@ -8,7 +8,6 @@ reader that leaves early (``| head -1``) costs no traceback and no report.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -23,7 +22,8 @@ from deploy.runner import parse_output_file
 from deploy.sim.fleet import TenantSpec
 from deploy.sim.server import SimServer
 from tests.actions_runner import ROOT, container_env
-from tests.conftest import CP_TOKEN, FAST_INPUTS, SHA
+from tests.report_schema import load_report
+from tests.support import CP_TOKEN, FAST_INPUTS, SHA, healthy
 
 # What pip writes as the `fleet-rollout` console script for `fleet-rollout = deploy.main:cli`.
 CONSOLE_SCRIPT = """\
@@ -66,10 +66,6 @@ def fleet_env(server: SimServer, workspace: Path, **inputs: str) -> dict[str, st
 
 def cli(command: list[str], env: dict[str, str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
-
-
-def healthy(*slugs: str) -> list[TenantSpec]:
-    return [TenantSpec(slug, deploy_seconds=20) for slug in slugs]
 
 
 def plain_lines(stdout: str) -> list[str]:
@@ -155,7 +151,7 @@ def test_the_bare_command_runs_the_pipeline_configured_by_the_environment(launch
 
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "outcome=skipped" in proc.stdout.splitlines()
-    assert json.loads((tmp_path / "fleet-rollout-report.json").read_text())["outcome"] == "skipped"
+    assert load_report((tmp_path / "fleet-rollout-report.json").read_text())["outcome"] == "skipped"
 
 
 def test_in_a_job_the_first_line_after_the_masks_names_the_tool_and_its_version(fleet, action):
@@ -275,5 +271,5 @@ def test_a_run_whose_reader_leaves_after_one_line_still_writes_its_outputs_and_r
     assert stderr == ""
     outputs = parse_output_file(Path(env["GITHUB_OUTPUT"]).read_text())
     assert outputs["outcome"] == "deployed" and outputs["result_count"] == "3"
-    report = json.loads((Path(env["GITHUB_WORKSPACE"]) / "fleet-rollout-report.json").read_text())
+    report = load_report((Path(env["GITHUB_WORKSPACE"]) / "fleet-rollout-report.json").read_text())
     assert report["outcome"] == "deployed"

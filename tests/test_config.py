@@ -9,7 +9,7 @@ import pytest
 from deploy import config
 from deploy.errors import ConfigErrors
 from deploy.sim.fleet import TenantSpec
-from tests.conftest import CP_TOKEN, assert_no_secrets
+from tests.support import CP_TOKEN, assert_no_secrets
 
 BASE = {"FLEET_CP_URL": "https://cp.example.com", "FLEET_CP_TOKEN": "t0k", "FLEET_SHA": "8ddce85f3b2a"}
 
@@ -28,8 +28,8 @@ def test_defaults_load_and_target_tag_derives_from_sha():
     cfg = config.load(BASE)
     assert cfg.rollout.target_tag == "staging-8ddce85"
     assert cfg.promote.source == "staging-8ddce85"
-    assert cfg.cp.rollout_timeout == 600 and cfg.cp.request_timeout == 120
-    assert cfg.cp.retry_delays == (5, 10, 20)
+    assert cfg.cp.rollout_timeout == 600 and cfg.http.request_timeout == 120
+    assert cfg.http.retry_delays == (5, 10, 20)
     assert cfg.stages == ("rollout", "verify", "promote")
 
 
@@ -174,7 +174,7 @@ def test_the_largest_allowed_numbers_load():
     cfg = config.load({**BASE, "FLEET_TIMEOUT": "86400", "FLEET_VERIFY_CONCURRENCY": "256",
                        "FLEET_BATCH_SIZE": "10000", "FLEET_MAX_STRAGGLERS": "1000000", "FLEET_RETRY_DELAYS": "3600"})
     assert cfg.timeout == 86400 and cfg.verify.concurrency == 256 and cfg.rollout.batch_size == 10000
-    assert cfg.rollout.max_stragglers == 1_000_000 and cfg.cp.retry_delays == (3600,)
+    assert cfg.rollout.max_stragglers == 1_000_000 and cfg.http.retry_delays == (3600,)
 
 
 def test_a_bad_cp_url_is_echoed_without_its_password_or_query():

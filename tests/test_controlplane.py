@@ -12,6 +12,7 @@ import requests
 
 from deploy import config
 from deploy.clock import Deadline, FakeClock
+from deploy.context import Context
 from deploy.controlplane import ControlPlaneClient, CPResponseError, parse_answer
 from deploy.http import DeadlineTimeout
 from deploy.runner import Runner
@@ -24,7 +25,8 @@ def client() -> ControlPlaneClient:
     env = {"FLEET_CP_URL": "https://cp.example.com", "FLEET_CP_TOKEN": "tok", "FLEET_SHA": "8ddce85f3b2a"}
     cfg = config.load(env)
     clock = FakeClock()
-    return ControlPlaneClient(cfg.cp, cfg.rollout, Runner(io.StringIO()), clock, Deadline.starting_now(clock, 3600))
+    return ControlPlaneClient(cfg.cp, cfg.rollout, cfg.http, Context(Runner(io.StringIO()),
+                                                                    Deadline.starting_now(clock, 3600)))
 
 
 def test_enumeration_is_a_dry_run_with_the_fast_budget(client, requests_mock):
@@ -151,7 +153,7 @@ def test_answers_of_any_shape_parse_or_fail_clearly_never_with_a_traceback():
 def test_a_long_call_says_every_heartbeat_that_it_is_still_waiting(client, requests_mock):
     """A 10-minute call must not look hung: a line per heartbeat, with the read budget it runs under."""
     client.heartbeat_seconds = 0.02
-    stream = client.runner.stream
+    stream = client.ctx.runner.stream
     beats = []
 
     def slow_answer(request, context):

@@ -12,6 +12,7 @@ import sys
 from deploy import demo
 from deploy.report import OUTPUT_NAMES
 from tests.actions_runner import ROOT
+from tests.report_schema import load_report
 
 
 def outputs_of(text: str) -> dict[str, str]:
@@ -72,7 +73,7 @@ def test_the_demo_writes_only_its_report_where_asked_and_markdown_only_to_the_us
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert_seed_incident_handled(proc.stdout)
     assert_plain_log_and_text_summary(proc.stdout)
-    report = json.loads(kept.read_text())
+    report = load_report(kept.read_text())
     assert report["outcome"] == "deployed" and report["rollout"]["quarantined"] == ["philbrew-erton"]
     assert f"# the JSON report is kept at {kept}" in proc.stdout
     assert "### Tenants" in summary.read_text() and "```mermaid" in summary.read_text()

@@ -8,34 +8,21 @@ from __future__ import annotations
 
 import io
 import socket
-from collections.abc import Iterator
 
 import pytest
 
 from deploy.clock import Deadline, FakeClock
-from deploy.config import Forge
+from deploy.context import Context
 from deploy.forge import ForgeClient, ForgeError
 from deploy.runner import Runner
-from deploy.sim.forge import ForgeSim
-from deploy.sim.server import SimServer
-
-TOKEN = "ghs_s3cr3t-forge-token"
-SHA = "0123456789abcdef0123456789abcdef01234567"
-GITHUB = "https://api.github.test"
-GITEA = "https://gitea.test/api/v1"
-REPO = "acme/app"
+from deploy.settings import ForgeSettings, HttpSettings
+from tests.support import FORGE_TOKEN, GITEA, GITHUB, REPO, SHA, forge_client, log_of, sim_client
 
 
 def make_client(kind: str, api_url: str, clock: FakeClock | None = None, delays: tuple[float, ...] = (),
                 timeout: float = 3600) -> tuple[ForgeClient, Runner, FakeClock]:
-    clock = clock or FakeClock()
-    runner = Runner(stream=io.StringIO())
-    forge = Forge(kind=kind, api_url=api_url, repository=REPO, token=TOKEN, request_timeout=5, retry_delays=delays)
-    return ForgeClient(forge, runner, clock, Deadline.starting_now(clock, timeout)), runner, clock
-
-
-def log_of(runner: Runner) -> str:
-    return runner.stream.getvalue()  # type: ignore[attr-defined]
+    client, runner, clock, _ = forge_client(kind, api_url, clock, delays, timeout)
+    return client, runner, clock
 
 
 def paged(pages: list[list[dict]], key: str | None = None):
@@ -257,9 +244,9 @@ def test_non_json_answer_is_a_forge_error(requests_mock):
 
 
 def test_missing_repository_fails_before_any_request(requests_mock):
-    forge = Forge("github", GITHUB, "", TOKEN, 5, ())
-    clock = FakeClock()
-    client = ForgeClient(forge, Runner(stream=io.StringIO()), clock, Deadline.starting_now(clock, 60))
+    forge = ForgeSettings(kind="github", api_url=GITHUB, repository="", token=FORGE_TOKEN)
+    ctx = Context(Runner(stream=io.StringIO()), Deadline.starting_now(FakeClock(), 60))
+    client = ForgeClient(forge, HttpSettings(request_timeout=5, retry_delays=()), ctx)
 
     with pytest.raises(ForgeError, match="no repository"):
         client.branch_head("main")
@@ -276,46 +263,35 @@ def test_token_goes_only_in_the_authorization_header(requests_mock):
     client.branch_head("main")
 
     request = requests_mock.last_request
-    assert request.headers["Authorization"] == f"token {TOKEN}"
-    assert TOKEN not in request.url
+    assert request.headers["Authorization"] == f"token {FORGE_TOKEN}"
+    assert FORGE_TOKEN not in request.url
 
 
 def test_token_echoed_by_the_server_never_reaches_logs_or_errors(requests_mock):
     requests_mock.get(
         f"{GITHUB}/repos/{REPO}/branches/main",
         [{"status_code": 429, "headers": {"Retry-After": "1"}},
-         {"status_code": 401, "json": {"message": f"Bad credentials: token {TOKEN}"}}],
+         {"status_code": 401, "json": {"message": f"Bad credentials: token {FORGE_TOKEN}"}}],
     )
     client, runner, _ = make_client("github", GITHUB)
 
     with pytest.raises(ForgeError) as caught:
         client.branch_head("main")
     assert "Bad credentials: token ***" in str(caught.value)
-    assert TOKEN not in str(caught.value) and TOKEN not in caught.value.text
-    assert TOKEN not in log_of(runner)
+    assert FORGE_TOKEN not in str(caught.value) and FORGE_TOKEN not in caught.value.text
+    assert FORGE_TOKEN not in log_of(runner)
 
 
 # -- against the simulator (real HTTP) ------------------------------------------------------------
 
 
-@pytest.fixture(params=["github", "gitea"])
-def sim(request) -> Iterator[tuple[ForgeSim, SimServer]]:
-    forge = ForgeSim(kind=request.param, token=TOKEN, clock=FakeClock())
-    with SimServer([forge]) as server:
-        yield forge, server
-
-
-def sim_client(forge: ForgeSim, server: SimServer, delays: tuple[float, ...] = ()):
-    return make_client(forge.kind, server.url + forge.prefix, forge.clock, delays)  # type: ignore[arg-type]
-
-
-def test_sim_serves_every_page_of_a_long_status_list(sim):
-    forge, server = sim
+def test_sim_serves_every_page_of_a_long_status_list(forge_sim):
+    forge, server = forge_sim
     forge.add_status(SHA, "ci/build", "pending")
     forge.add_status(SHA, "ci/build", "success")
     for i in range(120):
         forge.add_status(SHA, f"noise-{i}", "success")
-    client, _, _ = sim_client(forge, server)
+    client, _, _, _ = sim_client(forge, server)
 
     states = client.check_states(SHA)
 
@@ -324,20 +300,20 @@ def test_sim_serves_every_page_of_a_long_status_list(sim):
     assert len(pages) == (3 if forge.kind == "gitea" else 2) + 1  # full pages, then the empty one
 
 
-def test_sim_check_runs_and_statuses_share_a_name_on_github():
-    forge = ForgeSim(kind="github", token=TOKEN, clock=FakeClock())
+@pytest.mark.parametrize("forge_sim", ["github"], indirect=True)
+def test_sim_check_runs_and_statuses_share_a_name_on_github(forge_sim):
+    forge, server = forge_sim
     forge.add_status(SHA, "build", "success")
     forge.add_check_run(SHA, "build", status="queued")
-    with SimServer([forge]) as server:
-        client, _, _ = sim_client(forge, server)
-        assert client.check_states(SHA) == {"build": ("success", "queued")}
+    client, _, _, _ = sim_client(forge, server)
+    assert client.check_states(SHA) == {"build": ("success", "queued")}
 
 
-def test_sim_branch_head_and_variables(sim):
-    forge, server = sim
+def test_sim_branch_head_and_variables(forge_sim):
+    forge, server = forge_sim
     forge.branches["main"] = SHA
     forge.variables["DEPLOY_FROZEN"] = "on"
-    client, _, _ = sim_client(forge, server)
+    client, _, _, _ = sim_client(forge, server)
 
     assert client.branch_head("main") == SHA
     assert client.variable("deploy_frozen") == "on"
@@ -346,10 +322,10 @@ def test_sim_branch_head_and_variables(sim):
         client.branch_head("gone")
 
 
-def test_sim_5xx_is_retried_on_the_schedule_then_fails(sim):
-    forge, server = sim
+def test_sim_5xx_is_retried_on_the_schedule_then_fails(forge_sim):
+    forge, server = forge_sim
     forge.fault("actions/variables/DEPLOY_FROZEN", 503)
-    client, runner, clock = sim_client(forge, server, delays=(5, 10))
+    client, runner, clock, _ = sim_client(forge, server, delays=(5, 10))
 
     with pytest.raises(ForgeError, match="HTTP 503: injected fault 503") as caught:
         client.variable("DEPLOY_FROZEN")
@@ -359,35 +335,35 @@ def test_sim_5xx_is_retried_on_the_schedule_then_fails(sim):
     assert "attempt 2/3" in log_of(runner) and "attempt 3/3" in log_of(runner)
 
 
-def test_sim_transient_fault_heals_within_the_retries(sim):
-    forge, server = sim
+def test_sim_transient_fault_heals_within_the_retries(forge_sim):
+    forge, server = forge_sim
     forge.branches["main"] = SHA
     forge.fault("branches/main", 502, times=1)
-    client, _, clock = sim_client(forge, server, delays=(5,))
+    client, _, clock, _ = sim_client(forge, server, delays=(5,))
 
     assert client.branch_head("main") == SHA
     assert clock.slept == [5]
 
 
-def test_sim_rate_limit_once_is_waited_out(sim):
-    forge, server = sim
+def test_sim_rate_limit_once_is_waited_out(forge_sim):
+    forge, server = forge_sim
     forge.branches["main"] = SHA
     forge.rate_limit_once(reset_in=45)
-    client, runner, clock = sim_client(forge, server)
+    client, runner, clock, _ = sim_client(forge, server)
 
     assert client.branch_head("main") == SHA
     assert 45 <= clock.slept[0] <= 47
     assert "rate limit reached" in log_of(runner)
 
 
-def test_sim_rejects_a_wrong_token_without_echoing_it(sim):
-    forge, server = sim
+def test_sim_rejects_a_wrong_token_without_echoing_it(forge_sim):
+    forge, server = forge_sim
     forge.token = "another-token"
-    client, runner, _ = sim_client(forge, server)
+    client, runner, _, _ = sim_client(forge, server)
 
     with pytest.raises(ForgeError, match="HTTP 401: Bad credentials") as caught:
         client.branch_head("main")
-    assert TOKEN not in str(caught.value) and TOKEN not in log_of(runner)
+    assert FORGE_TOKEN not in str(caught.value) and FORGE_TOKEN not in log_of(runner)
 
 
 def test_unreachable_forge_is_a_forge_error_after_retries():
@@ -400,4 +376,4 @@ def test_unreachable_forge_is_a_forge_error_after_retries():
         client.variable("FREEZE")
     assert caught.value.status is None
     assert clock.slept == [1, 2]
-    assert TOKEN not in str(caught.value) and TOKEN not in log_of(runner)
+    assert FORGE_TOKEN not in str(caught.value) and FORGE_TOKEN not in log_of(runner)

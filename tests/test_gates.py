@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
 
-from deploy.clock import Deadline, FakeClock
-from deploy.config import Forge, GateSettings
+from deploy.context import Context
 from deploy.errors import DeadlineExceeded, DeployFailed
-from deploy.forge import ForgeClient
 from deploy.gates import ChecksResult, live_kill_switch, newer_head, wait_for_required_checks
 from deploy.runner import Runner
-from deploy.sim.forge import ForgeSim
-from deploy.sim.server import SimServer
+from deploy.settings import GateSettings
+from tests.support import FORGE_TOKEN, GITEA, GITHUB, NEWER_SHA, REPO, SHA, log_of, sim_client
+from tests.support import forge_client as make
 
-TOKEN = "gta_s3cr3t-gate-token"
-SHA = "89abcdef0123456789abcdef0123456789abcdef"
-NEWER = "fedcba9876543210fedcba9876543210fedcba98"
-GITHUB = "https://api.github.test"
-GITEA = "https://gitea.test/api/v1"
-REPO = "acme/app"
 STATUSES = f"{GITHUB}/repos/{REPO}/commits/{SHA}/statuses"
 CHECK_RUNS = f"{GITHUB}/repos/{REPO}/commits/{SHA}/check-runs"
 
@@ -34,19 +26,6 @@ GATES = GateSettings(
     branch="main",
     disabled_variable="DEPLOY_FROZEN",
 )
-
-
-def make(kind: str = "github", api_url: str = GITHUB, clock: FakeClock | None = None, timeout: float = 3600,
-         delays: tuple[float, ...] = ()) -> tuple[ForgeClient, Runner, FakeClock, Deadline]:
-    clock = clock or FakeClock()
-    runner = Runner(stream=io.StringIO())
-    deadline = Deadline.starting_now(clock, timeout)
-    forge = Forge(kind=kind, api_url=api_url, repository=REPO, token=TOKEN, request_timeout=5, retry_delays=delays)
-    return ForgeClient(forge, runner, clock, deadline), runner, clock, deadline
-
-
-def log_of(runner: Runner) -> str:
-    return runner.stream.getvalue()  # type: ignore[attr-defined]
 
 
 def github_checks(requests_mock, statuses, runs=()) -> None:
@@ -77,7 +56,7 @@ def test_pending_check_is_waited_for_until_ci_turns_it_green(requests_mock):
     requests_mock.get(STATUSES, json=statuses)
     requests_mock.get(CHECK_RUNS, json={"total_count": 0, "check_runs": []})
 
-    result = wait_for_required_checks(GATES, SHA, client, runner, clock, deadline)
+    result = wait_for_required_checks(GATES, SHA, client, Context(runner, deadline))
 
     assert result == ChecksResult(states=(("ci/build", "success"),), seconds=30)
     assert clock.slept == [15, 15]
@@ -92,7 +71,7 @@ def test_failed_status_fails_at_once_naming_check_and_state(requests_mock, state
     client, runner, clock, deadline = make()
 
     with pytest.raises(DeployFailed, match=f"required check not green on {SHA[:12]}: ci/build: {state}"):
-        wait_for_required_checks(GATES, SHA, client, runner, clock, deadline)
+        wait_for_required_checks(GATES, SHA, client, Context(runner, deadline))
     assert clock.slept == []
 
 
@@ -104,7 +83,7 @@ def test_failed_check_run_fails_at_once(requests_mock, conclusion):
     client, runner, clock, deadline = make()
 
     with pytest.raises(DeployFailed, match=f"ci/build: {conclusion}"):
-        wait_for_required_checks(GATES, SHA, client, runner, clock, deadline)
+        wait_for_required_checks(GATES, SHA, client, Context(runner, deadline))
     assert clock.slept == []
 
 
@@ -116,7 +95,7 @@ def test_gitea_warning_status_fails_at_once(requests_mock):
     client, runner, clock, deadline = make("gitea", GITEA)
 
     with pytest.raises(DeployFailed, match="ci/build: warning"):
-        wait_for_required_checks(GATES, SHA, client, runner, clock, deadline)
+        wait_for_required_checks(GATES, SHA, client, Context(runner, deadline))
     assert clock.slept == []
 
 
@@ -127,7 +106,7 @@ def test_timeout_lists_the_last_state_of_each_check(requests_mock):
     client, runner, clock, deadline = make()
 
     with pytest.raises(DeployFailed) as caught:
-        wait_for_required_checks(gates, SHA, client, runner, clock, deadline)
+        wait_for_required_checks(gates, SHA, client, Context(runner, deadline))
 
     assert "after 60 s (input `checks-timeout`): ci/build: pending, e2e: missing, lint: success" in str(caught.value)
     assert sum(clock.slept) == 60
@@ -141,10 +120,10 @@ def test_name_that_is_both_status_and_check_run_needs_both_green(requests_mock):
         [{"id": 1, "context": "ci/build", "state": "success"}],
         [{"id": 2, "name": "ci/build", "status": "in_progress", "conclusion": None}],
     )
-    client, runner, clock, deadline = make()
+    client, runner, _clock, deadline = make()
 
     with pytest.raises(DeployFailed, match="ci/build: in_progress"):
-        wait_for_required_checks(GATES, SHA, client, runner, clock, deadline)
+        wait_for_required_checks(GATES, SHA, client, Context(runner, deadline))
 
 
 def test_green_status_does_not_hide_a_failed_check_run_of_the_same_name(requests_mock):
@@ -156,16 +135,16 @@ def test_green_status_does_not_hide_a_failed_check_run_of_the_same_name(requests
     client, runner, clock, deadline = make()
 
     with pytest.raises(DeployFailed, match="ci/build: failure"):
-        wait_for_required_checks(GATES, SHA, client, runner, clock, deadline)
+        wait_for_required_checks(GATES, SHA, client, Context(runner, deadline))
     assert clock.slept == []
 
 
 def test_no_required_checks_asks_nothing(requests_mock):
-    client, runner, clock, deadline = make()
+    client, runner, _clock, deadline = make()
 
-    result = wait_for_required_checks(replace(GATES, required_checks=()), SHA, client, runner, clock, deadline)
+    result = wait_for_required_checks(replace(GATES, required_checks=()), SHA, client, Context(runner, deadline))
 
-    assert result == ChecksResult((), 0.0)
+    assert result == ChecksResult(states=(), seconds=0.0)
     assert requests_mock.request_history == []
 
 
@@ -174,7 +153,7 @@ def test_overall_deadline_stops_the_wait_before_checks_timeout(requests_mock):
     client, runner, clock, deadline = make(timeout=40)
 
     with pytest.raises(DeadlineExceeded, match="waiting for required checks"):
-        wait_for_required_checks(GATES, SHA, client, runner, clock, deadline)
+        wait_for_required_checks(GATES, SHA, client, Context(runner, deadline))
     assert clock.slept == [15, 15]
 
 
@@ -191,15 +170,15 @@ def test_branch_still_at_sha_is_not_superseded(requests_mock, head):
 
 
 @pytest.mark.parametrize(("kind", "api", "commit"), [
-    ("github", GITHUB, {"sha": NEWER}),
-    ("gitea", GITEA, {"id": NEWER}),
+    ("github", GITHUB, {"sha": NEWER_SHA}),
+    ("gitea", GITEA, {"id": NEWER_SHA}),
 ])
 def test_branch_moved_on_means_superseded_with_the_newer_head(requests_mock, kind, api, commit):
     requests_mock.get(f"{api}/repos/{REPO}/branches/main", json={"name": "main", "commit": commit})
     client, runner, _, _ = make(kind, api)
 
-    assert newer_head(GATES, SHA, client, runner) == NEWER
-    assert f"moved on to {NEWER[:12]}" in log_of(runner)
+    assert newer_head(GATES, SHA, client, runner) == NEWER_SHA
+    assert f"moved on to {NEWER_SHA[:12]}" in log_of(runner)
 
 
 @pytest.mark.parametrize("status_code", [404, 500, 403])
@@ -296,19 +275,8 @@ def test_kill_switch_without_client_fails_closed():
 # -- the three gates against the simulator, both forges ------------------------------------------
 
 
-@pytest.fixture(params=["github", "gitea"])
-def sim(request) -> Iterator[tuple[ForgeSim, SimServer]]:
-    forge = ForgeSim(kind=request.param, token=TOKEN, clock=FakeClock())
-    with SimServer([forge]) as server:
-        yield forge, server
-
-
-def sim_client(forge: ForgeSim, server: SimServer, delays: tuple[float, ...] = ()):
-    return make(forge.kind, server.url + forge.prefix, forge.clock, delays=delays)  # type: ignore[arg-type]
-
-
-def test_sim_required_check_behind_a_page_of_noise_is_waited_for(sim):
-    forge, server = sim
+def test_sim_required_check_behind_a_page_of_noise_is_waited_for(forge_sim):
+    forge, server = forge_sim
     for i in range(60):
         forge.add_status(SHA, f"noise-{i}", "success")
     forge.add_status(SHA, "ci/build", "pending")
@@ -324,19 +292,19 @@ def test_sim_required_check_behind_a_page_of_noise_is_waited_for(sim):
 
     clock.sleep = sleep_then_ci_reports  # type: ignore[method-assign]
 
-    result = wait_for_required_checks(GATES, SHA, client, runner, clock, deadline)
+    result = wait_for_required_checks(GATES, SHA, client, Context(runner, deadline))
 
     assert result.states == (("ci/build", "success"),) and result.seconds == 15
     assert "ci/build: pending" in log_of(runner) and "ci/build: success" in log_of(runner)
 
 
-def test_sim_superseded_and_kill_switch(sim):
-    forge, server = sim
-    forge.branches["main"] = NEWER
+def test_sim_superseded_and_kill_switch(forge_sim):
+    forge, server = forge_sim
+    forge.branches["main"] = NEWER_SHA
     forge.variables["DEPLOY_FROZEN"] = "yes"
     client, runner, _, _ = sim_client(forge, server)
 
-    assert newer_head(GATES, SHA, client, runner) == NEWER
+    assert newer_head(GATES, SHA, client, runner) == NEWER_SHA
     assert live_kill_switch(GATES, client, runner) is True
     forge.branches["main"] = SHA
     forge.variables["DEPLOY_FROZEN"] = "no"
@@ -344,23 +312,23 @@ def test_sim_superseded_and_kill_switch(sim):
     assert live_kill_switch(GATES, client, runner) is False
 
 
-def test_sim_kill_switch_5xx_after_retries_fails_closed(sim):
-    forge, server = sim
+def test_sim_kill_switch_5xx_after_retries_fails_closed(forge_sim):
+    forge, server = forge_sim
     forge.fault("actions/variables/DEPLOY_FROZEN", 500 if forge.kind == "gitea" else 503)
     client, runner, clock, _ = sim_client(forge, server, delays=(2, 4))
 
     with pytest.raises(DeployFailed, match="kill switch unreadable, failing closed") as caught:
         live_kill_switch(GATES, client, runner)
-    assert TOKEN not in str(caught.value) and TOKEN not in log_of(runner)
+    assert FORGE_TOKEN not in str(caught.value) and FORGE_TOKEN not in log_of(runner)
     if forge.kind == "github":  # 503 is transient: retried on the schedule first
         assert clock.slept == [2, 4]
 
 
-def test_sim_unreadable_head_is_not_superseded(sim):
-    forge, server = sim
+def test_sim_unreadable_head_is_not_superseded(forge_sim):
+    forge, server = forge_sim
     forge.fault("branches/main", 503)
     client, runner, _, _ = sim_client(forge, server, delays=(1,))
 
     assert newer_head(GATES, SHA, client, runner) == ""
     assert "deploying without the guard" in log_of(runner)
-    assert TOKEN not in log_of(runner)
+    assert FORGE_TOKEN not in log_of(runner)

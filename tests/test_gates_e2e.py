@@ -6,9 +6,7 @@ import pytest
 
 from deploy.sim.fleet import TenantSpec
 from deploy.sim.forge import ForgeSim
-from tests.conftest import JOB_TOKEN, SHA, assert_no_secrets
-
-NEWER = "f" * 40
+from tests.support import JOB_TOKEN, NEWER_SHA, SHA, assert_no_secrets, buildinfo
 
 
 def forge_for(kind: str = "github") -> ForgeSim:
@@ -55,25 +53,25 @@ def test_a_failed_required_check_stops_before_any_cp_request(fleet, action):
 @pytest.mark.parametrize("kind", ["github", "gitea"])
 def test_a_superseded_run_skips_every_side_effect(fleet, action, kind):
     forge = forge_for(kind)
-    forge.branches["main"] = NEWER
+    forge.branches["main"] = NEWER_SHA
     sim, server = fleet(tenants(), forge)
     extra = {"GITEA_ACTIONS": "true"} if kind == "gitea" else None
     result = action(server, github_context(server, kind), extra_env=extra, verify_url="")
 
     assert result.code == 0
     assert result.outputs["outcome"] == "skipped" and result.outputs["ok"] == "false"
-    assert NEWER in result.outputs["reason"]
+    assert NEWER_SHA in result.outputs["reason"]
     assert sim.deploy_calls() == []
 
 
 def test_a_newer_head_landing_mid_run_skips_verify(fleet, action):
     forge = forge_for()
-    _sim, server = fleet(tenants(), forge, after_deploy=lambda body: forge.branches.update(main=NEWER))
-    result = action(server, github_context(server), verify_url=f"{server.url}/tenants/{{slug}}/buildinfo")
+    _sim, server = fleet(tenants(), forge, after_deploy=lambda body: forge.branches.update(main=NEWER_SHA))
+    result = action(server, github_context(server), verify_url=buildinfo(server))
 
     assert result.code == 0
     assert result.outputs["outcome"] == "skipped"
-    assert "before verify" in result.outputs["reason"] and NEWER in result.outputs["reason"]
+    assert "before verify" in result.outputs["reason"] and NEWER_SHA in result.outputs["reason"]
     assert server.seen("/tenants/") == []
     assert result.outputs["result_count"] == "2"  # what did happen is still reported
 

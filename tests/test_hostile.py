@@ -23,7 +23,6 @@ import base64
 import contextlib
 import hashlib
 import html
-import inspect
 import json
 import os
 import posixpath
@@ -40,10 +39,10 @@ from typing import Any
 from urllib.parse import quote, quote_plus, unquote
 
 import pytest
-import requests
 
 from deploy import http as deploy_http
 from deploy.clock import Clock, Deadline
+from deploy.domain import parse_image
 from deploy.errors import DeployFailed
 from deploy.registry import OCI_MANIFEST, Repository
 from deploy.runner import parse_output_file
@@ -52,7 +51,6 @@ from deploy.sim.forge import ForgeSim
 from deploy.sim.registry import SimRegistry
 from deploy.sim.server import SimServer
 from tests.actions_runner import ROOT, ActionResult, container_env
-from tests.conftest import SCALE, SHA, TAG
 from tests.hostile import (
     Behaviour,
     HostileServer,
@@ -70,6 +68,8 @@ from tests.hostile import (
     respond,
     truncated,
 )
+from tests.report_schema import check_report
+from tests.support import SHA, TAG
 
 # Secrets with characters that every encoding changes, so each form is a different string.
 CP_SECRET = 'cpK7+Vq/Xw9=Lr&<m>"Tz4'
@@ -143,9 +143,7 @@ def manifest_body(repository: str, variant: str) -> bytes:
 
 
 @pytest.fixture
-def world() -> Iterator[World]:
-    sim = FleetSim([TenantSpec(slug, deploy_seconds=20) for slug in TENANTS], builds={TAG: SHA},
-                   token=CP_SECRET, time_scale=SCALE)
+def world(fleet) -> Iterator[World]:
     forge = ForgeSim("github", repository="acme/platform")
     forge.branches["main"] = SHA
     registry = SimRegistry(REGISTRY_USER, REGISTRY_PASSWORD)
@@ -154,7 +152,7 @@ def world() -> Iterator[World]:
         old = registry.seed(repository, "latest", manifest_body(repository, "previous"), OCI_MANIFEST)
         new = registry.seed(repository, TAG, manifest_body(repository, "new"), OCI_MANIFEST)
         digests[repository] = (old, new)
-    upstream = SimServer([sim, forge, registry]).start()
+    sim, upstream = fleet([TenantSpec(slug, deploy_seconds=20) for slug in TENANTS], forge, registry, token=CP_SECRET)
     hostile = HostileServer(upstream.url).start()
     other = HostileServer(None).start()
     try:
@@ -162,7 +160,6 @@ def world() -> Iterator[World]:
     finally:
         hostile.stop()
         other.stop()
-        upstream.stop()
 
 
 # -- running the entrypoint ----------------------------------------------------------------
@@ -322,6 +319,7 @@ def assert_common(result: Outcome, timeout: float, within: float) -> None:
     assert not missing, f"outputs not written: {missing}\n{result.tail()}"
     assert result.report_text, f"no JSON report\n{result.tail()}"
     assert result.report is not None, f"the report does not parse: {result.report_text[:300]!r}"
+    check_report(result.report)
     for name, text in (("stdout", result.stdout), ("stderr", result.stderr)):
         assert "Traceback (most recent call last)" not in text, f"a traceback in {name}\n{result.tail(60)}"
     long = [len(line.encode()) for line in result.stdout.splitlines() if len(line.encode()) > LOG_LINE_LIMIT]
@@ -872,14 +870,6 @@ def test_sigterm_in_every_stage_writes_outputs_and_report_within_2_s(world: Worl
 # -- token realms: a unit test (an https registry on loopback would need a trusted certificate) ----
 
 
-def _transport(deadline: Deadline) -> dict[str, Any]:
-    """What :class:`~deploy.registry.Repository` takes to talk HTTP in this version: ``client=`` (an
-    :class:`deploy.http.Client`) or, before it, ``session=`` (a requests session)."""
-    if "client" in inspect.signature(Repository).parameters:
-        return {"client": deploy_http.Client(deploy_http.Policy(), Clock(), deadline)}
-    return {"session": requests.Session()}
-
-
 def test_allow_insecure_http_never_sends_the_password_to_an_http_realm_of_an_https_registry(requests_mock) -> None:
     """[5] SECURITY.md § Threat model: hostile servers → Token realms.
 
@@ -892,11 +882,11 @@ def test_allow_insecure_http_never_sends_the_password_to_an_http_realm_of_an_htt
         headers={"WWW-Authenticate": 'Bearer realm="http://auth.example.com/token",service="registry.example.com"'})
     requests_mock.get("http://auth.example.com/token", json={"token": "token-from-plain-http"})
     deadline = Deadline.starting_now(Clock(), 30)
-    repository = Repository("registry.example.com/acme/app", **_transport(deadline), deadline=deadline,
-                            request_timeout=5, username=REGISTRY_USER, password=REGISTRY_PASSWORD,
-                            allow_insecure_http=True)
+    client = deploy_http.Client(deploy_http.Policy(budget=5), Clock(), deadline)
+    repository = Repository(parse_image("registry.example.com/acme/app", True), client=client,
+                            username=REGISTRY_USER, password=REGISTRY_PASSWORD)
     with contextlib.suppress(DeployFailed):
-        repository.find_manifest("latest")
+        repository.find_manifest("latest", deadline)
     assert requests_mock.request_history, "the registry was never asked"
     for request in requests_mock.request_history:
         if request.scheme != "http":

@@ -29,7 +29,6 @@ import pytest
 from deploy.sim.fleet import TenantSpec
 from deploy.sim.server import SimServer
 from tests.actions_runner import ROOT, ActionResult
-from tests.conftest import CP_TOKEN, FAST_INPUTS, SHA, TAG, assert_no_secrets
 from tests.image_runner import (
     buildah,
     command_of,
@@ -41,6 +40,7 @@ from tests.image_runner import (
     start_action,
     working_container,
 )
+from tests.support import SHA, TAG, assert_no_secrets, buildinfo, step_inputs
 
 IMAGE = os.environ.get("FLEET_IMAGE", "").strip()
 OPTED_OUT = IMAGE.lower() == "skip"
@@ -97,20 +97,8 @@ def image_action(image: str, tmp_path: Path) -> Callable[..., ActionResult]:
     return run
 
 
-def step_inputs(server: SimServer | None, **inputs: str) -> dict[str, str]:
-    with_ = dict(FAST_INPUTS)
-    if server is not None:
-        with_.update({"cp-url": server.url, "cp-token": CP_TOKEN})
-    with_.update({k.replace("_", "-"): v for k, v in inputs.items()})
-    return with_
-
-
 def github_context(server: SimServer | None) -> dict[str, str]:
     return {"sha": SHA, "api_url": f"{server.url}/api/v3"} if server else {"sha": SHA}  # never the real GitHub
-
-
-def buildinfo(server: SimServer) -> str:
-    return f"{server.url}/tenants/{{slug}}/buildinfo"
 
 
 # -- what the runner starts -----------------------------------------------------------------------

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import io
 import json
+from contextlib import closing
 from typing import TYPE_CHECKING
 
 import pytest
 
 from deploy import promote as promote_module
 from deploy.clock import Deadline, FakeClock
-from deploy.config import PromoteSettings
-from deploy.promote import PromoteResult, promote_images
+from deploy.context import Context
+from deploy.domain import parse_image
+from deploy.promote import PromoteResult, promote_images, registry_client
 from deploy.registry import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, digest_of
+from deploy.report import as_json
 from deploy.runner import Runner
+from deploy.settings import HttpSettings, PromoteSettings
 from deploy.sim.registry import SimRegistry
 from deploy.sim.server import SimServer
 
@@ -26,15 +30,15 @@ SOURCE = "staging-abc1234"
 
 def make_settings(*images: str, source: str = SOURCE, username: str = "", password: str = "",
                   allow_single_arch: bool = False) -> PromoteSettings:
-    return PromoteSettings(images=images, tag="latest", source=source, username=username, password=password,
-                           allow_single_arch=allow_single_arch, allow_insecure_http=False, request_timeout=30,
-                           retry_delays=())
+    return PromoteSettings(images=tuple(parse_image(image, False) for image in images), tag="latest", source=source,
+                           username=username, password=password, allow_single_arch=allow_single_arch)
 
 
 def promote(settings: PromoteSettings, seconds: float = 3600) -> tuple[PromoteResult, str]:
     out = io.StringIO()
-    clock = FakeClock()
-    result = promote_images(settings, Runner(stream=out), clock, Deadline.starting_now(clock, seconds))
+    ctx = Context(Runner(stream=out), Deadline.starting_now(FakeClock(), seconds))
+    with closing(registry_client(HttpSettings(request_timeout=30, retry_delays=()), ctx)) as client:
+        result = promote_images(settings, client, ctx)
     return result, out.getvalue()
 
 
@@ -101,7 +105,7 @@ def test_wrong_password_fails_naming_registry_and_step_and_leaves_latest(secured
     assert "check registry-username and registry-password" in result.error
     assert result.promotions[0].state == "failed" and result.promotions[0].promoted_digest == ""
     assert secured_registry.digest(repository, "latest") == old.digest
-    assert "Wr0ng-pa55word" not in log + json.dumps(result.as_dict())
+    assert "Wr0ng-pa55word" not in log + json.dumps(as_json(result))
 
 
 def test_missing_source_fails_clearly_and_touches_nothing(registry, repository):
@@ -182,7 +186,7 @@ def test_wrong_credentials_on_the_second_registry_roll_the_first_image_back(regi
     assert result.promotions[0].promoted_digest == old.digest  # what is under latest now
     assert f"{images[0]}: pushed {new.digest} as latest" in log
     assert registry.digest(repository, "latest") == old.digest
-    assert "not-the-password" not in log + json.dumps(result.as_dict())
+    assert "not-the-password" not in log + json.dumps(as_json(result))
 
 
 def test_rollback_says_a_tag_that_did_not_exist_is_left_on_the_new_digest(registry, repository):
@@ -204,7 +208,7 @@ def test_every_image_promoted_reports_json_digests_keyed_by_image(registry, repo
     assert result.ok
     assert json.loads(result.promoted_digest_output) == seeded
     assert json.loads(result.previous_digest_output) == dict.fromkeys(seeded, "")
-    report = result.as_dict()
+    report = as_json(result)
     assert report["ok"] is True and report["tag"] == "latest"
     assert [p["state"] for p in report["promotions"]] == ["promoted", "promoted"]
 
@@ -262,10 +266,10 @@ def test_an_unexpected_error_on_the_second_image_still_puts_the_first_back(monke
     sim.seed("acme/two", SOURCE, odd, OCI_INDEX)  # "manifests": 5 is described, not a crash
     real_read_back = promote_module._read_back
 
-    def read_back(repository, tag, expected):
+    def read_back(repository, tag, expected, deadline):
         if repository.name == "acme/two":
             raise TypeError("a bug we did not foresee")
-        real_read_back(repository, tag, expected)
+        real_read_back(repository, tag, expected, deadline)
 
     monkeypatch.setattr(promote_module, "_read_back", read_back)
     with SimServer([sim]) as server:

@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import json
 
-from deploy.sim.fleet import TenantSpec
-from tests.conftest import SHA, TAG, assert_no_secrets
-
-OLD_TENANT_SHA = "0" * 40
-
-
-def buildinfo(server) -> str:
-    return f"{server.url}/tenants/{{slug}}/buildinfo"
+from deploy.sim.fleet import OLD_SHA, TenantSpec
+from tests.support import SHA, TAG, assert_no_secrets, buildinfo
 
 
 def seed(registry, repository):
@@ -58,7 +52,7 @@ def test_a_stale_tenant_that_the_cp_calls_verified_fails_and_latest_stays(fleet,
     assert result.code == 1
     assert result.outputs["outcome"] == "failed"
     assert json.loads(result.outputs["stale"]) == ["liar"]
-    assert OLD_TENANT_SHA[:12] in result.summary  # says what it runs
+    assert OLD_SHA[:12] in result.summary  # says what it runs
     assert "::error title=verify liar::" in result.stdout
     assert registry.digest(repository, "latest") == old.digest
     assert result.outputs["promoted-digest"] == ""

@@ -13,6 +13,7 @@ import requests
 
 from deploy import http
 from deploy.clock import Deadline, FakeClock
+from deploy.domain import parse_image
 from deploy.registry import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
@@ -38,12 +39,14 @@ BEARER = 'Bearer realm="https://ghcr.io/token",service="ghcr.io",scope="reposito
 PASSWORD = "s3cret-registry-password"
 
 
-def make_repository(image: str = "ghcr.io/acme/app", runner: Runner | None = None, **kwargs: object) -> Repository:
+DEADLINE = Deadline.starting_now(FakeClock(), 3600)
+
+
+def make_repository(image: str = "ghcr.io/acme/app", runner: Runner | None = None, allow_insecure_http: bool = False,
+                    **kwargs: str) -> Repository:
     runner = runner or Runner(stream=io.StringIO())
-    clock = FakeClock()
-    deadline = Deadline.starting_now(clock, 3600)
-    return Repository(image, client=http.Client(http.Policy(), clock, deadline), deadline=deadline,
-                      request_timeout=30, mask=runner.mask, **kwargs)
+    client = http.Client(http.Policy(budget=30), DEADLINE.clock, DEADLINE)
+    return Repository(parse_image(image, allow_insecure_http), client=client, mask=runner.mask, **kwargs)
 
 
 def manifest_response(body: bytes = BODY, media_type: str = OCI_MANIFEST, **headers: str) -> dict:
@@ -60,14 +63,14 @@ def challenge(header: str = BEARER) -> dict:
 
 def test_accept_header_names_all_four_manifest_media_types(requests_mock):
     requests_mock.get(f"{BASE}/v1", **manifest_response())
-    make_repository().find_manifest("v1")
+    make_repository().find_manifest("v1", DEADLINE)
     accept = [part.strip() for part in requests_mock.last_request.headers["Accept"].split(",")]
     assert sorted(accept) == sorted([OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST])
 
 
 def test_digest_is_computed_over_the_exact_bytes_received(requests_mock):
     requests_mock.get(f"{BASE}/v1", **manifest_response(media_type=f"{OCI_MANIFEST}; charset=utf-8"))
-    manifest = make_repository().find_manifest("v1")
+    manifest = make_repository().find_manifest("v1", DEADLINE)
     assert manifest.body == BODY
     assert manifest.digest == digest_of(BODY) == "sha256:" + hashlib.sha256(BODY).hexdigest()
     assert manifest.media_type == OCI_MANIFEST
@@ -77,36 +80,36 @@ def test_docker_content_digest_that_disagrees_with_the_bytes_is_an_error(request
     wrong = "sha256:" + "0" * 64
     requests_mock.get(f"{BASE}/v1", **manifest_response(**{"Docker-Content-Digest": wrong}))
     with pytest.raises(RegistryError, match=f"Docker-Content-Digest says {wrong} but the bytes hash to"):
-        make_repository().find_manifest("v1")
+        make_repository().find_manifest("v1", DEADLINE)
 
 
 def test_manifest_fetched_by_digest_must_hash_to_that_digest(requests_mock):
     asked = "sha256:" + "a" * 64
     requests_mock.get(f"{BASE}/{asked}", **manifest_response())
     with pytest.raises(RegistryError, match=f"hash to {digest_of(BODY)}"):
-        make_repository().find_manifest(asked)
+        make_repository().find_manifest(asked, DEADLINE)
 
 
 def test_missing_manifest_is_none_not_an_error(requests_mock):
     requests_mock.get(f"{BASE}/latest", status_code=404, json={"errors": [{"code": "MANIFEST_UNKNOWN"}]})
-    assert make_repository().find_manifest("latest") is None
+    assert make_repository().find_manifest("latest", DEADLINE) is None
 
 
 def test_media_type_falls_back_to_the_manifest_body_when_the_header_is_generic(requests_mock):
     requests_mock.get(f"{BASE}/v1", **manifest_response(media_type="application/json"))
-    assert make_repository().find_manifest("v1").media_type == OCI_MANIFEST
+    assert make_repository().find_manifest("v1", DEADLINE).media_type == OCI_MANIFEST
 
 
 def test_schema1_manifest_is_refused_as_unsupported(requests_mock):
     requests_mock.get(f"{BASE}/v1", **manifest_response(b'{"schemaVersion": 1}',
                                                         "application/vnd.docker.distribution.manifest.v1+prettyjws"))
     with pytest.raises(RegistryError, match=r"unsupported manifest media type .*v1\+prettyjws"):
-        make_repository().find_manifest("v1")
+        make_repository().find_manifest("v1", DEADLINE)
 
 
 def test_put_sends_the_same_bytes_with_the_manifests_own_media_type(requests_mock):
     requests_mock.put(f"{BASE}/latest", status_code=201, headers={"Docker-Content-Digest": digest_of(BODY)})
-    make_repository().put_manifest("latest", Manifest.of(BODY, DOCKER_LIST))
+    make_repository().put_manifest("latest", Manifest.of(BODY, DOCKER_LIST), DEADLINE)
     assert requests_mock.last_request.body == BODY
     assert requests_mock.last_request.headers["Content-Type"] == DOCKER_LIST
 
@@ -114,14 +117,14 @@ def test_put_sends_the_same_bytes_with_the_manifests_own_media_type(requests_moc
 def test_put_answer_with_another_digest_is_an_error(requests_mock):
     requests_mock.put(f"{BASE}/latest", status_code=201, headers={"Docker-Content-Digest": "sha256:" + "b" * 64})
     with pytest.raises(RegistryError, match="PUT manifest latest: Docker-Content-Digest says"):
-        make_repository().put_manifest("latest", Manifest.of(BODY, OCI_MANIFEST))
+        make_repository().put_manifest("latest", Manifest.of(BODY, OCI_MANIFEST), DEADLINE)
 
 
 def test_403_names_the_registry_and_the_step(requests_mock):
     requests_mock.put(f"{BASE}/latest", status_code=403,
                       json={"errors": [{"code": "DENIED", "message": "requested access to the resource is denied"}]})
     with pytest.raises(RegistryError) as caught:
-        make_repository().put_manifest("latest", Manifest.of(BODY, OCI_MANIFEST))
+        make_repository().put_manifest("latest", Manifest.of(BODY, OCI_MANIFEST), DEADLINE)
     assert str(caught.value) == ("ghcr.io/acme/app: registry refused PUT manifest latest: "
                                  "403 denied: requested access to the resource is denied")
 
@@ -129,7 +132,7 @@ def test_403_names_the_registry_and_the_step(requests_mock):
 def test_connection_failure_names_the_host_and_step(requests_mock):
     requests_mock.get(f"{BASE}/v1", exc=requests.ConnectionError("boom"))
     with pytest.raises(RegistryError, match=r"GET manifest v1 failed: ghcr.io: connection failed: boom"):
-        make_repository().find_manifest("v1")
+        make_repository().find_manifest("v1", DEADLINE)
 
 
 @pytest.mark.parametrize(("image", "allow_insecure", "url"), [
@@ -169,7 +172,7 @@ def test_challenge_parsing_unescapes_quoted_characters():
 def test_bearer_challenge_exchanges_basic_credentials_for_a_push_scoped_token(requests_mock):
     requests_mock.get(f"{BASE}/v1", [challenge(), manifest_response()])
     token = requests_mock.get(TOKEN_URL, json={"token": "tok-abc123"})
-    manifest = make_repository(username="bot", password=PASSWORD).find_manifest("v1")
+    manifest = make_repository(username="bot", password=PASSWORD).find_manifest("v1", DEADLINE)
     assert manifest.digest == digest_of(BODY)
     asked = token.last_request
     assert asked.qs == {"service": ["ghcr.io"], "scope": ["repository:acme/app:pull,push"]}
@@ -180,14 +183,14 @@ def test_bearer_challenge_exchanges_basic_credentials_for_a_push_scoped_token(re
 def test_anonymous_bearer_flow_sends_no_credentials_to_the_token_realm(requests_mock):
     requests_mock.get(f"{BASE}/v1", [challenge(), manifest_response()])
     token = requests_mock.get(TOKEN_URL, json={"token": "anon-tok"})
-    make_repository().find_manifest("v1")
+    make_repository().find_manifest("v1", DEADLINE)
     assert "Authorization" not in token.last_request.headers
 
 
 def test_access_token_is_used_when_the_token_field_is_absent(requests_mock):
     requests_mock.get(f"{BASE}/v1", [challenge(), manifest_response()])
     requests_mock.get(TOKEN_URL, json={"access_token": "oauth-tok-9"})
-    make_repository(username="bot", password=PASSWORD).find_manifest("v1")
+    make_repository(username="bot", password=PASSWORD).find_manifest("v1", DEADLINE)
     assert requests_mock.last_request.headers["Authorization"] == "Bearer oauth-tok-9"
 
 
@@ -196,7 +199,7 @@ def test_obtained_token_is_masked_by_the_runner(requests_mock):
     requests_mock.get(TOKEN_URL, json={"token": "tok-to-hide-42"})
     out = io.StringIO()
     runner = Runner(stream=out, in_actions=True)
-    make_repository(runner=runner, username="bot", password=PASSWORD).find_manifest("v1")
+    make_repository(runner=runner, username="bot", password=PASSWORD).find_manifest("v1", DEADLINE)
     assert "::add-mask::tok-to-hide-42" in out.getvalue()
     assert runner.redact("Authorization: Bearer tok-to-hide-42") == "Authorization: Bearer ***"
 
@@ -206,7 +209,7 @@ def test_token_is_reused_for_later_calls_on_the_repository(requests_mock):
     requests_mock.put(f"{BASE}/latest", status_code=201)
     token = requests_mock.get(TOKEN_URL, json={"token": "tok-once"})
     repository = make_repository(username="bot", password=PASSWORD)
-    repository.put_manifest("latest", repository.find_manifest("v1"))
+    repository.put_manifest("latest", repository.find_manifest("v1", DEADLINE), DEADLINE)
     assert token.call_count == 1
     assert requests_mock.last_request.headers["Authorization"] == "Bearer tok-once"
 
@@ -215,7 +218,8 @@ def test_401_after_the_token_names_the_registry_and_step_without_the_password(re
     requests_mock.put(f"{BASE}/latest", [challenge(), challenge()])
     requests_mock.get(TOKEN_URL, json={"token": "tok-pull-only"})
     with pytest.raises(RegistryError) as caught:
-        make_repository(username="bot", password=PASSWORD).put_manifest("latest", Manifest.of(BODY, OCI_MANIFEST))
+        repository = make_repository(username="bot", password=PASSWORD)
+        repository.put_manifest("latest", Manifest.of(BODY, OCI_MANIFEST), DEADLINE)
     message = str(caught.value)
     assert message.startswith("ghcr.io/acme/app: registry refused PUT manifest latest: 401 unauthorized:")
     assert "check registry-username and registry-password" in message
@@ -226,7 +230,7 @@ def test_token_service_refusal_names_the_token_service(requests_mock):
     requests_mock.get(f"{BASE}/v1", [challenge()])
     requests_mock.get(TOKEN_URL, status_code=401, json={"errors": [{"code": "UNAUTHORIZED", "message": "bad creds"}]})
     with pytest.raises(RegistryError) as caught:
-        make_repository(username="bot", password=PASSWORD).find_manifest("v1")
+        make_repository(username="bot", password=PASSWORD).find_manifest("v1", DEADLINE)
     assert "token service ghcr.io refused GET manifest v1: 401 unauthorized: bad creds" in str(caught.value)
 
 
@@ -234,26 +238,26 @@ def test_token_answer_without_a_token_is_an_error(requests_mock):
     requests_mock.get(f"{BASE}/v1", [challenge()])
     requests_mock.get(TOKEN_URL, json={"expires_in": 300})
     with pytest.raises(RegistryError, match="answered GET manifest v1 without a token"):
-        make_repository().find_manifest("v1")
+        make_repository().find_manifest("v1", DEADLINE)
 
 
 def test_plain_http_token_realm_is_refused_for_a_remote_registry(requests_mock):
     requests_mock.get(f"{BASE}/v1", [challenge('Bearer realm="http://auth.example.com/token",service="x"')])
     with pytest.raises(RegistryError, match="refusing to send credentials to the plain-http token realm"):
-        make_repository(username="bot", password=PASSWORD).find_manifest("v1")
+        make_repository(username="bot", password=PASSWORD).find_manifest("v1", DEADLINE)
     assert not [r for r in requests_mock.request_history if "auth.example.com" in r.url]
 
 
 def test_basic_challenge_without_credentials_asks_for_them(requests_mock):
     requests_mock.get(f"{BASE}/v1", [challenge('Basic realm="registry"')])
     with pytest.raises(RegistryError, match="registry wants credentials: set registry-username and registry-password"):
-        make_repository().find_manifest("v1")
+        make_repository().find_manifest("v1", DEADLINE)
     assert requests_mock.call_count == 1
 
 
 def test_basic_challenge_is_answered_once_with_the_credentials(requests_mock):
     requests_mock.get(f"{BASE}/v1", [challenge('Basic realm="ecr"'), manifest_response()])
-    make_repository(username="AWS", password=PASSWORD).find_manifest("v1")
+    make_repository(username="AWS", password=PASSWORD).find_manifest("v1", DEADLINE)
     sent = requests_mock.last_request.headers["Authorization"]
     assert sent == "Basic " + base64.b64encode(f"AWS:{PASSWORD}".encode()).decode()
 
@@ -272,20 +276,20 @@ def test_every_media_type_reads_back_byte_identical_from_a_real_registry(registr
         seeded = registry.seed_index(repository, "v1", media_type=media_type)
     else:
         seeded = registry.seed_image(repository, "v1", media_type=media_type)
-    manifest = real_repository(registry, repository).find_manifest("v1")
+    manifest = real_repository(registry, repository).find_manifest("v1", DEADLINE)
     assert (manifest.body, manifest.media_type, manifest.digest) == (seeded.body, media_type, seeded.digest)
     assert manifest.is_index == (media_type in (OCI_INDEX, DOCKER_LIST))
 
 
 def test_htpasswd_registry_answers_basic_credentials(secured_registry, repository):
     seeded = secured_registry.seed_image(repository, "v1")
-    assert real_repository(secured_registry, repository).find_manifest("v1").digest == seeded.digest
+    assert real_repository(secured_registry, repository).find_manifest("v1", DEADLINE).digest == seeded.digest
 
 
 def test_htpasswd_registry_refusal_names_registry_and_step(secured_registry, repository):
     secured_registry.seed_image(repository, "v1")
     with pytest.raises(RegistryError) as caught:
-        real_repository(secured_registry, repository, password="wrong-password").find_manifest("v1")
+        real_repository(secured_registry, repository, password="wrong-password").find_manifest("v1", DEADLINE)
     assert str(caught.value).startswith(
         f"{secured_registry.image(repository)}: registry refused GET manifest v1: 401 unauthorized:")
     assert json.dumps(str(caught.value)).count("wrong-password") == 0

@@ -14,11 +14,7 @@ import pytest
 from deploy.runner import parse_output_file
 from deploy.sim.fleet import Fault, TenantSpec
 from tests.actions_runner import ROOT, container_env
-from tests.conftest import CP_TOKEN, FAST_INPUTS, SHA, TAG, assert_no_secrets
-
-
-def healthy(*slugs: str) -> list[TenantSpec]:
-    return [TenantSpec(slug, deploy_seconds=20) for slug in slugs]
+from tests.support import CP_TOKEN, FAST_INPUTS, SHA, TAG, assert_no_secrets, healthy
 
 
 def test_one_dead_tenant_within_tolerance_is_quarantined_and_the_rest_ship(fleet, action):

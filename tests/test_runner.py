@@ -142,13 +142,15 @@ def test_the_summary_opens_with_a_gantt_of_real_durations():
     from deploy.controlplane import CallResult
     from deploy.pipeline import Run, Span
     from deploy.report import summary
-    from deploy.rollout import RolloutResult
+    from deploy.rollout import RolloutResult, Soak
 
-    canary = CallResult("canary", ("a",), True, (), 200, "", started=1.0, seconds=2.5)
-    batch = CallResult("batch 1/1", ("b",), True, (), 200, "", started=4.0, seconds=3.0)
+    canary = CallResult(label="canary", slugs=("a",), ok=True, rows=(), status=200, error="", started=1.0, seconds=2.5)
+    batch = CallResult(label="batch 1/1", slugs=("b",), ok=True, rows=(), status=200, error="", started=4.0,
+                       seconds=3.0)
     calls = (canary, batch)
     run = Run(outcome="deployed", fleet=("a", "b"), spans=[Span("verify", 7.5, 1.25)],
-              rollout=RolloutResult(("a", "b"), 0, calls, soak=(3.5, 0.5)))
+              rollout=RolloutResult(fleet=("a", "b"), max_stragglers=0, calls=calls,
+                                    soak=Soak(started=3.5, seconds=0.5)))
     text = summary(run)
     gantt = text.split("```mermaid\n", 1)[1].split("```", 1)[0].splitlines()
     assert gantt[:3] == ["gantt", "    dateFormat x", "    axisFormat %M:%S"]

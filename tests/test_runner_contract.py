@@ -19,7 +19,7 @@ import pytest
 
 from deploy.sim.fleet import TenantSpec, healthy_fleet
 from tests.actions_runner import ROOT, container_env
-from tests.conftest import CP_TOKEN, FAST_INPUTS, SHA
+from tests.support import CP_TOKEN, FAST_INPUTS, SHA
 
 ACT_LINE_LIMIT = 64 * 1024
 

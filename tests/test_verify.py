@@ -18,9 +18,11 @@ import pytest
 import requests
 
 from deploy.clock import Clock, Deadline, FakeClock
-from deploy.config import VerifySettings
+from deploy.context import Context
 from deploy.controlplane import TenantRow
+from deploy.report import as_json
 from deploy.runner import Runner
+from deploy.settings import HttpSettings, VerifySettings
 from deploy.sim.fleet import OLD_SHA, FleetSim, TenantSpec
 from deploy.sim.server import SimServer
 from deploy.verify import (
@@ -30,12 +32,11 @@ from deploy.verify import (
     verification_client,
     verify_tenants,
 )
+from tests.support import SHA, buildinfo
 
-SHA = "3f786850e387550fdab836ed7e6dc881de23001b"
 TEMPLATE = "https://{slug}.tenants.example.test/buildinfo"
-SETTINGS = VerifySettings(
-    url_template=TEMPLATE, field="git_sha", budget=60.0, interval=10.0, concurrency=4, request_timeout=5.0
-)
+SETTINGS = VerifySettings(url_template=TEMPLATE, field="git_sha", budget=60.0, interval=10.0, concurrency=4)
+HTTP = HttpSettings(request_timeout=5.0, retry_delays=())
 
 
 def url(slug: str) -> str:
@@ -49,15 +50,17 @@ def rows(*slugs: str, healthz_ok: bool | None = True) -> list[TenantRow]:
 class Run:
     """One verify call with a FakeClock: waits are instant and recorded."""
 
-    def __init__(self, settings: VerifySettings = SETTINGS, overall: float = 3600.0) -> None:
-        self.settings = settings
+    def __init__(self, settings: VerifySettings = SETTINGS, overall: float = 3600.0,
+                 http_settings: HttpSettings = HTTP) -> None:
+        self.settings, self.http_settings = settings, http_settings
         self.clock = FakeClock()
         self.deadline = Deadline.starting_now(self.clock, overall)
         self.log = io.StringIO()
         self.runner = Runner(stream=self.log, in_actions=True)
 
     def __call__(self, tenant_rows: list[TenantRow], sha: str = SHA, **kw: object):
-        return verify_tenants(self.settings, sha, tenant_rows, self.runner, self.clock, self.deadline, **kw)
+        return verify_tenants(self.settings, self.http_settings, sha, tenant_rows, Context(self.runner, self.deadline),
+                              **kw)
 
     @property
     def output(self) -> str:
@@ -78,7 +81,7 @@ class Run:
         (SHA + "-dirty", True),  # the build's SHA is a prefix of what it reports
         (SHA[:6], False),  # too short to prove anything
         (OLD_SHA, False),
-        (SHA[:7] + "f", False),
+        (SHA[:7] + ("1" if SHA[7] == "0" else "0"), False),  # seven right, the eighth wrong
         ("", False),
     ],
 )
@@ -237,7 +240,7 @@ def test_timeouts_and_connection_errors_are_polled_again_then_unreachable(reques
 
 def test_request_timeout_is_capped_by_interval_and_time_left(requests_mock) -> None:
     requests_mock.get(url("t1"), json={"git_sha": OLD_SHA})
-    Run(replace(SETTINGS, budget=25.0, interval=10.0, request_timeout=30.0))(rows("t1"))
+    Run(replace(SETTINGS, budget=25.0, interval=10.0), http_settings=replace(HTTP, request_timeout=30.0))(rows("t1"))
     assert [r.timeout.budget for r in requests_mock.request_history] == [10.0, 10.0, 5.0]
 
 
@@ -319,7 +322,7 @@ def test_final_lists_are_logged_and_in_the_result(requests_mock) -> None:
     requests_mock.get(url("down"), status_code=503)
     run = Run(replace(SETTINGS, budget=20.0))
     result = run([*rows("ok", "old", "down"), TenantRow("sick", healthz_ok=False)])
-    doc = result.as_dict()
+    doc = as_json(result)
     assert doc["ok"] is False
     assert (doc["verified"], doc["stale"], doc["unreachable"], doc["unhealthy"]) == (
         ["ok"], ["old"], ["down"], ["sick"]
@@ -339,13 +342,13 @@ def test_a_token_in_the_verify_url_never_reaches_the_log_or_result(requests_mock
     result = run(rows("t1"))
     assert result.slugs("unreachable") == ("t1",)
     assert token not in run.output
-    assert token not in json.dumps(result.as_dict())
+    assert token not in json.dumps(as_json(result))
 
 
 def test_injected_client_is_used_and_left_open(requests_mock) -> None:
     requests_mock.get(url("t1"), json={"git_sha": SHA})
     clock = FakeClock()
-    client = verification_client(4, clock, Deadline.starting_now(clock, 3600))
+    client = verification_client(4, Context(Runner(io.StringIO()), Deadline.starting_now(clock, 3600)))
     client.session.headers["X-Probe"] = "verify"
     Run()(rows("t1"), client=client)
     assert requests_mock.last_request.headers["X-Probe"] == "verify"
@@ -354,7 +357,7 @@ def test_injected_client_is_used_and_left_open(requests_mock) -> None:
 
 def test_default_client_verifies_tls_does_not_retry_and_pools_per_worker() -> None:
     clock = FakeClock()
-    client = verification_client(16, clock, Deadline.starting_now(clock, 3600))
+    client = verification_client(16, Context(Runner(io.StringIO()), Deadline.starting_now(clock, 3600)))
     adapter = client.session.get_adapter("https://t1.example.test/")
     assert client.session.verify is True
     assert adapter.max_retries.total == 0
@@ -373,7 +376,7 @@ def test_no_tenants_is_vacuously_ok_with_no_rounds(requests_mock) -> None:
 def fleet(tenants: list[TenantSpec], time_scale: float = 1.0) -> Iterator[tuple[SimServer, FleetSim, str]]:
     sim = FleetSim(tenants=tenants, builds={"staging-new": SHA}, time_scale=time_scale)
     with SimServer([sim]) as server:
-        yield server, sim, f"{server.url}/tenants/{{slug}}/buildinfo"
+        yield server, sim, buildinfo(server)
 
 
 def deploy(server: SimServer, sim: FleetSim, slugs: list[str]) -> None:
@@ -392,10 +395,9 @@ def buildinfo_hits(server: SimServer, slug: str) -> int:
     return len(server.seen(f"/tenants/{slug}/buildinfo"))
 
 
-def real_run(settings: VerifySettings, tenant_rows: list[TenantRow]):
-    clock = Clock()
-    runner = Runner(stream=io.StringIO())
-    return verify_tenants(settings, SHA, tenant_rows, runner, clock, Deadline.starting_now(clock, 120.0))
+def real_run(settings: VerifySettings, tenant_rows: list[TenantRow], request_timeout: float = 5.0):
+    ctx = Context(Runner(stream=io.StringIO()), Deadline.starting_now(Clock(), 120.0))
+    return verify_tenants(settings, replace(HTTP, request_timeout=request_timeout), SHA, tenant_rows, ctx)
 
 
 def test_tenants_draining_the_old_container_are_verified_once_they_settle() -> None:
@@ -405,8 +407,8 @@ def test_tenants_draining_the_old_container_are_verified_once_they_settle() -> N
         server, sim, template
     ):
         deploy(server, sim, slugs)
-        settings = replace(SETTINGS, url_template=template, budget=10.0, interval=0.25, request_timeout=2.0)
-        result = real_run(settings, rows(*slugs))
+        settings = replace(SETTINGS, url_template=template, budget=10.0, interval=0.25)
+        result = real_run(settings, rows(*slugs), request_timeout=2.0)
     assert result.ok
     assert result.slugs("verified") == tuple(slugs)
     assert {v.running for v in result.verdicts} == {SHA}
@@ -509,12 +511,10 @@ def test_a_tenant_dripping_its_answer_a_byte_at_a_time_cannot_hold_verify_past_i
 
     threading.Thread(target=serve, daemon=True).start()
     port = listener.getsockname()[1]
-    settings = replace(SETTINGS, url_template=f"http://127.0.0.1:{port}/{{slug}}", budget=1.5, interval=0.5,
-                       request_timeout=0.5)
-    clock = Clock()
+    settings = replace(SETTINGS, url_template=f"http://127.0.0.1:{port}/{{slug}}", budget=1.5, interval=0.5)
     try:
-        result = verify_tenants(settings, SHA, rows("slow"), Runner(io.StringIO()), clock,
-                                Deadline.starting_now(clock, 60))
+        result = verify_tenants(settings, replace(HTTP, request_timeout=0.5), SHA, rows("slow"),
+                                Context(Runner(io.StringIO()), Deadline.starting_now(Clock(), 60)))
     finally:
         stop.set()
         listener.close()

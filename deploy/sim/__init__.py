@@ -1,6 +1,8 @@
 """A local fleet simulator: a control plane, tenants, a forge and a registry on one HTTP port.
 
-It honours the contracts in DESIGN.md so the real pipeline can run against it: the demo's
-embedded default and the end-to-end tests' fixture. Times in the simulator are "sim seconds",
-multiplied by ``time_scale`` (0.01 makes a 300 s tenant timeout take 3 s).
+A real HTTP server the unchanged pipeline runs against: the fixture of the end-to-end tests, the
+embedded default of ``fleet-rollout demo`` and the server of the benchmarks. Its contract (routes,
+request checks, answer shapes, every knob and its default) is ``docs/simulator.md``. Durations in
+:class:`~deploy.sim.fleet.TenantSpec` and :class:`~deploy.sim.fleet.FleetSim` are "sim seconds",
+waited as ``sim seconds × time_scale`` real seconds (0.01 makes a 300 s tenant timeout take 3 s).
 """

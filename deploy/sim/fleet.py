@@ -1,8 +1,11 @@
-"""A simulated control plane and its tenants, honouring DESIGN.md's ``redeploy-fleet`` contract.
+"""A simulated control plane and its tenants: ``POST redeploy-fleet`` and ``/tenants/{slug}/buildinfo``.
 
-The CP redeploys a call's tenants concurrently and answers only after the slowest one, exactly
-the behaviour that made a 120 s client read timeout lose every result in the seed incident. A
-dead tenant makes a call slow (the CP's per-tenant timeout plus its health settle), not failed.
+The contract kept here is ``docs/simulator.md`` (request checks, row shapes, knobs). The CP
+redeploys a call's tenants concurrently and answers only after the slowest one, so a client read
+budget shorter than the slowest tenant loses every result of the call. A dead tenant makes a call
+slow (the CP's per-tenant timeout plus its health settle, 390 sim seconds by default), not failed:
+its row says ``verified_on_target: false``, and the CP answers ``ok: false`` only when the call's
+failed tenants outnumber its ``max_stragglers``.
 
 Knobs per tenant (:class:`TenantSpec`) cover dead, slow, stale, unhealthy, flapping and settling
 tenants, rows missing or in an older CP's shape; :class:`Fault` scripts CP failures (502 JSON,
@@ -25,10 +28,12 @@ HTML_503 = "<html><head><title>503 Service Temporarily Unavailable</title></head
 
 @dataclass
 class TenantSpec:
+    """One tenant's behaviour (durations in sim seconds); fields may change while the server runs."""
+
     slug: str
     dead: bool = False  # the redeploy never finishes; /buildinfo drops connections
     deploy_seconds: float = 5.0  # how long the CP's redeploy of this tenant takes
-    settle_seconds: float = 0.0  # /buildinfo keeps reporting the old SHA this long after deploy
+    settle_seconds: float = 0.0  # /buildinfo keeps reporting OLD_SHA this long after the deploy call's wait
     stale: bool = False  # /buildinfo never reports the new SHA, whatever the CP says
     unhealthy: bool = False  # the CP row says healthz_ok: false
     flapping: bool = False  # /buildinfo alternates a 503 with a good answer
@@ -39,9 +44,9 @@ class TenantSpec:
 
 @dataclass
 class Fault:
-    """One scripted CP failure, consumed by the next call it matches."""
+    """One scripted CP failure, consumed by the next authorized, valid call it matches (not recorded)."""
 
-    kind: str  # "502" | "503-html" | "500" | "hang" | "reset" | "ok-false"
+    kind: str  # "502" | "503-html" | "500" | "hang" | "reset" | "ok-false" (any other kind drops too)
     on: str = "deploy"  # "deploy" | "enumerate" | "any"
     seconds: float = 0.0  # for "hang": real seconds before the (abandoned) answer
 
@@ -51,7 +56,10 @@ class Fault:
 
 @dataclass
 class FleetSim:
-    """The CP and tenant endpoints of the simulator, as one :class:`~deploy.sim.server.Component`."""
+    """The CP and tenant endpoints of the simulator, as one :class:`~deploy.sim.server.Component`.
+
+    Knobs may change between calls, except ``tenants``: the slug index is built once from it.
+    """
 
     tenants: list[TenantSpec]
     builds: dict[str, str]  # target tag → the git SHA that tag's image reports
@@ -205,7 +213,9 @@ class FleetSim:
 
 
 def _body_problem(body: Any, known: dict[str, TenantSpec]) -> str:
-    """The CP's 400s: the contract requires confirm: true and a non-empty only_slugs."""
+    """The CP's 400 text, or '' for a valid body: a non-empty object with ``confirm: true``, a
+    non-empty ``target_tag``, ``only_slugs`` (when present) a non-empty list of known slugs, and
+    integer ``batch_size`` / ``max_stragglers`` / ``soak_seconds`` (when present)."""
     if not isinstance(body, dict) or not body:
         return "body must be a non-empty JSON object"
     if body.get("confirm") is not True:

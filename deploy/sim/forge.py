@@ -1,10 +1,11 @@
 """A forge for the simulator: the few GitHub REST / Gitea ``/api/v1`` calls the gates make.
 
 One component serves either shape (``kind="github"`` or ``"gitea"``) under a base path such as
-``/api/v3`` or ``/api/v1``, with the habits that bit real runs: the page size is clamped (GitHub
-100, Gitea 50) so a short page is not the last one, lists come newest first, Gitea puts a
-branch head at ``commit.id`` and a variable's value in ``data``. Knobs: statuses and check runs
-per commit, branch heads, variables, per-path faults and a one-shot rate limit.
+``/api/v3`` or ``/api/v1``, with the real forges' behaviour a client must cope with: the page size
+is clamped (GitHub 100, Gitea 50) so a short page is not the last one, lists come newest first,
+Gitea puts a branch head at ``commit.id`` and a variable's value in ``data``. Knobs: statuses and
+check runs per commit, branch heads, variables, per-path faults and a one-shot rate limit. Routes
+and answer shapes: ``docs/simulator.md``.
 """
 
 from __future__ import annotations

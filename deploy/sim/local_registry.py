@@ -4,7 +4,8 @@ Used by the promote tests (the server users meet, not a mock: which media types 
 serves for which ``Accept``, what it answers a bad password with) and by the demo. Each registry
 runs from its own directory with a generated ``config.yml``; a secured one uses htpasswd with
 bcrypt, the only hash the registry accepts. The seeding client works against
-:class:`deploy.sim.registry.SimRegistry` too.
+:class:`deploy.sim.registry.SimRegistry` too. Unlike the simulator's components, each registry is
+a separate process on its own free loopback port (``docs/simulator.md`` § Registries).
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
-"""A minimal in-memory OCI registry, for the demo on machines without Debian's ``docker-registry``.
+"""A minimal in-memory OCI registry on the simulator's port (routes: ``docs/simulator.md``).
 
-Only what promote and seeding touch: ``/v2/``, manifests by tag or digest (GET, HEAD, PUT),
-monolithic blob uploads, and optional Basic auth. Like real registries it stores manifest bytes
-as given and serves a manifest only to an ``Accept`` that names its media type, so a client
-with a narrow ``Accept`` fails here as it would in production. The tests use the real registry.
+The demo's registry on machines without Debian's ``docker-registry``, and the registry of tests
+that need one on the simulator's port; the promote end-to-end tests use the real registry
+(:mod:`deploy.sim.local_registry`). Only what promote and seeding touch: ``/v2/``, manifests by
+tag or digest (GET, HEAD, PUT), monolithic blob uploads, and optional Basic auth. Like real
+registries it stores manifest bytes as given and serves a manifest only to an ``Accept`` that
+names its media type, so a client with a narrow ``Accept`` fails here as it would in production.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The simulator's HTTP plumbing: one threaded server dispatching to pluggable components.
 
 A component is any object with ``handle(request) -> Response | None``; the first that answers
-wins, so the control plane, tenants, forge and registry stay separate modules.
+wins, so the control plane, tenants, forge and registry stay separate modules. No taker is a 404;
+every request is recorded in ``SimServer.requests``. See ``docs/simulator.md``.
 """
 
 from __future__ import annotations

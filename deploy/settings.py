@@ -1,0 +1,114 @@
+"""The validated settings each stage reads: frozen, built only by :func:`deploy.config.load`.
+
+They live apart from the parser so that a stage imports what it is configured by without
+importing how the environment is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deploy import http
+from deploy.domain import ImageRef
+
+STAGES: tuple[str, ...] = ("rollout", "verify", "promote")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HttpSettings:
+    """How long one request may take and how transient failures are retried, for every remote party."""
+
+    request_timeout: float
+    retry_delays: tuple[float, ...]
+
+    def policy(self, *, cap: int, headers: Mapping[str, str] | None = None) -> http.Policy:
+        """A retried client's policy for one remote party: its body cap and headers, these timings."""
+        return http.Policy(self.retry_delays, budget=self.request_timeout, cap=cap, headers=dict(headers or {}))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ControlPlaneSettings:
+    url: str
+    token: str = field(repr=False)
+    redeploy_path: str
+    rollout_timeout: float  # the read budget of a real redeploy: the CP answers after its slowest tenant
+
+    @property
+    def redeploy_url(self) -> str:
+        return self.url.rstrip("/") + self.redeploy_path
+
+
+@dataclass(frozen=True, kw_only=True)
+class RolloutSettings:
+    target_tag: str
+    canary: str
+    soak_seconds: float
+    batch_size: int
+    max_stragglers: int
+    cp_tenant_timeout: float
+    cp_settle_seconds: float
+    dry_run: bool
+
+    @property
+    def call_worst_case(self) -> float:
+        """How long the CP may take to answer a scoped call: its slowest tenant, then the settle."""
+        return self.cp_tenant_timeout + self.cp_settle_seconds
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifySettings:
+    url_template: str  # empty: verify is skipped with a warning
+    field: str
+    budget: float
+    interval: float
+    concurrency: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromoteSettings:
+    images: tuple[ImageRef, ...]
+    tag: str
+    source: str  # a tag, or a sha256: digest
+    username: str
+    password: str = field(repr=False)
+    allow_single_arch: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class GateSettings:
+    required_checks: tuple[str, ...]
+    checks_timeout: float
+    checks_interval: float
+    skip_if_superseded: bool
+    branch: str
+    disabled_variable: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ForgeSettings:
+    """Where the forge API is (GitHub or Gitea), and the job's token for it."""
+
+    kind: str  # "github" | "gitea"
+    api_url: str
+    repository: str  # owner/name
+    token: str = field(repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    stages: tuple[str, ...]
+    sha: str
+    http: HttpSettings
+    cp: ControlPlaneSettings
+    rollout: RolloutSettings
+    verify: VerifySettings
+    promote: PromoteSettings
+    gates: GateSettings
+    forge: ForgeSettings
+    report_path: Path
+    timeout: float
+
+    def wants(self, stage: str) -> bool:
+        return stage in self.stages
