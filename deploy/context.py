@@ -25,7 +25,3 @@ class Context:
     def client(self, policy: http.Policy, on_retry: http.RetryLog | None = None) -> http.Client:
         """The one way a stage gets an HTTP session: pooled, retried, every exchange bounded."""
         return http.Client(policy, self.clock, self.deadline, on_retry=on_retry)
-
-    def narrowed(self, deadline: Deadline) -> Context:
-        """The same run under a shorter (or, for a put-back, a slightly longer) deadline."""
-        return Context(self.runner, deadline)

@@ -2,11 +2,11 @@
 
 Two read budgets, because the CP has two speeds: enumeration (a dry run) answers at once and
 gets ``request-timeout``; a real redeploy answers only after its slowest tenant, up to the CP's
-per-tenant timeout plus health settle, and gets ``rollout-timeout``. Giving the slow call the
-fast budget is the seed incident. Transient failures are retried by the session (see
-:mod:`deploy.http`); what is left is turned into a :class:`CallResult` the rollout can reason
-about, with the CP's own error text. A body of the wrong shape is a :class:`CPResponseError`,
-never a traceback.
+per-tenant timeout plus health settle, and gets ``rollout-timeout``: the fast budget would give
+up before the CP could report a dead tenant, losing every row of the call. Transient failures
+are retried by the session (see :mod:`deploy.http`); what is left is turned into a
+:class:`CallResult` the rollout can reason about, with the CP's own error text. A body of the
+wrong shape is a :class:`CPResponseError`, never a traceback.
 """
 
 from __future__ import annotations

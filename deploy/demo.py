@@ -1,4 +1,4 @@
-"""``fleet-rollout demo`` (``python -m deploy demo``): the seed incident, replayed against the simulator, handled.
+"""``fleet-rollout demo`` (``python -m deploy demo``): the README's "Why it exists", replayed on the simulator.
 
 A five-tenant fleet with one dead box. The CP's worst case for a batch holding it is its
 per-tenant timeout plus health settle (390 sim seconds); the demo runs the real pipeline and prints
@@ -75,8 +75,8 @@ def demo_env(sim_url: str, workdir: Path, token: str, registry_host: str) -> dic
         "FLEET_SOAK_SECONDS": "0.5",
         "FLEET_BATCH_SIZE": "2",
         "FLEET_MAX_STRAGGLERS": "1",
-        "FLEET_REQUEST_TIMEOUT": "1.2",  # the seed's fast budget, scaled: too short for the dead tenant
-        "FLEET_ROLLOUT_TIMEOUT": "6",  # the fix, scaled: above the CP's worst case
+        "FLEET_REQUEST_TIMEOUT": "1.2",  # a 120 s fast budget, scaled: too short for the dead tenant
+        "FLEET_ROLLOUT_TIMEOUT": "6",  # above the CP's worst case, scaled
         "FLEET_CP_TENANT_TIMEOUT": "3",
         "FLEET_CP_SETTLE_SECONDS": "0.9",
         "FLEET_RETRY_DELAYS": "0.2,0.4",

@@ -314,7 +314,7 @@ class ScheduledRetry(Retry):
 
     def new(self, **kw: Any) -> ScheduledRetry:
         kw.update(delays=self.delays, clock=self.clock, on_retry=self.on_retry, deadline=self.deadline)
-        return super().new(**kw)  # type: ignore[return-value]
+        return super().new(**kw)
 
     def get_backoff_time(self) -> float:
         failures = len(self.history)
@@ -344,7 +344,7 @@ class ScheduledRetry(Retry):
             where = _shown(exchange.url) if exchange else url
             self.on_retry(f"{method} {where}: {cause}; retrying in "
                           f"{retry.get_backoff_time():g} s (attempt {attempt}/{len(self.delays) + 1})")
-        return retry  # type: ignore[return-value]
+        return retry
 
 
 class DeadlineTimeout(Timeout):

@@ -1,8 +1,8 @@
-"""The seven stages in order, and the record of what happened.
+"""The stages in order, and the record of what happened.
 
 :class:`Run` is filled in as stages finish, so that a failure at any point, a deadline, a
-cancellation or even a bug still leaves a complete picture for :mod:`deploy.report`: the seed
-run lost every per-tenant result because the client crashed before it could report them.
+cancellation or even a bug still leaves a complete picture for :mod:`deploy.report`: every
+per-tenant result that was received is reported, whatever ends the run.
 
 Order: gates (required checks, superseded, live kill switch) → enumerate → canary/soak/batches
 → coverage gate → verify → promote. Gates come before enumeration so that a red check or a

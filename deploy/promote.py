@@ -64,17 +64,18 @@ class PromoteResult:
 
     @property
     def promoted_digest_output(self) -> str:
-        return self._per_image("promoted_digest")
+        return self._per_image({p.image: p.promoted_digest for p in self.promotions})
 
     @property
     def previous_digest_output(self) -> str:
-        return self._per_image("previous_digest")
+        return self._per_image({p.image: p.previous_digest for p in self.promotions})
 
-    def _per_image(self, name: str) -> str:
+    @staticmethod
+    def _per_image(digests: dict[str, str]) -> str:
         """A plain digest for one image, a JSON object keyed by image for several."""
-        if len(self.promotions) == 1:
-            return getattr(self.promotions[0], name)
-        return json.dumps({p.image: getattr(p, name) for p in self.promotions}) if self.promotions else ""
+        if len(digests) == 1:
+            return next(iter(digests.values()))
+        return json.dumps(digests) if digests else ""
 
 
 @dataclass

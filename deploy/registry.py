@@ -285,7 +285,7 @@ class Repository:
             declared = http.parse_json(response.body).get("mediaType", "")
         except (http.UnusableBody, AttributeError):
             declared = ""
-        if declared in MANIFEST_TYPES:
+        if isinstance(declared, str) and declared in MANIFEST_TYPES:
             return declared
         raise RegistryError(f"{self.image}: {step}: unsupported manifest media type {media_type[:80] or '(none)'}; "
                             f"expected one of {MANIFEST_ACCEPT}")

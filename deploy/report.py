@@ -1,4 +1,4 @@
-"""Stage 7: the only writer of outputs, the job summary and the JSON report.
+"""Report: the only writer of outputs, the job summary and the JSON report.
 
 Everything is derived from :class:`~deploy.pipeline.Run`, so a failed or cut-short run reports
 exactly as much as happened. Every fact in the summary is also logged, because Gitea may not

@@ -1,4 +1,4 @@
-"""Stages 3 and 4: canary, soak, batches, and the coverage gate that quarantines stragglers.
+"""Rollout and coverage gate: canary, soak, batches, and the quarantine of stragglers.
 
 A batch is one scoped CP call. Its ``max_stragglers`` is what is left of the fleet-wide
 tolerance, so the CP halts a batch exactly when the fleet as a whole would be out of tolerance.
@@ -183,8 +183,8 @@ class _Progress:
     def redeploy(self, client: ControlPlaneClient, label: str, slugs: tuple[str, ...], tolerance: int) -> CallResult:
         """One scoped call, started only if the CP has time to answer it within the overall timeout.
 
-        A call abandoned mid-deploy loses its per-tenant results (the seed incident); stopping
-        before it leaves the fleet where the report says it is.
+        A call abandoned mid-deploy loses its per-tenant results, and with them the quarantine
+        that depends on them; not starting it leaves the fleet where the report says it is.
         """
         worst, left = self.plan.call_worst_case, self.ctx.deadline.remaining()
         if left < worst:

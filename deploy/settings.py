@@ -30,6 +30,8 @@ class HttpSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class ControlPlaneSettings:
+    """Where the control plane is and how it is called."""
+
     url: str
     token: str = field(repr=False)
     redeploy_path: str
@@ -42,6 +44,8 @@ class ControlPlaneSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class RolloutSettings:
+    """What is deployed and in what steps: canary, soak, batches, tolerance; the CP's own worst case."""
+
     target_tag: str
     canary: str
     soak_seconds: float
@@ -59,6 +63,8 @@ class RolloutSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class VerifySettings:
+    """How each tenant proves what it runs: its ``/buildinfo`` URL and field, and the polling budget."""
+
     url_template: str  # empty: verify is skipped with a warning
     field: str
     budget: float
@@ -68,6 +74,8 @@ class VerifySettings:
 
 @dataclass(frozen=True, kw_only=True)
 class PromoteSettings:
+    """Which tag moves, in which images, to which source, with which registry credentials."""
+
     images: tuple[ImageRef, ...]
     tag: str
     source: str  # a tag, or a sha256: digest
@@ -78,12 +86,14 @@ class PromoteSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class GateSettings:
-    required_checks: tuple[str, ...]
+    """What must hold before anything moves: green checks, the newest commit, no kill switch."""
+
+    required_checks: tuple[str, ...]  # commit status or check-run names, all of which must succeed
     checks_timeout: float
     checks_interval: float
     skip_if_superseded: bool
-    branch: str
-    disabled_variable: str
+    branch: str  # whose head decides whether this run is superseded
+    disabled_variable: str  # a repository variable read live; '' for none
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,7 +108,9 @@ class ForgeSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class Config:
-    stages: tuple[str, ...]
+    """Every validated input of one run, grouped by the stage or client that reads it."""
+
+    stages: tuple[str, ...]  # in pipeline order
     sha: str
     http: HttpSettings
     cp: ControlPlaneSettings

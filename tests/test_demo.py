@@ -21,7 +21,7 @@ def outputs_of(text: str) -> dict[str, str]:
     return {name: value for name, value in pairs if name in OUTPUT_NAMES}
 
 
-def assert_seed_incident_handled(text: str) -> None:
+def assert_dead_tenant_handled(text: str) -> None:
     outputs = outputs_of(text)
     assert outputs["ok"] == "true" and outputs["outcome"] == "deployed"
     assert json.loads(outputs["quarantined"]) == ["philbrew-erton"]
@@ -52,11 +52,11 @@ def laptop_env() -> dict[str, str]:
     return {name: value for name, value in os.environ.items() if not name.startswith(("GITHUB_", "FLEET_"))}
 
 
-def test_the_demo_command_replays_the_seed_incident_and_promotes():
+def test_the_demo_command_quarantines_the_dead_tenant_and_promotes():
     proc = subprocess.run([sys.executable, "-m", "deploy", "demo"], cwd=ROOT, env=laptop_env(), capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert_seed_incident_handled(proc.stdout)
+    assert_dead_tenant_handled(proc.stdout)
     assert_plain_log_and_text_summary(proc.stdout)
     assert "fleet-rollout demo --report PATH" in proc.stdout  # how to keep the report, which goes otherwise
 
@@ -71,7 +71,7 @@ def test_the_demo_writes_only_its_report_where_asked_and_markdown_only_to_the_us
                           capture_output=True, text=True, timeout=120)
 
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert_seed_incident_handled(proc.stdout)
+    assert_dead_tenant_handled(proc.stdout)
     assert_plain_log_and_text_summary(proc.stdout)
     report = load_report(kept.read_text())
     assert report["outcome"] == "deployed" and report["rollout"]["quarantined"] == ["philbrew-erton"]
@@ -87,5 +87,5 @@ def test_without_docker_registry_the_demo_uses_the_simulators_registry(monkeypat
     assert demo.main() == 0
     text = capsys.readouterr().out
     assert "the simulator's registry" in text
-    assert_seed_incident_handled(text)
+    assert_dead_tenant_handled(text)
     assert_plain_log_and_text_summary(text)

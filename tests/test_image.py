@@ -137,7 +137,7 @@ def assert_runner_temp_untouched(workdir: Path) -> None:
 # -- the scenarios --------------------------------------------------------------------------------
 
 
-def test_the_seed_incident_in_the_image_quarantines_the_dead_tenant_and_promotes_latest(
+def test_in_the_image_a_dead_tenant_is_quarantined_and_latest_promoted(
     image_action, fleet, registry, repository, tmp_path
 ):
     old = registry.seed_index(repository, "latest", variant="previous")

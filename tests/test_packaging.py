@@ -64,6 +64,21 @@ def test_readme_tables_are_generated_from_action_yml():
     assert readme_tables().render(readme, manifest()) == readme, "run python scripts/readme_tables.py"
 
 
+def layout_rows() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    return [line for line in section.splitlines() if line.startswith("| `")]
+
+
+def test_the_readme_layout_names_every_module_and_only_modules_that_exist():
+    """A newcomer reads the architecture from that table: a module it leaves out is invisible."""
+    modules = {path.name for path in (ROOT / "deploy").glob("*.py") if path.name not in ("__init__.py", "__main__.py")}
+    named = {name.rsplit("/", 1)[-1] for row in layout_rows() for name in re.findall(r"`((?:deploy/)?\w+\.py)`", row)
+             if "deploy/" in row.split("|")[1]}
+    assert modules - named == set(), "modules missing from README's Layout table"
+    assert named - modules == set(), "README's Layout table names modules that do not exist"
+
+
 def test_readme_check_fails_when_an_input_default_drifts(tmp_path):
     (tmp_path / "scripts").mkdir()
     shutil.copy(ROOT / "scripts" / "readme_tables.py", tmp_path / "scripts")

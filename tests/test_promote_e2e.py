@@ -15,7 +15,7 @@ def seed(registry, repository):
     return old, new
 
 
-def test_seed_incident_end_to_end_dead_quarantined_rest_verified_latest_promoted(fleet, action, registry, repository):
+def test_end_to_end_dead_quarantined_rest_verified_latest_promoted(fleet, action, registry, repository):
     old, new = seed(registry, repository)
     tenants = [TenantSpec(s, deploy_seconds=20, settle_seconds=200) for s in ("hongming", "reno-stars", "adk")]
     _sim, server = fleet([*tenants, TenantSpec("philbrew-erton", dead=True)])

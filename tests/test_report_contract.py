@@ -8,9 +8,11 @@ from dataclasses import dataclass
 
 import pytest
 
+from deploy.controlplane import CallState
 from deploy.pipeline import Outcome, Run
+from deploy.promote import PromotionState
 from deploy.report import REPORTED, SCHEMA_VERSION, as_json, report
-from deploy.verify import Verdict
+from deploy.verify import STATES, Verdict
 from tests import golden
 from tests.report_schema import SCHEMA_PATH, check_report, schema
 
@@ -38,6 +40,15 @@ def test_the_report_shape_matches_the_golden_unless_schema_version_was_bumped():
         f"deploy.report.SCHEMA_VERSION is {SCHEMA_VERSION} but {golden.GOLDEN.name} records "
         f"{before['schema_version']}: run `{golden.REGENERATE}`"
     )
+
+
+def test_the_schema_names_exactly_the_states_the_code_has():
+    """A new state (an ``aborted`` outcome, say) must reach the schema, or its first report fails validation."""
+    defs = schema()["$defs"]
+    assert schema()["properties"]["outcome"]["enum"] == [outcome.value for outcome in Outcome]
+    assert defs["call"]["properties"]["state"]["enum"] == [state.value for state in CallState]
+    assert defs["verdict"]["properties"]["state"]["enum"] == [state.value for state in STATES]
+    assert defs["promotion"]["properties"]["state"]["enum"] == [state.value for state in PromotionState]
 
 
 @pytest.mark.parametrize("name", list(golden.representative_runs()))

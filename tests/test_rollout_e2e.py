@@ -36,7 +36,7 @@ def test_one_dead_tenant_within_tolerance_is_quarantined_and_the_rest_ship(fleet
 
 
 def test_the_dead_tenant_outlasts_request_timeout_but_not_rollout_timeout(fleet, action):
-    """The seed incident's shape: a fast read budget would have abandoned this call."""
+    """A dead tenant outlasts a fast read budget: request-timeout alone would have abandoned this call."""
     _sim, server = fleet([*healthy("a"), TenantSpec("dead", dead=True)])
     result = action(server, batch_size="2", verify_url="")
 

@@ -93,7 +93,7 @@ def run_entrypoint(env: dict[str, str]) -> tuple[int, str]:
     return proc.returncode, proc.stdout
 
 
-def test_with_only_input_variables_the_seed_incident_run_still_ships(fleet, tmp_path: Path) -> None:
+def test_with_only_input_variables_a_run_with_a_dead_tenant_still_ships(fleet, tmp_path: Path) -> None:
     _sim, server = fleet([*healthy_fleet(3), TenantSpec("dead", dead=True)])
     with_ = {**FAST_INPUTS, "cp-url": server.url, "cp-token": CP_TOKEN, "batch-size": "2",
              "verify-url": f"{server.url}/tenants/{{slug}}/buildinfo"}

@@ -17,21 +17,17 @@ from dataclasses import replace
 import pytest
 import requests
 
+from deploy.buildinfo import BODY_LIMIT, Answer, BuildinfoClient, buildinfo_session, buildinfo_url, read_field
 from deploy.clock import Clock, Deadline, FakeClock
 from deploy.context import Context
 from deploy.controlplane import TenantRow
+from deploy.domain import sha_matches
 from deploy.report import as_json
 from deploy.runner import Runner
 from deploy.settings import HttpSettings, VerifySettings
 from deploy.sim.fleet import OLD_SHA, FleetSim, TenantSpec
 from deploy.sim.server import SimServer
-from deploy.verify import (
-    BODY_LIMIT,
-    buildinfo_url,
-    sha_matches,
-    verification_client,
-    verify_tenants,
-)
+from deploy.verify import verify_tenants
 from tests.support import SHA, buildinfo
 
 TEMPLATE = "https://{slug}.tenants.example.test/buildinfo"
@@ -348,7 +344,7 @@ def test_a_token_in_the_verify_url_never_reaches_the_log_or_result(requests_mock
 def test_injected_client_is_used_and_left_open(requests_mock) -> None:
     requests_mock.get(url("t1"), json={"git_sha": SHA})
     clock = FakeClock()
-    client = verification_client(4, Context(Runner(io.StringIO()), Deadline.starting_now(clock, 3600)))
+    client = buildinfo_session(4, Context(Runner(io.StringIO()), Deadline.starting_now(clock, 3600)))
     client.session.headers["X-Probe"] = "verify"
     Run()(rows("t1"), client=client)
     assert requests_mock.last_request.headers["X-Probe"] == "verify"
@@ -357,7 +353,7 @@ def test_injected_client_is_used_and_left_open(requests_mock) -> None:
 
 def test_default_client_verifies_tls_does_not_retry_and_pools_per_worker() -> None:
     clock = FakeClock()
-    client = verification_client(16, Context(Runner(io.StringIO()), Deadline.starting_now(clock, 3600)))
+    client = buildinfo_session(16, Context(Runner(io.StringIO()), Deadline.starting_now(clock, 3600)))
     adapter = client.session.get_adapter("https://t1.example.test/")
     assert client.session.verify is True
     assert adapter.max_retries.total == 0
@@ -367,6 +363,50 @@ def test_default_client_verifies_tls_does_not_retry_and_pools_per_worker() -> No
 def test_no_tenants_is_vacuously_ok_with_no_rounds(requests_mock) -> None:
     result = Run()([])
     assert result.ok and result.rounds == 0 and result.verdicts == ()
+
+
+# -- the buildinfo client on its own (what verify and any other reader call) -----------------
+
+
+def reader_for(clock: FakeClock, concurrency: int = 4) -> BuildinfoClient:
+    return BuildinfoClient("git_sha", concurrency, Context(Runner(io.StringIO()), Deadline.starting_now(clock, 3600)))
+
+
+def test_one_read_is_one_get_returning_the_sha_or_why_not(requests_mock) -> None:
+    requests_mock.get(url("t1"), json={"git_sha": f"  {SHA}\n"})
+    requests_mock.get(url("t2"), status_code=503, text="upstream connect error")
+    clock = FakeClock()
+    with reader_for(clock) as reader:
+        deadline = Deadline.starting_now(clock, 30.0)
+        assert reader.read(url("t1"), 5.0, deadline) == Answer(SHA, "", clock.now())
+        assert reader.read(url("t2"), 5.0, deadline) == Answer("", "HTTP 503: upstream connect error", clock.now())
+        clock.sleep(30.0)
+        assert reader.read(url("t1"), 5.0, deadline) is None  # the deadline passed: no request at all
+    assert requests_mock.call_count == 2
+
+
+def test_read_all_keeps_the_order_of_the_urls_and_never_retries(requests_mock) -> None:
+    slugs = [f"t{i}" for i in range(7)]
+    for i, slug in enumerate(slugs):
+        requests_mock.get(url(slug), json={"git_sha": f"{i:07d}"} if i % 2 else {"version": "1"})
+    clock = FakeClock()
+    with reader_for(clock, concurrency=3) as reader:
+        answers = reader.read_all([url(s) for s in slugs], 5.0, Deadline.starting_now(clock, 30.0))
+    assert [a.reported if a else None for a in answers] == ["", "0000001", "", "0000003", "", "0000005", ""]
+    assert answers[0] is not None and answers[0].problem == "answered 200 without the field 'git_sha'"
+    assert requests_mock.call_count == len(slugs)
+
+
+def test_what_a_tenant_reports_is_shown_on_one_short_line() -> None:
+    answer = Answer(SHA + "\n" + "x" * 200, "", 0.0)
+    assert "\n" not in answer.shown and len(answer.shown) == 100 and answer.shown.endswith("…")
+
+
+def test_only_a_tenant_name_gets_a_url_and_field_paths_stop_at_a_missing_step() -> None:
+    with pytest.raises(ValueError, match="cannot be a tenant name"):
+        buildinfo_url(TEMPLATE, "..")
+    assert read_field({"build": {"sha": SHA}}, "build.sha") == SHA
+    assert read_field({"build": "v1"}, "build.sha") is None
 
 
 # -- the simulator's tenants over real HTTP --------------------------------------------------

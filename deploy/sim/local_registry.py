@@ -153,12 +153,13 @@ class RunningRegistry:
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def start_registry(
     root: Path, username: str = "", password: str = "", binary: str = "docker-registry", htpasswd_tool: str = "htpasswd"
-) -> tuple[subprocess.Popen, RunningRegistry]:
+) -> tuple[subprocess.Popen[bytes], RunningRegistry]:
     """Start ``docker-registry`` in ``root`` and wait until ``/v2/`` answers (200, or 401 when secured)."""
     auth = ""
     if username:
@@ -187,7 +188,7 @@ def start_registry(
     raise RuntimeError(f"docker-registry did not start: {(root / 'registry.log').read_text()[-2000:]}")
 
 
-def stop_registry(process: subprocess.Popen) -> None:
+def stop_registry(process: subprocess.Popen[bytes]) -> None:
     process.terminate()
     try:
         process.wait(timeout=10)

@@ -1,0 +1,196 @@
+"""The tenant ``/buildinfo`` client: which build one tenant says it runs, and the same for many at once.
+
+A tenant's own answer is the only proof that it runs a build (a CP's "success" is not), so every
+reader of that proof goes through here: the URL rule, the time limits and the wording of each
+failure are then the same wherever a tenant is asked.
+
+- **One read is one GET, never retried.** Callers that need an answer to change ask again in
+  their own rhythm (verify's rounds); a retry inside a read would only let one tenant eat the
+  time of the others. A read returns the SHA the tenant reports or, on one line, why not
+  (:class:`Answer`); it never raises for what a tenant does, and gives ``None`` only when the
+  deadline passed before it could start.
+- **A tenant's answer is untrusted input.** A body over :data:`BODY_LIMIT`, one that is not JSON,
+  or one without the field is "no usable answer", never a crash; what a tenant reports reaches
+  a log or the report only through :func:`one_line`. The HTTP layer bounds the whole exchange
+  and follows redirects only within the tenant's own origin.
+- **The worker pool lives with the session** (:meth:`BuildinfoClient.read_all`), not with the
+  rounds: its size is the session's connection pool (one connection per worker), and every
+  caller needs the same thing of it — read these tenants, at most ``concurrency`` at once, none
+  past a deadline — whether it reads each tenant once or again in rounds. Daemon threads,
+  because a cancelled run must not wait for a read in flight (the HTTP layer cuts those sockets
+  too); a queue, because one future per tenant per round from a contended main thread does not
+  scale to large fleets.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+from deploy import http
+from deploy.clock import Deadline
+from deploy.context import Context
+from deploy.domain import TENANT_RE
+from deploy.errors import DeadlineExceeded
+
+BODY_LIMIT = 64 * 1024  # a /buildinfo answer is a few hundred bytes; more is not a build info
+MIN_TIMEOUT = 0.05  # a request near the deadline still gets a sliver to fail fast in
+SHOWN_CHARS = 100  # what a tenant reports is shortened to this before it is logged or stored
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One read of one tenant: the SHA it reported ('' if none) or why it gave no useful answer."""
+
+    reported: str  # as sent, stripped: compare this, show :attr:`shown`
+    problem: str  # one line; '' when it reported a SHA
+    at: float  # clock time of the answer
+
+    @property
+    def shown(self) -> str:
+        return one_line(self.reported)
+
+
+def buildinfo_url(template: str, slug: str) -> str:
+    """The tenant's URL. Only a real tenant name gets one: ``..`` or ``/`` must never reach a path."""
+    if not TENANT_RE.match(slug):
+        raise ValueError(f"{http.compact_json(slug, 80)} cannot be a tenant name")
+    return template.replace("{slug}", quote(slug, safe=""))
+
+
+def read_field(doc: Any, path: str) -> Any:
+    """The value at a dotted path (``build.git_sha``), or ``None`` when any step is missing."""
+    for key in path.split("."):
+        if not isinstance(doc, dict) or key not in doc:
+            return None
+        doc = doc[key]
+    return doc
+
+
+def buildinfo_session(concurrency: int, ctx: Context) -> http.Client:
+    """No retries (callers read again), one pooled connection per worker, bodies capped."""
+    return ctx.client(http.Policy((), cap=BODY_LIMIT, pool_size=concurrency, headers={"Accept": "application/json"}))
+
+
+@dataclass(frozen=True)
+class _Job:
+    index: int
+    url: str
+    timeout: float
+    deadline: Deadline
+    done: queue.SimpleQueue[tuple[int, Answer | None]]
+
+
+class BuildinfoClient:
+    """Reads ``field`` from tenants' ``/buildinfo``: one pooled session and its workers for a whole fleet.
+
+    ``client`` replaces the default session (:func:`buildinfo_session`) and is then left open by
+    :meth:`close`. Use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, field: str, concurrency: int, ctx: Context, client: http.Client | None = None) -> None:
+        self.field, self.concurrency, self.clock = field, max(concurrency, 1), ctx.clock
+        self.http = client or buildinfo_session(self.concurrency, ctx)
+        self._owns_http = client is None
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._workers = 0
+        self._closed = False
+
+    def __enter__(self) -> BuildinfoClient:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.close()
+
+    def read(self, url: str, timeout: float, deadline: Deadline) -> Answer | None:
+        """One GET within ``timeout`` and never past ``deadline``; ``None`` if the deadline passed first.
+
+        Limits are taken when the request starts, not when the caller asked: a read queued behind
+        others gets what is left of the deadline then. An answer that arrives after its own
+        timeout proves nothing and is a problem, not a SHA.
+        """
+        left = deadline.remaining()
+        if left <= 0:
+            return None
+        timeout = max(min(timeout, left), MIN_TIMEOUT)
+        started = self.clock.now()
+        try:
+            reply = self.http.request("GET", url, budget=timeout, deadline=deadline)
+        except http.TransportError as exc:
+            problem = f"no answer within {format_seconds(timeout)} s" if exc.timed_out else exc.cause
+            return Answer("", problem, self.clock.now())
+        except DeadlineExceeded:
+            return None
+        if self.clock.now() > started + timeout:
+            return Answer("", f"answer took longer than {format_seconds(timeout)} s", self.clock.now())
+        if reply.status != 200:
+            # A redirect's own body is not shown: it may describe where it points.
+            text = reply.redirect_note or reply.error_text() or "no reason given"
+            return Answer("", f"HTTP {reply.status}: {text}", self.clock.now())
+        return _parse(reply.body, self.field, self.clock.now())
+
+    def read_all(self, urls: Sequence[str], timeout: float, deadline: Deadline) -> list[Answer | None]:
+        """:meth:`read` of every URL, at most ``concurrency`` at once; answers in the order of ``urls``.
+
+        Returns when every URL has its answer: the deadline bounds each read, and a URL still
+        queued when it passes gets ``None`` without a request.
+        """
+        while self._workers < min(self.concurrency, len(urls)):
+            threading.Thread(target=self._work, name=f"buildinfo-{self._workers}", daemon=True).start()
+            self._workers += 1
+        done: queue.SimpleQueue[tuple[int, Answer | None]] = queue.SimpleQueue()
+        for index, url in enumerate(urls):
+            self._jobs.put(_Job(index, url, timeout, deadline, done))
+        answers: list[Answer | None] = [None] * len(urls)
+        for _ in urls:
+            index, answer = done.get()
+            answers[index] = answer
+        return answers
+
+    def close(self) -> None:
+        """Stop the workers (queued reads are dropped, reads in flight not waited for); close an own session."""
+        self._closed = True
+        for _ in range(self._workers):
+            self._jobs.put(None)
+        self._workers = 0
+        if self._owns_http:
+            self.http.close()
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                answer = None if self._closed else self.read(job.url, job.timeout, job.deadline)
+            except Exception as exc:  # noqa: BLE001 - a bug in one read must not hang the caller
+                answer = Answer("", f"internal error probing it: {type(exc).__name__}", self.clock.now())
+            job.done.put((job.index, answer))
+
+
+def _parse(body: bytes, field: str, at: float) -> Answer:
+    try:
+        doc = http.parse_json(body)
+    except http.UnusableBody as exc:
+        return Answer("", f"answered 200 with a body that is {exc}: {http.error_text(body, 120)}", at)
+    value = read_field(doc, field)
+    if value is None:
+        return Answer("", f"answered 200 without the field {field!r}", at)
+    if not isinstance(value, str) or not value.strip():
+        return Answer("", f"answered 200 but {field!r} is not a SHA: {http.compact_json(value, 60)}", at)
+    return Answer(value.strip(), "", at)
+
+
+def one_line(text: str) -> str:
+    """Text a tenant (or the CP about a tenant) sent, on one line of at most :data:`SHOWN_CHARS`."""
+    text = " ".join(text.split())
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 1] + "…"
+
+
+def format_seconds(value: float) -> str:
+    """Seconds as every buildinfo and verify line words them: ``0.2``, ``5``, ``12``."""
+    return f"{value:.0f}" if value >= 10 or math.isclose(value, round(value)) else f"{value:.1f}"
