@@ -44,13 +44,17 @@ MIN_TIMEOUT = 0.05  # a request near the deadline still gets a sliver to fail fa
 SHOWN_CHARS = 100  # what a tenant reports is shortened to this before it is logged or stored
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Answer:
     """One read of one tenant: the SHA it reported ('' if none) or why it gave no useful answer."""
 
     reported: str  # as sent, stripped: compare this, show :attr:`shown`
     problem: str  # one line; '' when it reported a SHA
     at: float  # clock time of the answer
+
+    @classmethod
+    def unusable(cls, problem: str, at: float) -> Answer:
+        return cls(reported="", problem=problem, at=at)
 
     @property
     def shown(self) -> str:
@@ -125,15 +129,15 @@ class BuildinfoClient:
             reply = self.http.request("GET", url, budget=timeout, deadline=deadline)
         except http.TransportError as exc:
             problem = f"no answer within {format_seconds(timeout)} s" if exc.timed_out else exc.cause
-            return Answer("", problem, self.clock.now())
+            return Answer.unusable(problem, self.clock.now())
         except DeadlineExceeded:
             return None
         if self.clock.now() > started + timeout:
-            return Answer("", f"answer took longer than {format_seconds(timeout)} s", self.clock.now())
+            return Answer.unusable(f"answer took longer than {format_seconds(timeout)} s", self.clock.now())
         if reply.status != 200:
             # A redirect's own body is not shown: it may describe where it points.
             text = reply.redirect_note or reply.error_text() or "no reason given"
-            return Answer("", f"HTTP {reply.status}: {text}", self.clock.now())
+            return Answer.unusable(f"HTTP {reply.status}: {text}", self.clock.now())
         return _parse(reply.body, self.field, self.clock.now())
 
     def read_all(self, urls: Sequence[str], timeout: float, deadline: Deadline) -> list[Answer | None]:
@@ -168,7 +172,7 @@ class BuildinfoClient:
             try:
                 answer = None if self._closed else self.read(job.url, job.timeout, job.deadline)
             except Exception as exc:  # noqa: BLE001 - a bug in one read must not hang the caller
-                answer = Answer("", f"internal error probing it: {type(exc).__name__}", self.clock.now())
+                answer = Answer.unusable(f"internal error probing it: {type(exc).__name__}", self.clock.now())
             job.done.put((job.index, answer))
 
 
@@ -176,13 +180,13 @@ def _parse(body: bytes, field: str, at: float) -> Answer:
     try:
         doc = http.parse_json(body)
     except http.UnusableBody as exc:
-        return Answer("", f"answered 200 with a body that is {exc}: {http.error_text(body, 120)}", at)
+        return Answer.unusable(f"answered 200 with a body that is {exc}: {http.error_text(body, 120)}", at)
     value = read_field(doc, field)
     if value is None:
-        return Answer("", f"answered 200 without the field {field!r}", at)
+        return Answer.unusable(f"answered 200 without the field {field!r}", at)
     if not isinstance(value, str) or not value.strip():
-        return Answer("", f"answered 200 but {field!r} is not a SHA: {http.compact_json(value, 60)}", at)
-    return Answer(value.strip(), "", at)
+        return Answer.unusable(f"answered 200 but {field!r} is not a SHA: {http.compact_json(value, 60)}", at)
+    return Answer(reported=value.strip(), problem="", at=at)
 
 
 def one_line(text: str) -> str:

@@ -26,9 +26,11 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from deploy.domain import (
     DIGEST_RE,
+    FALSE_WORDS,
     SHA_RE,
     SHOWN_VALUE,
     TAG_RE,
+    TRUE_WORDS,
     ImageRef,
     display_url,
     is_loopback,
@@ -98,8 +100,6 @@ URL_INPUTS = ("cp-url", "verify-url", "promote-images")  # may carry a credentia
 MIN_RELIABLE_SECRET = 8  # shorter, and a secret also matches ordinary words and numbers in the log
 MIN_QUERY_SECRET = 8  # a query value this long in a URL input is treated as a credential (?key=…)
 
-TRUE_WORDS = {"true", "yes", "on", "1"}
-FALSE_WORDS = {"false", "no", "off", "0"}
 
 VARIABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_RETRIES = 10

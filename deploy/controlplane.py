@@ -92,10 +92,10 @@ class CallResult:
 class ControlPlaneClient:
     heartbeat_seconds = 30.0  # a line while a call is in flight: a silent 10-minute step looks hung
 
-    def __init__(self, cp: ControlPlaneSettings, plan: RolloutSettings, http_settings: HttpSettings,
+    def __init__(self, cp: ControlPlaneSettings, rollout: RolloutSettings, http_settings: HttpSettings,
                  ctx: Context) -> None:
-        self.cp = cp
-        self.plan = plan
+        self.settings = cp
+        self.rollout = rollout
         self.ctx = ctx
         self._calling = ""  # which call and tenants a retry line is about
         policy = http_settings.policy(cap=ANSWER_CAP, headers={"Authorization": f"Bearer {cp.token}"})
@@ -103,7 +103,7 @@ class ControlPlaneClient:
 
     def enumerate(self) -> CallResult:
         """The live fleet, by dry run: read-only, so it may come before the gates."""
-        body = self._body(dry_run=True, max_stragglers=self.plan.max_stragglers)
+        body = self._body(dry_run=True, max_stragglers=self.rollout.max_stragglers)
         return self._call("enumerate", (), body, self.http.policy.budget)
 
     def redeploy(self, label: str, slugs: Sequence[str], max_stragglers: int) -> CallResult:
@@ -111,13 +111,13 @@ class ControlPlaneClient:
         body = self._body(
             dry_run=False, max_stragglers=max_stragglers, only_slugs=list(slugs), batch_size=len(slugs)
         )
-        return self._call(label, tuple(slugs), body, self.cp.rollout_timeout)
+        return self._call(label, tuple(slugs), body, self.settings.rollout_timeout)
 
     def _body(self, dry_run: bool, max_stragglers: int, **scope: Any) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "target_tag": self.plan.target_tag,
+            "target_tag": self.rollout.target_tag,
             "soak_seconds": 0,
-            "batch_size": self.plan.batch_size,
+            "batch_size": self.rollout.batch_size,
             "max_stragglers": max_stragglers,
             "dry_run": dry_run,
             "confirm": True,
@@ -136,7 +136,7 @@ class ControlPlaneClient:
         started = self.ctx.clock.now()
         try:
             with self._heartbeat(label, budget):
-                reply = self.http.request("POST", self.cp.redeploy_url, json=body, budget=budget)
+                reply = self.http.request("POST", self.settings.redeploy_url, json=body, budget=budget)
         except http.TransportError as exc:
             why = f"HTTP 504 (synthetic): {exc}" if exc.timed_out else f"no answer: {exc}"
             return self._result(label, slugs, started, None, why, CallState.UNKNOWN)

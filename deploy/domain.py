@@ -22,8 +22,10 @@ TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,252}\Z")  # \Z: `$` would l
 MIN_PREFIX = 7  # `git rev-parse --short`'s length: shorter prefixes prove nothing
 SHOWN_VALUE = 80  # characters of a bad value quoted in its error
 
-KILL_WORDS = frozenset({"true", "yes", "on", "1", "disabled", "disable"})
-LIVE_WORDS = frozenset({"false", "no", "off", "0", "enabled", ""})
+TRUE_WORDS = frozenset({"true", "yes", "on", "1"})
+FALSE_WORDS = frozenset({"false", "no", "off", "0"})
+KILL_WORDS = TRUE_WORDS | {"disabled", "disable"}
+LIVE_WORDS = FALSE_WORDS | {"enabled", ""}
 
 # Registries whose API is not served on the host people write in image names.
 API_HOSTS = {"docker.io": "registry-1.docker.io", "index.docker.io": "registry-1.docker.io"}
@@ -59,7 +61,7 @@ def parse_kill_switch(value: str) -> bool:
     raise ValueError("expected one of 1/true/yes/on/disabled/disable (skip) or 0/false/no/off/enabled/empty (run)")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ImageRef:
     """One image repository of ``promote-images``, parsed once: how it is named, and where its API is.
 
@@ -100,7 +102,7 @@ def parse_image(value: str, allow_insecure: bool) -> ImageRef:
     if scheme == "http" and not allow_insecure and not is_loopback(hostname):
         raise ValueError(f"{shown}: plain http:// to a registry needs allow-insecure-http: true")
     secure = scheme == "https" or (not scheme and not is_loopback(hostname))
-    return ImageRef(value, host, repository, secure)
+    return ImageRef(written=value, host=host, repository=repository, secure=secure)
 
 
 def display_url(value: str) -> str:

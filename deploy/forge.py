@@ -69,14 +69,13 @@ class ForgeError(DeployFailed):
 class ForgeClient:
     """Reads branch heads, repository variables and commit check states from one repository."""
 
-    def __init__(self, forge: ForgeSettings, http_settings: HttpSettings, ctx: Context) -> None:
-        self.forge, self.ctx = forge, ctx
-        self.runner, self.clock, self.deadline = ctx.runner, ctx.clock, ctx.deadline
-        self.shape = SHAPES[forge.kind]
-        ctx.runner.mask(forge.token)
+    def __init__(self, settings: ForgeSettings, http_settings: HttpSettings, ctx: Context) -> None:
+        self.settings, self.ctx = settings, ctx
+        self.shape = SHAPES[settings.kind]
+        ctx.runner.mask(settings.token)
         # `token` works on both forges (GitHub also takes Bearer; Gitea's job token only `token`).
-        headers = {"Authorization": f"token {forge.token}", "Accept": self.shape.accept}
-        if forge.kind == "github":
+        headers = {"Authorization": f"token {settings.token}", "Accept": self.shape.accept}
+        if settings.kind == "github":
             headers["X-GitHub-Api-Version"] = "2022-11-28"
         self.http = ctx.client(http_settings.policy(cap=ANSWER_CAP, headers=headers), on_retry=ctx.runner.log)
 
@@ -117,7 +116,7 @@ class ForgeClient:
         states: dict[str, tuple[str, ...]] = {
             name: (_state(row.get("state") or row.get("status")),) for name, row in statuses.items()
         }
-        if self.forge.kind == "github":
+        if self.settings.kind == "github":
             runs = _newest(self._pages(f"commits/{sha}/check-runs", "check_runs", what, budget), "name")
             for name, row in runs.items():
                 run_state = row.get("conclusion") if row.get("status") == "completed" else row.get("status")
@@ -144,16 +143,17 @@ class ForgeClient:
         self, path: str, what: str, params: dict[str, Any] | None = None,
         budget: Deadline | None = None, missing_ok: bool = False,
     ) -> http.Reply | None:
-        owner, _, name = self.forge.repository.partition("/")
+        owner, _, name = self.settings.repository.partition("/")
         if not owner or not name or "/" in name:
-            raise ForgeError(f"{what}: no repository to ask (GITHUB_REPOSITORY is {self.forge.repository!r})")
-        url = f"{self.forge.api_url.rstrip('/')}/repos/{owner}/{name}/{path}"
+            raise ForgeError(f"{what}: no repository to ask (GITHUB_REPOSITORY is {self.settings.repository!r})")
+        url = f"{self.settings.api_url.rstrip('/')}/repos/{owner}/{name}/{path}"
         while True:
-            self.deadline.check(what)
+            self.ctx.deadline.check(what)
             try:
                 # the caller's own budget (checks-timeout) bounds the exchange too, not only rate-limit
                 # waits; the last poll, made as it runs out, is bounded by the overall deadline alone
-                limit = budget if budget is not None and 0 < budget.remaining() < self.deadline.remaining() else None
+                overall = self.ctx.deadline.remaining()
+                limit = budget if budget is not None and 0 < budget.remaining() < overall else None
                 response = self.http.request("GET", url, params=params, deadline=limit)
             except http.TransportError as exc:
                 raise ForgeError(f"{what}: the {self.shape.label} API is unreachable ({exc})") from None
@@ -164,7 +164,7 @@ class ForgeClient:
         if response.status == 404 and missing_ok:
             return None
         if response.status != 200:
-            text = self.runner.redact(http.error_text(response.body))  # a server may echo the token
+            text = self.ctx.runner.redact(http.error_text(response.body))  # a server may echo the token
             detail = f": {text}" if text else ""
             raise ForgeError(
                 f"{what}: the {self.shape.label} API answered HTTP {response.status}{detail}",
@@ -181,27 +181,28 @@ class ForgeClient:
             return None
         headers = response.headers
         if headers.get("Retry-After"):
-            return _retry_after(headers["Retry-After"], self.clock.wall())
+            return _retry_after(headers["Retry-After"], self.ctx.clock.wall())
         reset = headers.get("X-RateLimit-Reset", "")
         if headers.get("X-RateLimit-Remaining") == "0" and reset.isascii() and reset.isdigit() and len(reset) <= 12:
-            return float(reset) - self.clock.wall()
+            return float(reset) - self.ctx.clock.wall()
         return UNANNOUNCED_RATE_LIMIT_WAIT if response.status == 429 else None
 
     def _wait_out_rate_limit(self, wait: float, what: str, budget: Deadline | None, status: int) -> None:
         wait = min(max(wait, 0.0), MAX_ANNOUNCED_WAIT) + RATE_LIMIT_MARGIN  # 1e308 s is "not in this run"
-        limits = [(self.deadline.remaining(), "timeout")]
+        limits = [(self.ctx.deadline.remaining(), "timeout")]
         if budget is not None:
             limits.append((budget.remaining(), "checks-timeout"))
         left, limit_name = min(limits)
-        until = time.strftime("%H:%M:%S UTC", time.gmtime(self.clock.wall() + wait))
+        until = time.strftime("%H:%M:%S UTC", time.gmtime(self.ctx.clock.wall() + wait))
         if wait > left:
             raise ForgeError(
                 f"{what}: the {self.shape.label} API rate limit lifts in {wait:.0f} s (at {until}), "
                 f"beyond the {left:.0f} s left of the budget (input `{limit_name}`)",
                 status,
             )
-        self.runner.log(f"{self.shape.label} API rate limit reached while {what}: waiting {wait:.0f} s, until {until}")
-        self.clock.sleep(wait)
+        self.ctx.runner.log(f"{self.shape.label} API rate limit reached while {what}: waiting {wait:.0f} s, "
+                            f"until {until}")
+        self.ctx.clock.sleep(wait)
 
 
 

@@ -36,6 +36,7 @@ import contextlib
 import heapq
 import itertools
 import json
+import os
 import socket
 import threading
 import time
@@ -45,6 +46,7 @@ from dataclasses import dataclass, field
 from http.client import HTTPException
 from typing import Any
 from urllib.parse import urljoin, urlsplit
+from urllib.request import getproxies_environment
 
 import requests
 import urllib3
@@ -416,6 +418,12 @@ class Client:
     def __init__(self, policy: Policy, clock: Clock, deadline: Deadline, on_retry: RetryLog | None = None) -> None:
         self.policy, self.clock, self.deadline = policy, clock, deadline
         self.session = requests.Session()
+        # The environment is read once here, not per request (see _send); and never ~/.netrc: a
+        # credential found there must not be sent to a tenant, a forge or a registry.
+        self.session.trust_env = False
+        self._env_proxies = bool(getproxies_environment())
+        self._proxies: dict[str, dict[str, str]] = {}  # origin → proxies, when any are configured
+        self._verify: bool | str = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
         retry = ScheduledRetry(delays=policy.retry_delays, clock=clock, on_retry=on_retry, deadline=deadline)
         adapter = _WatchedAdapter(max_retries=retry, pool_connections=policy.pool_size,
                                   pool_maxsize=policy.pool_size)
@@ -451,8 +459,7 @@ class Client:
             response = None
             try:
                 timeout: Any = DeadlineTimeout(deadline, budget)  # see DeadlineTimeout: requests passes it on
-                response = self.session.request(method, url, timeout=timeout, allow_redirects=False, stream=True,
-                                                **kwargs)
+                response = self._send(method, url, timeout, kwargs)
                 body = exchange.body
                 if body is None:  # no pool hook ran (a test adapter): read it here, same caps
                     body, _ = read_capped(response.raw, cap, 200 <= response.status_code < 300)
@@ -471,6 +478,24 @@ class Client:
                     response.raw.release_conn()
             return Reply(response.status_code, response.reason or "", response.headers, body, url,
                          max(exchange.attempts, 1))
+
+
+    def _send(self, method: str, url: str, timeout: Any, kwargs: dict[str, Any]) -> requests.Response:
+        """``Session.request`` without reading the environment per request, which cost more CPU than
+        the exchange itself over a large fleet: proxies and the CA bundle are read once per client
+        and per origin. Redirects are this client's own decision (:meth:`request`)."""
+        prepared = self.session.prepare_request(requests.Request(method, url, **kwargs))
+        return self.session.send(prepared, stream=True, timeout=timeout, verify=self._verify, cert=None,
+                                 proxies=self._proxies_for(url), allow_redirects=False)
+
+    def _proxies_for(self, url: str) -> dict[str, str]:
+        """``HTTP(S)_PROXY`` and ``NO_PROXY`` exactly as requests reads them, decided once per origin."""
+        if not self._env_proxies:
+            return {}
+        origin = _origin(url)
+        if origin not in self._proxies:
+            self._proxies[origin] = requests.utils.get_environ_proxies(url)
+        return self._proxies[origin]
 
 
 # -- wording and parsing -------------------------------------------------------------------

@@ -111,15 +111,17 @@ class _Stages:
 
     def __init__(self, config: Config, run: Run, ctx: Context) -> None:
         self.config, self.record, self.ctx = config, run, ctx
-        forge = config.forge
-        self.forge = ForgeClient(forge, config.http, ctx) if forge.token and forge.repository else None
-        self.registry = registry_client(config.http, ctx) if config.promote.images else None
-        self.cp: ControlPlaneClient | None = None
+        can_read_forge = config.forge.token and config.forge.repository
+        self.forge_client = ForgeClient(config.forge, config.http, ctx) if can_read_forge else None
+        self.registry_client = registry_client(config.http, ctx) if config.promote.images else None
+        self.cp_client: ControlPlaneClient | None = None
 
     def close(self) -> None:
-        for client in (self.forge and self.forge.http, self.cp and self.cp.http, self.registry):
-            if client:
-                client.close()
+        sessions = (self.forge_client and self.forge_client.http, self.cp_client and self.cp_client.http,
+                    self.registry_client)
+        for session in sessions:
+            if session:
+                session.close()
 
     def run(self) -> None:
         config, run, ctx = self.config, self.record, self.ctx
@@ -128,7 +130,7 @@ class _Stages:
             self.gates()
         cp = None
         if config.wants("rollout") or config.wants("verify"):
-            cp = self.cp = ControlPlaneClient(config.cp, config.rollout, config.http, ctx)
+            cp = self.cp_client = ControlPlaneClient(config.cp, config.rollout, config.http, ctx)
             self.plan(cp)
         if cp and config.wants("rollout"):
             with self.stage("Rollout", record=False):
@@ -159,7 +161,7 @@ class _Stages:
                     run.spans.append(Span(title.lower(), started, deadline.elapsed() - started))
 
     def gates(self) -> None:
-        gates, run, forge, runner = self.config.gates, self.record, self.forge, self.ctx.runner
+        gates, run, forge, runner = self.config.gates, self.record, self.forge_client, self.ctx.runner
         if not (gates.required_checks or gates.skip_if_superseded or gates.disabled_variable):
             return
         with self.stage("Gates"):
@@ -180,14 +182,14 @@ class _Stages:
             if rejected:
                 run.notes["plan"] = f"the CP listed {counted(len(rejected), 'name')} that cannot be tenants: " \
                                     f"{listing(rejected)}"
-            if config.wants("rollout") and config.wants("promote") and self.registry is not None:
-                check_sources(config.promote, self.registry, self.ctx)
+            if config.wants("rollout") and config.wants("promote") and self.registry_client is not None:
+                check_sources(config.promote, self.registry_client, self.ctx)
 
     def superseded(self, when: str) -> None:
         config = self.config
-        if not config.gates.skip_if_superseded or self.forge is None:
+        if not config.gates.skip_if_superseded or self.forge_client is None:
             return
-        head = newer_head(config.gates, config.sha, self.forge, self.ctx.runner)
+        head = newer_head(config.gates, config.sha, self.forge_client, self.ctx.runner)
         if head:
             raise Skip(f"superseded {when}: {config.gates.branch} is now at {head}, not {config.sha}")
 
@@ -212,17 +214,17 @@ class _Stages:
 
     def promote(self) -> None:
         config, run, runner = self.config, self.record, self.ctx.runner
-        if self.registry is None:
+        if self.registry_client is None:
             run.notes["promote"] = "no promote-images"
             runner.log("promote: skipped, promote-images is empty")
             return
         self.superseded("before promote")
         gates = config.gates
-        if run.rollout is not None and gates.disabled_variable and live_kill_switch(gates, self.forge, runner):
+        if run.rollout is not None and gates.disabled_variable and live_kill_switch(gates, self.forge_client, runner):
             raise Skip(f"kill switch: repository variable {gates.disabled_variable} was set during the run; "
                        "latest not promoted")
         with self.stage("Promote"), cancel.deferred():  # a put-back is never cut in half
-            run.promote = promote_images(config.promote, self.registry, self.ctx)
+            run.promote = promote_images(config.promote, self.registry_client, self.ctx)
         if not run.promote.ok:
             raise DeployFailed(f"promote failed: {run.promote.error}")
 

@@ -161,7 +161,6 @@ class Repository:
 
     def __init__(self, image: ImageRef, *, client: http.Client, username: str = "", password: str = "",
                  mask: Callable[[str], None] = lambda secret: None) -> None:
-        self.ref = image
         self.image = str(image)
         self.name = image.repository
         self.base_url = image.base_url

@@ -17,7 +17,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, is_dataclass
 from enum import Enum
 from pathlib import Path
@@ -90,7 +90,7 @@ def publish(run: Run, runner: Runner, report_path: Path, workspace: Path) -> Non
         if not report_path.resolve().is_relative_to(workspace.resolve()):  # report-path is checked as
             raise OSError("it leads outside the workspace (a symbolic link?)")  # text; a link is not text
         report_path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(redact_values(report(run), runner.redact), indent=2)  # values, never the JSON
+        text = report_text(redact_values(report(run), runner.redact))  # values, never the JSON
         replace_file(report_path.resolve(), text + "\n")
 
     writes: list[tuple[str, Callable[[], None]]] = [
@@ -118,6 +118,22 @@ def redact_values(value: Any, redact: Callable[[str], str]) -> Any:
     if isinstance(value, (list, tuple)):
         return [redact_values(item, redact) for item in value]
     return value
+
+
+def report_text(value: Any, depth: int = 0) -> str:
+    """The report as JSON a person can still read: objects indented down to the stages' own keys,
+    and each item of a list of objects (a call, a tenant's verdict) on a line of its own.
+
+    Deeper values are written compactly by json's C encoder, which runs only without indentation:
+    fully indented, the report of a 50,000-tenant run took more CPU than the rest of the run.
+    """
+    pad = "  " * (depth + 1)
+    if isinstance(value, dict) and value and depth < 2:
+        items = (f"{pad}{json.dumps(key)}: {report_text(item, depth + 1)}" for key, item in value.items())
+        return "{\n" + ",\n".join(items) + "\n" + pad[2:] + "}"
+    if isinstance(value, list) and any(isinstance(item, dict) for item in value):
+        return "[\n" + ",\n".join(pad + json.dumps(item) for item in value) + "\n" + pad[2:] + "]"
+    return json.dumps(value)
 
 
 def replace_file(path: Path, text: str) -> None:
@@ -249,7 +265,7 @@ def _headline(run: Run) -> str:
     icon = icons.get(run.outcome, "❔") if run.outcome else "❔"
     config = run.config
     what = f" `{config.rollout.target_tag}` ({config.sha[:12]})" if config and config.rollout.target_tag else ""
-    return f"{icon} {run.outcome}{what}"
+    return f"{icon} {run.outcome or 'unfinished'}{what}"
 
 
 def _facts(run: Run, cell: _Cell) -> list[str]:
@@ -259,9 +275,9 @@ def _facts(run: Run, cell: _Cell) -> list[str]:
     if run.rollout:
         r = run.rollout
         rows.append(("Shipped", f"{len(r.shipped)} (result rows: {r.result_count})"))
-        rows.append(("Quarantined", ", ".join(r.quarantined) or "none"))
+        rows.append(("Quarantined", listing(r.quarantined) or "none"))
         if r.stragglers and not r.quarantined:
-            rows.append(("Stragglers", ", ".join(r.stragglers)))
+            rows.append(("Stragglers", listing(r.stragglers)))
         if r.halted and r.not_started:
             rows.append(("Not started", f"{len(r.not_started)} (the rollout halted first)"))
     if run.verify:
@@ -274,11 +290,14 @@ def _facts(run: Run, cell: _Cell) -> list[str]:
 
 
 SECTIONS = {"gates": "Gates", "plan": "Plan", "verify": "Verify", "promote": "Promote"}
+TIMELINE_BARS = 40  # batch bars in the summary's timeline; more batches are merged into this many
+TABLE_ROWS = 300  # rows of the summary's tenant table: about 40 KiB, far below the runner's 1 MiB
 
 
 def _timeline(run: Run) -> list[str]:
-    """A Mermaid gantt of the real durations (GitHub renders Mermaid in job summaries)."""
-    spans = run.timeline()
+    """A Mermaid gantt of the real durations (GitHub renders Mermaid in job summaries); at most
+    about :data:`TIMELINE_BARS` bars, however many batches ran."""
+    spans = _bounded(run.timeline())
     if not spans:
         return []
     lines = ["### Timeline", "", "```mermaid", "gantt", "    dateFormat x", "    axisFormat %M:%S"]
@@ -295,38 +314,74 @@ def _timeline(run: Run) -> list[str]:
     return [*lines, "```", ""]
 
 
+def _bounded(spans: list[Span]) -> list[Span]:
+    """The spans, with runs of consecutive batch calls merged into one bar each ("batch 1–40/400")
+    when there are more than :data:`TIMELINE_BARS`: a Mermaid chart of 2,000 bars shows nothing."""
+    batches = [span for span in spans if span.name.startswith("batch ")]
+    if len(batches) <= TIMELINE_BARS:
+        return spans
+    size = -(-len(batches) // TIMELINE_BARS)  # ceiling division
+    merged = []
+    for first in range(0, len(batches), size):
+        group = batches[first:first + size]
+        numbers = f"{group[0].name.split()[1].split('/')[0]}–{group[-1].name.split()[1]}"
+        end = group[-1].started + group[-1].seconds
+        merged.append(Span(f"batches {numbers}", group[0].started, end - group[0].started))
+    return sorted([span for span in spans if not span.name.startswith("batch ")] + merged, key=lambda s: s.started)
+
+
 def _tenant_table(run: Run, cell: _Cell) -> list[str]:
+    """Every tenant, up to :data:`TABLE_ROWS`; above that, the tenants that need attention (up to
+    :data:`TABLE_ROWS` of them) and a count: the runner cuts a summary at 1 MiB, and the full
+    table is in the JSON report anyway. One pass over the fleet either way."""
     if not run.fleet:
         return []
-    rows = run.rollout.rows if run.rollout else {}
-    quarantined = set(run.rollout.quarantined) if run.rollout else set()
-    verdicts = {v.slug: v for v in run.verify.verdicts} if run.verify else {}
-    lines = [
+    header = [
         "### Tenants", "",
         "| tenant | phase | status | healthz | on target | verify | error |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
+    whole = len(run.fleet) <= TABLE_ROWS
+    lines: list[str] = []
+    attention = 0
+    for fields, needs_attention in _tenant_rows(run):
+        attention += needs_attention
+        if (whole or needs_attention) and len(lines) < TABLE_ROWS:
+            lines.append("| " + " | ".join(cell(field) for field in fields) + " |")
+    if whole:
+        return [*header, *lines, ""]
+    shown = f"the first {len(lines)} of them" if attention > len(lines) else "all of them"
+    note = (f"{counted(attention, 'tenant')} of {len(run.fleet)} need attention, {shown} below; the table of "
+            "every tenant is in the JSON report (`report` output).")
+    return [*header[:2], note, "", *(header[2:] + lines if lines else []), ""]
+
+
+def _tenant_rows(run: Run) -> Iterator[tuple[tuple[str, ...], bool]]:
+    """(the table's cells, whether the tenant needs attention) per tenant, in fleet order."""
+    rollout = run.rollout
+    rows = rollout.rows if rollout else {}
+    quarantined = set(rollout.quarantined) if rollout else set()
+    not_started = set(rollout.not_started) if rollout else set()
+    verdicts = {v.slug: v for v in run.verify.verdicts} if run.verify else {}
     for slug in run.fleet:
         row, verdict = rows.get(slug), verdicts.get(slug)
         verify = Verdict.QUARANTINED if slug in quarantined else (verdict.state if verdict else "")
         if verdict and verdict.state != Verdict.VERIFIED and verdict.running:
             verify += f" (runs {verdict.running[:12]})"
-        error = row.error if row else _missing_row(run, slug)
+        error = row.error if row else _missing_row(run, slug, not_started)
         error = error or (verdict.detail if verdict and verdict.state != Verdict.VERIFIED else "")
-        lines.append(
-            f"| {cell(slug)} | {cell(row.phase if row else '')} | {cell(row.ssm_status if row else '')} "
-            f"| {_flag(row.healthz_ok if row else None)} | {_flag(row.verified_on_target if row else None)} "
-            f"| {cell(verify)} | {cell(error)} |"
-        )
-    return [*lines, ""]
+        fine = (verdict.state == Verdict.VERIFIED) if verdict else bool(row and row.on_target and not error)
+        fields = (slug, row.phase if row else "", row.ssm_status if row else "", _flag(row.healthz_ok if row else None),
+                  _flag(row.verified_on_target if row else None), verify, error)
+        yield fields, not fine and not (rollout and rollout.dry_run)
 
 
-def _missing_row(run: Run, slug: str) -> str:
+def _missing_row(run: Run, slug: str, not_started: set[str]) -> str:
     if not run.rollout or run.rollout.dry_run:
         return ""
     if slug in run.rollout.outcome_unknown:
         return f"outcome unknown: {run.rollout.outcome_unknown[slug]}"
-    return "not started: the rollout halted first" if slug in run.rollout.not_started else "no row from the CP"
+    return "not started: the rollout halted first" if slug in not_started else "no row from the CP"
 
 
 def _promotion_table(run: Run, cell: _Cell) -> list[str]:
@@ -346,7 +401,8 @@ def _promotion_table(run: Run, cell: _Cell) -> list[str]:
 
 def _log_result(run: Run, runner: Runner) -> None:
     # A failure's reason is the run's last line, the verdict after this group: not repeated here.
-    runner.log(f"outcome: {run.outcome}" + (f" — {run.reason}" if run.reason and run.outcome != Outcome.FAILED else ""))
+    because = f" — {run.reason}" if run.reason and run.outcome != Outcome.FAILED else ""
+    runner.log(f"outcome: {run.outcome or 'unfinished'}{because}")
     r = run.rollout
     if r and r.dry_run:
         canary = run.config.rollout.canary if run.config else ""

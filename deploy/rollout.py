@@ -63,7 +63,7 @@ class RolloutResult:
         return {slug: call.error for call in self.calls if call.outcome_unknown for slug in call.slugs
                 if slug not in self.rows}
 
-    @property
+    @cached_property
     def not_started(self) -> tuple[str, ...]:
         """Tenants no call was made for, because the rollout halted first (stragglers too)."""
         attempted = {slug for call in self.calls for slug in call.slugs}
@@ -77,7 +77,7 @@ class RolloutResult:
     def quarantined(self) -> tuple[str, ...]:
         return self.stragglers if self.within_tolerance and not self.halted else ()
 
-    @property
+    @cached_property
     def shipped(self) -> tuple[str, ...]:
         stragglers, rows = set(self.stragglers), self.rows
         return tuple(slug for slug in self.fleet if slug in rows and slug not in stragglers)
@@ -117,24 +117,25 @@ def plan_batches(fleet: Sequence[str], canary: str, batch_size: int) -> tuple[tu
 
 
 def run_rollout(
-    plan: RolloutSettings, client: ControlPlaneClient, fleet: tuple[str, ...], ctx: Context
+    settings: RolloutSettings, client: ControlPlaneClient, fleet: tuple[str, ...], ctx: Context
 ) -> RolloutResult:
-    if plan.canary and plan.canary not in fleet:
-        raise DeployFailed(f"canary {plan.canary!r} is not in the fleet the CP enumerated")
-    batches = plan_batches(fleet, plan.canary, plan.batch_size)
-    result = RolloutResult(fleet=fleet, max_stragglers=plan.max_stragglers, planned=batches, dry_run=plan.dry_run)
+    if settings.canary and settings.canary not in fleet:
+        raise DeployFailed(f"canary {settings.canary!r} is not in the fleet the CP enumerated")
+    batches = plan_batches(fleet, settings.canary, settings.batch_size)
+    result = RolloutResult(fleet=fleet, max_stragglers=settings.max_stragglers, planned=batches,
+                           dry_run=settings.dry_run)
     runner = ctx.runner
-    if plan.dry_run:
-        _log_plan(result, plan, runner)
+    if settings.dry_run:
+        _log_plan(result, settings, runner)
         return result
-    progress = _Progress(result, plan, ctx)
+    progress = _Progress(result, settings, ctx)
     try:
         for number, slugs in enumerate(batches, start=1):
-            if plan.canary and number == 1:
+            if settings.canary and number == 1:
                 progress.canary(client, slugs[0], runner)
-                progress.soak(plan.soak_seconds, runner)
+                progress.soak(settings.soak_seconds, runner)
             else:
-                label = f"batch {number - (1 if plan.canary else 0)}/{len(batches) - (1 if plan.canary else 0)}"
+                label = f"batch {number - (1 if settings.canary else 0)}/{len(batches) - (1 if settings.canary else 0)}"
                 progress.batch(client, label, slugs, runner)
             if progress.halted:
                 if number < len(batches):
@@ -152,7 +153,7 @@ class _Progress:
     """The rollout as it happens; mutable only inside :func:`run_rollout`."""
 
     start: RolloutResult
-    plan: RolloutSettings
+    settings: RolloutSettings
     ctx: Context
     calls: list[CallResult] = field(default_factory=list)
     halted: str = ""
@@ -186,7 +187,7 @@ class _Progress:
         A call abandoned mid-deploy loses its per-tenant results, and with them the quarantine
         that depends on them; not starting it leaves the fleet where the report says it is.
         """
-        worst, left = self.plan.call_worst_case, self.ctx.deadline.remaining()
+        worst, left = self.settings.call_worst_case, self.ctx.deadline.remaining()
         if left < worst:
             raise DeadlineExceeded(
                 f"overall timeout: {left:.0f} s left, less than the CP's worst case for a call "
@@ -260,11 +261,12 @@ def _row_problem(row: TenantRow | None) -> str:
     return f"verified_on_target is false (ssm_status {row.ssm_status or 'unknown'})"
 
 
-def _log_plan(result: RolloutResult, plan: RolloutSettings, runner: Runner) -> None:
-    runner.log(f"dry run: would deploy {plan.target_tag} to {describe_plan(result.fleet, result.planned, plan.canary)}")
-    batches = len(result.planned) - (1 if plan.canary else 0)
+def _log_plan(result: RolloutResult, settings: RolloutSettings, runner: Runner) -> None:
+    canary = settings.canary
+    runner.log(f"dry run: would deploy {settings.target_tag} to {describe_plan(result.fleet, result.planned, canary)}")
+    batches = len(result.planned) - (1 if canary else 0)
     for number, slugs in enumerate(result.planned, start=1):
-        kind = "canary" if plan.canary and number == 1 else f"batch {number - (1 if plan.canary else 0)}/{batches}"
+        kind = "canary" if canary and number == 1 else f"batch {number - (1 if canary else 0)}/{batches}"
         runner.log(f"  {number}. {kind}: {', '.join(slugs)}")
 
 

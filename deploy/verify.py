@@ -77,7 +77,7 @@ class _Pending:
     problem: str = "no time was left to poll it"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class _Stage:
     """The verify stage as it happens; mutable only inside :func:`verify_tenants`."""
 
@@ -96,8 +96,9 @@ class _Stage:
     def begin(cls, settings: VerifySettings, sha: str, rows: Sequence[TenantRow], clock: Clock,
               deadline: Deadline) -> _Stage:
         start = clock.now()
-        stage = cls(settings, sha, clock, start, start + min(settings.budget, deadline.remaining()),
-                    deadline.elapsed(), tuple(dict.fromkeys(row.slug for row in rows)), {}, [])
+        stage = cls(settings=settings, sha=sha, clock=clock, start=start,
+                    end=start + min(settings.budget, deadline.remaining()), started=deadline.elapsed(),
+                    order=tuple(dict.fromkeys(row.slug for row in rows)), verdicts={}, pending=[])
         for row in {row.slug: row for row in rows}.values():  # the latest row of a slug wins
             if not TENANT_RE.match(row.slug):
                 stage.verdicts[row.slug] = TenantVerdict(slug=row.slug, state=Verdict.UNREACHABLE, running="",

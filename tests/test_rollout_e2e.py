@@ -14,6 +14,7 @@ import pytest
 from deploy.runner import parse_output_file
 from deploy.sim.fleet import Fault, TenantSpec
 from tests.actions_runner import ROOT, container_env
+from tests.report_schema import load_report
 from tests.support import CP_TOKEN, FAST_INPUTS, SHA, TAG, assert_no_secrets, healthy
 
 
@@ -252,3 +253,5 @@ def test_a_cancelled_job_still_writes_outputs_and_the_report(fleet, tmp_path, si
     outputs = parse_output_file(Path(env["GITHUB_OUTPUT"]).read_text())
     assert outputs["outcome"] == "failed" and f"cancelled by signal {signum.name}" in outputs["reason"]
     assert outputs["result_count"] == "1"  # batch 1 (tenant a) finished before the signal
+    report = load_report((Path(env["GITHUB_WORKSPACE"]) / env["FLEET_REPORT_PATH"]).read_text())
+    assert [call["label"] for call in report["rollout"]["calls"]] == ["batch 1/2", "batch 2/2"]

@@ -19,6 +19,7 @@ import pytest
 
 from deploy.sim.fleet import TenantSpec, healthy_fleet
 from tests.actions_runner import ROOT, container_env
+from tests.report_schema import load_report
 from tests.support import CP_TOKEN, FAST_INPUTS, SHA
 
 ACT_LINE_LIMIT = 64 * 1024
@@ -87,9 +88,12 @@ def runner_env_without_runs_env(with_: dict[str, str], workdir: Path, server_url
 
 
 def run_entrypoint(env: dict[str, str]) -> tuple[int, str]:
+    """Run the entrypoint; the report it wrote must hold to the shipped schema."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "INPUT_", "FLEET_", "GITEA_"))}
     proc = subprocess.run([sys.executable, "entrypoint.py"], cwd=ROOT, env={**base, **env}, capture_output=True,
                           text=True, timeout=120)
+    report = Path(env["GITHUB_WORKSPACE"]) / "fleet-rollout-report.json"
+    assert load_report(report.read_text()) is not None, proc.stdout
     return proc.returncode, proc.stdout
 
 

@@ -378,8 +378,8 @@ def test_one_read_is_one_get_returning_the_sha_or_why_not(requests_mock) -> None
     clock = FakeClock()
     with reader_for(clock) as reader:
         deadline = Deadline.starting_now(clock, 30.0)
-        assert reader.read(url("t1"), 5.0, deadline) == Answer(SHA, "", clock.now())
-        assert reader.read(url("t2"), 5.0, deadline) == Answer("", "HTTP 503: upstream connect error", clock.now())
+        assert reader.read(url("t1"), 5.0, deadline) == Answer(reported=SHA, problem="", at=clock.now())
+        assert reader.read(url("t2"), 5.0, deadline) == Answer.unusable("HTTP 503: upstream connect error", clock.now())
         clock.sleep(30.0)
         assert reader.read(url("t1"), 5.0, deadline) is None  # the deadline passed: no request at all
     assert requests_mock.call_count == 2
@@ -398,7 +398,7 @@ def test_read_all_keeps_the_order_of_the_urls_and_never_retries(requests_mock) -
 
 
 def test_what_a_tenant_reports_is_shown_on_one_short_line() -> None:
-    answer = Answer(SHA + "\n" + "x" * 200, "", 0.0)
+    answer = Answer(reported=SHA + "\n" + "x" * 200, problem="", at=0.0)
     assert "\n" not in answer.shown and len(answer.shown) == 100 and answer.shown.endswith("…")
 
 
@@ -413,7 +413,7 @@ def test_only_a_tenant_name_gets_a_url_and_field_paths_stop_at_a_missing_step() 
 
 
 @contextmanager
-def fleet(tenants: list[TenantSpec], time_scale: float = 1.0) -> Iterator[tuple[SimServer, FleetSim, str]]:
+def sim_fleet(tenants: list[TenantSpec], time_scale: float = 1.0) -> Iterator[tuple[SimServer, FleetSim, str]]:
     sim = FleetSim(tenants=tenants, builds={"staging-new": SHA}, time_scale=time_scale)
     with SimServer([sim]) as server:
         yield server, sim, buildinfo(server)
@@ -443,7 +443,7 @@ def real_run(settings: VerifySettings, tenant_rows: list[TenantRow], request_tim
 def test_tenants_draining_the_old_container_are_verified_once_they_settle() -> None:
     slugs = ["acme", "globex", "initech"]
     # 20 sim-seconds of draining = 1 s real: the first round surely still sees the old SHA.
-    with fleet([TenantSpec(s, deploy_seconds=0, settle_seconds=20) for s in slugs], time_scale=0.05) as (
+    with sim_fleet([TenantSpec(s, deploy_seconds=0, settle_seconds=20) for s in slugs], time_scale=0.05) as (
         server, sim, template
     ):
         deploy(server, sim, slugs)
@@ -458,7 +458,7 @@ def test_tenants_draining_the_old_container_are_verified_once_they_settle() -> N
 
 def test_simulated_stale_tenant_is_stale_with_its_running_sha() -> None:
     specs = [TenantSpec("fresh", deploy_seconds=0), TenantSpec("stuck", deploy_seconds=0, stale=True)]
-    with fleet(specs) as (server, sim, template):
+    with sim_fleet(specs) as (server, sim, template):
         deploy(server, sim, ["fresh", "stuck"])
         result = Run(replace(SETTINGS, url_template=template, budget=30.0))(rows("fresh", "stuck"))
         assert buildinfo_hits(server, "stuck") == 3
@@ -468,7 +468,7 @@ def test_simulated_stale_tenant_is_stale_with_its_running_sha() -> None:
 
 
 def test_simulated_dead_tenant_is_unreachable_with_the_last_error() -> None:
-    with fleet([TenantSpec("alive", deploy_seconds=0), TenantSpec("dead", dead=True)]) as (server, sim, template):
+    with sim_fleet([TenantSpec("alive", deploy_seconds=0), TenantSpec("dead", dead=True)]) as (server, sim, template):
         deploy(server, sim, ["alive"])
         result = Run(replace(SETTINGS, url_template=template, budget=30.0))(rows("alive", "dead"))
         assert buildinfo_hits(server, "dead") == 3
@@ -478,7 +478,7 @@ def test_simulated_dead_tenant_is_unreachable_with_the_last_error() -> None:
 
 
 def test_simulated_flapping_tenant_is_verified_on_its_good_answer() -> None:
-    with fleet([TenantSpec("flappy", deploy_seconds=0, flapping=True)]) as (server, sim, template):
+    with sim_fleet([TenantSpec("flappy", deploy_seconds=0, flapping=True)]) as (server, sim, template):
         deploy(server, sim, ["flappy"])
         run = Run(replace(SETTINGS, url_template=template))
         result = run(rows("flappy"))
@@ -488,7 +488,7 @@ def test_simulated_flapping_tenant_is_verified_on_its_good_answer() -> None:
 
 
 def test_simulated_slow_tenant_times_out_within_the_round() -> None:
-    with fleet([TenantSpec("slow", deploy_seconds=0, slow_buildinfo=5.0)]) as (server, sim, template):
+    with sim_fleet([TenantSpec("slow", deploy_seconds=0, slow_buildinfo=5.0)]) as (server, sim, template):
         deploy(server, sim, ["slow"])
         settings = replace(SETTINGS, url_template=template, budget=0.6, interval=0.2)
         result = Run(settings)(rows("slow"))
@@ -497,7 +497,7 @@ def test_simulated_slow_tenant_times_out_within_the_round() -> None:
 
 
 def test_unhealthy_row_is_never_polled() -> None:
-    with fleet([TenantSpec("ok", deploy_seconds=0), TenantSpec("sick", deploy_seconds=0, unhealthy=True)]) as (
+    with sim_fleet([TenantSpec("ok", deploy_seconds=0), TenantSpec("sick", deploy_seconds=0, unhealthy=True)]) as (
         server, sim, template
     ):
         deploy(server, sim, ["ok", "sick"])
@@ -511,7 +511,7 @@ def test_unhealthy_row_is_never_polled() -> None:
 def test_forty_settling_tenants_take_rounds_not_the_sequential_sum() -> None:
     slugs = [f"tenant-{i:02d}" for i in range(40)]
     # each tenant drains for 2 sim-seconds = 0.2 s real; a one-by-one poller would pay 40 × 0.2 s
-    with fleet([TenantSpec(s, deploy_seconds=0, settle_seconds=2) for s in slugs], time_scale=0.1) as (
+    with sim_fleet([TenantSpec(s, deploy_seconds=0, settle_seconds=2) for s in slugs], time_scale=0.1) as (
         server, sim, template
     ):
         deploy(server, sim, slugs)

@@ -20,11 +20,11 @@ from deploy.promote import PromoteResult, Promotion, PromotionState
 from deploy.report import SCHEMA_VERSION, report
 from deploy.rollout import RolloutResult, Soak
 from deploy.verify import TenantVerdict, Verdict, VerifyResult
+from tests.support import SHA
 
 GOLDEN = Path(__file__).with_name("report.shape.json")
 REGENERATE = "python -m tests.golden"
 MAPS = frozenset({"notes"})  # objects keyed by data (a stage), not by the contract: one path for every key
-SHA = "8ddce85f3b2a4c6d9e0f1a2b3c4d5e6f708192a3"
 DIGESTS = ("sha256:" + "ab" * 32, "sha256:" + "cd" * 32)
 
 
