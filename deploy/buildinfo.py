@@ -78,7 +78,14 @@ def read_field(doc: Any, path: str) -> Any:
 
 
 def buildinfo_session(concurrency: int, ctx: Context) -> http.Client:
-    """No retries (callers read again), one pooled connection per worker, bodies capped."""
+    """No retries (callers read again), one pooled connection per worker, bodies capped.
+
+    Tenants behind one host (``https://fleet.example.com/{slug}/buildinfo``) share one pool of
+    ``concurrency`` keep-alive connections for every round. Tenants on hosts of their own
+    (``https://{slug}.example.com``) get a pool each, and the most recently used ``concurrency``
+    pools are kept: a connection per tenant held open between rounds would need as many file
+    descriptors as the fleet has tenants.
+    """
     return ctx.client(http.Policy((), cap=BODY_LIMIT, pool_size=concurrency, headers={"Accept": "application/json"}))
 
 

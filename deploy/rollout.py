@@ -106,7 +106,7 @@ def enumerate_fleet(client: ControlPlaneClient, runner: Runner) -> tuple[tuple[s
         runner.warning(f"the CP enumerated {counted(len(call.rejected), 'name')} that cannot be tenants; they are "
                        f"neither deployed nor polled: {listing(call.rejected)}", title="invalid tenant names")
     fleet = tuple(dict.fromkeys(row.slug for row in call.rows))
-    runner.log(f"fleet: {counted(len(fleet), 'tenant')} ({call.seconds:.1f} s): {', '.join(fleet) or 'none'}")
+    runner.log(f"fleet: {counted(len(fleet), 'tenant')} ({call.seconds:.1f} s): {listing(fleet, 100) or 'none'}")
     return fleet, call.rejected
 
 
@@ -158,18 +158,16 @@ class _Progress:
     calls: list[CallResult] = field(default_factory=list)
     halted: str = ""
     soak_span: Soak | None = None
-    straggling: dict[str, None] = field(default_factory=dict)  # an ordered set, kept per call: linear
+    # Tenants a call was made for that are not on target yet, as an ordered set. Each call updates
+    # only its own tenants, and nothing per call walks the whole fleet or every straggler: a large
+    # rollout stays linear in the fleet.
+    straggling: dict[str, None] = field(default_factory=dict)
 
     def result(self) -> RolloutResult:
         return RolloutResult(
             fleet=self.start.fleet, max_stragglers=self.start.max_stragglers, calls=tuple(self.calls),
             halted=self.halted, planned=self.start.planned, soak=self.soak_span,
         )
-
-    def stragglers(self) -> tuple[str, ...]:
-        """Tenants a call was made for that are not on target yet. Each call updates only its own
-        tenants: walking the whole fleet per batch made a large rollout quadratic."""
-        return tuple(self.straggling)
 
     def _record(self, call: CallResult) -> None:
         self.calls.append(call)
@@ -224,10 +222,9 @@ class _Progress:
         self.soak_span = Soak(started=started, seconds=seconds)
 
     def batch(self, client: ControlPlaneClient, label: str, slugs: tuple[str, ...], runner: Runner) -> None:
-        tolerance = self.start.max_stragglers - len(self.stragglers())
+        tolerance = self.start.max_stragglers - len(self.straggling)
         runner.log(f"{label}: redeploying {', '.join(slugs)} (stragglers still tolerated: {tolerance})")
         call = self.redeploy(client, label, slugs, tolerance)
-        so_far = self.stragglers()
         stragglers = [s for s in slugs if s in self.straggling]
         runner.log(
             f"{label}: {len(call.rows)}/{len(slugs)} rows, {len(slugs) - len(stragglers)} on target, "
@@ -241,9 +238,9 @@ class _Progress:
         cp_error = "" if call.ok else f"{label} ({', '.join(slugs)}) {failed}: {call.error}"
         if call.ok and call.error:  # ok: true with a message is information, not a halt
             runner.log(f"{label}: the CP adds: {call.error}")
-        if len(so_far) > self.start.max_stragglers:  # name them all, whether or not the CP halted too
-            names = listing(so_far)
-            self.halted = f"{_exceed(len(so_far), self.start.max_stragglers)}: {names}"
+        if len(self.straggling) > self.start.max_stragglers:  # name them, whether or not the CP halted too
+            names = listing(tuple(self.straggling))
+            self.halted = f"{_exceed(len(self.straggling), self.start.max_stragglers)}: {names}"
             self.halted += f" ({cp_error})" if cp_error else ""
             runner.error(self.halted, title="too many stragglers")
         elif cp_error:

@@ -91,6 +91,7 @@ class _Stage:
     verdicts: dict[str, TenantVerdict]
     pending: list[_Pending]
     rounds: int = 0
+    verified: int = 0  # counted as verdicts come in: a round's progress line costs nothing per tenant
 
     @classmethod
     def begin(cls, settings: VerifySettings, sha: str, rows: Sequence[TenantRow], clock: Clock,
@@ -127,9 +128,8 @@ class _Stage:
             self.rounds += 1
             answers = reader.read_all([tenant.url for tenant in self.pending], cap, stage_deadline)
             self.pending = self._settle(answers)
-            verified = sum(v.state == Verdict.VERIFIED for v in self.verdicts.values())
             runner.log(
-                f"verify: {verified}/{len(self.order)} on target, {len(self.pending)} waiting, "
+                f"verify: {self.verified}/{len(self.order)} on target, {len(self.pending)} waiting, "
                 f"{format_seconds(self.left())} s left"
             )
             next_round = round_start + self.settings.interval
@@ -151,6 +151,7 @@ class _Stage:
                     slug=tenant.slug, state=Verdict.VERIFIED, running=tenant.running, detail="",
                     seconds=answer.at - self.start,
                 )
+                self.verified += 1
                 continue
             tenant.problem = answer.problem or f"reports {tenant.running[:12]}, not {self.sha[:12]}"
             still.append(tenant)

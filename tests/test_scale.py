@@ -1,0 +1,146 @@
+"""Large fleets: what the runner shows stays bounded, and what the report keeps stays complete.
+
+The client's cost per tenant is measured by ``bench/scale_bench.py``; these tests pin the
+shapes that make it possible to show a 50,000-tenant run at all: a job summary under the runner's
+1 MiB, a timeline of a few dozen bars, output lines far under 64 KiB, and a report that keeps
+every tenant and still parses as JSON.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from deploy import http
+from deploy.clock import Clock, Deadline
+from deploy.controlplane import CallResult, TenantRow
+from deploy.pipeline import Outcome, Run
+from deploy.report import TABLE_ROWS, TIMELINE_BARS, publish, report, report_text, summary
+from deploy.rollout import RolloutResult, plan_batches
+from deploy.runner import Runner
+from deploy.verify import TenantVerdict, Verdict, VerifyResult
+from tests.report_schema import check_report
+from tests.support import SHA
+
+
+def large_run(tenants: int, stale: int = 0, batch_size: int = 25) -> Run:
+    """A run that shipped every tenant in batches; the last ``stale`` tenants failed verify."""
+    fleet = tuple(f"tenant-{i:05d}" for i in range(tenants))
+    calls = tuple(
+        CallResult(label=f"batch {number}/{-(-tenants // batch_size)}", slugs=slugs, ok=True, status=200, error="",
+                   rows=tuple(TenantRow(slug, phase="done", ssm_status="Success", healthz_ok=True,
+                                        verified_on_target=True) for slug in slugs),
+                   started=float(number), seconds=1.0)
+        for number, slugs in enumerate(plan_batches(fleet, "", batch_size), start=1)
+    )
+    rollout = RolloutResult(fleet=fleet, max_stragglers=0, calls=calls, planned=plan_batches(fleet, "", batch_size))
+    verdicts = tuple(
+        TenantVerdict(slug=slug, state=Verdict.STALE, running="0" * 40, detail="still runs 000000000000", seconds=9.0)
+        if index >= tenants - stale else
+        TenantVerdict(slug=slug, state=Verdict.VERIFIED, running=SHA, detail="", seconds=1.0)
+        for index, slug in enumerate(fleet)
+    )
+    verify = VerifyResult(verdicts=verdicts, rounds=2, started=float(len(calls) + 1), seconds=9.0)
+    outcome = Outcome.FAILED if stale else Outcome.DEPLOYED
+    return Run(outcome=outcome, exit_code=1 if stale else 0, fleet=fleet, rollout=rollout, verify=verify,
+               seconds=float(len(calls) + 10))
+
+
+def table_rows(markdown: str) -> list[str]:
+    section = markdown.split("### Tenants", 1)[1]
+    return [line for line in section.splitlines() if line.startswith("| tenant-")]
+
+
+def test_a_few_hundred_tenants_are_all_in_the_summary_table():
+    run = large_run(TABLE_ROWS, stale=1)
+    rows = table_rows(summary(run))
+    assert len(rows) == TABLE_ROWS
+    assert "need attention" not in summary(run)
+
+
+def test_above_a_few_hundred_the_table_shows_the_tenants_that_need_attention_and_counts_them():
+    run = large_run(2000, stale=3)
+    markdown = summary(run)
+    rows = table_rows(markdown)
+    assert [row.split(" | ")[0].removeprefix("| ") for row in rows] == ["tenant-01997", "tenant-01998", "tenant-01999"]
+    assert "3 tenants of 2000 need attention, all of them below" in markdown
+
+
+def test_when_more_tenants_need_attention_than_the_table_holds_it_says_how_many_it_shows():
+    run = large_run(2000, stale=1500)
+    markdown = summary(run)
+    assert len(table_rows(markdown)) == TABLE_ROWS
+    assert f"1500 tenants of 2000 need attention, the first {TABLE_ROWS} of them below" in markdown
+
+
+def test_a_healthy_large_fleet_has_no_table_only_the_count():
+    markdown = summary(large_run(2000))
+    assert table_rows(markdown) == []
+    assert "0 tenants of 2000 need attention" in markdown
+
+
+def test_the_timeline_merges_thousands_of_batches_into_a_few_dozen_bars():
+    markdown = summary(large_run(50_000))
+    chart = markdown.split("```mermaid", 1)[1].split("```", 1)[0]
+    bars = [line for line in chart.splitlines() if line.strip().startswith("batch")]
+    assert TIMELINE_BARS // 2 <= len(bars) <= TIMELINE_BARS
+    assert bars[0].strip().startswith("batches 1–") and "–2000/2000" in bars[-1]
+
+
+def test_at_50000_tenants_the_summary_and_every_output_line_stay_far_under_the_runners_limits(tmp_path):
+    run = large_run(50_000, stale=20_000)
+    runner = Runner(io.StringIO(), str(tmp_path / "output"), str(tmp_path / "summary.md"), in_actions=True)
+    publish(run, runner, tmp_path / "report.json", tmp_path)
+    assert (tmp_path / "summary.md").stat().st_size < 256 * 1024
+    assert max(len(line) for line in (tmp_path / "output").read_bytes().splitlines()) < 32 * 1024
+    assert len(json.loads((tmp_path / "report.json").read_text())["verify"]["stale"]) == 20_000
+
+
+def test_the_report_keeps_every_tenant_and_its_text_is_json():
+    run = large_run(5000, stale=10)
+    document = report(run)
+    parsed = json.loads(report_text(document))
+    assert parsed == json.loads(json.dumps(document))
+    assert len(parsed["verify"]["tenants"]) == 5000 and len(parsed["verify"]["stale"]) == 10
+    check_report(parsed)
+
+
+def test_the_report_text_puts_each_call_and_each_verdict_on_a_line_of_its_own():
+    text = report_text(report(large_run(100)))
+    assert sum(line.lstrip().startswith('{"slug": "tenant-') for line in text.splitlines()) == 100
+    assert sum(line.lstrip().startswith('{"label": "batch ') for line in text.splitlines()) == 4
+
+
+# -- the environment is read once per client ------------------------------------------------
+
+
+def client() -> http.Client:
+    clock = Clock()
+    return http.Client(http.Policy(), clock, Deadline.starting_now(clock, 30))
+
+
+def test_without_a_proxy_in_the_environment_no_proxy_is_used(monkeypatch):
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert client()._proxies_for("https://t1.example.com/buildinfo") == {}
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("https://t1.example.com/buildinfo", "http://proxy.internal:3128"),
+    ("https://cp.corp.example/redeploy", None),  # NO_PROXY
+])
+def test_a_proxy_and_no_proxy_from_the_environment_are_honoured_per_origin(monkeypatch, url, expected):
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "corp.example")
+    assert client()._proxies_for(url).get("https") == expected
+
+
+def test_a_netrc_credential_is_never_sent(monkeypatch, tmp_path, requests_mock):
+    (tmp_path / ".netrc").write_text("machine t1.example.com login robot password netrc-Secret-42\n")
+    monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    requests_mock.get("https://t1.example.com/buildinfo", json={"git_sha": SHA})
+    client().request("GET", "https://t1.example.com/buildinfo")
+    assert "Authorization" not in requests_mock.last_request.headers
