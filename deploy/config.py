@@ -78,6 +78,7 @@ DEFAULTS: dict[str, str] = {
     "verify-budget": "240",
     "verify-interval": "20",
     "verify-concurrency": "32",
+    "verify-each-batch": "true",
     "promote-images": "",
     "promote-tag": "latest",
     "promote-source": "",
@@ -564,6 +565,7 @@ def _verify_settings(inputs: _Inputs, insecure: bool) -> VerifySettings:
         budget=inputs.duration("verify-budget", positive=True),
         interval=inputs.duration("verify-interval", positive=True, maximum=HOUR),
         concurrency=inputs.count("verify-concurrency", 1, MAX_VERIFY_CONCURRENCY),
+        each_batch=inputs.boolean("verify-each-batch"),
     )
 
 

@@ -7,6 +7,10 @@ the log it prints on a laptop or in GitLab (plain ``== Rollout ==`` groups), the
 verified, ``latest`` moves to the build's multi-arch index and ``ok=true``. The Markdown job summary
 is written only where the caller's ``GITHUB_STEP_SUMMARY`` says; ``--report PATH`` keeps the JSON report.
 
+``--bad-build`` replays the same fleet with a bad build: the CP's rows say every tenant is on
+target, but ``/buildinfo`` keeps the previous build (``FleetSim.bad_builds``). The canary's proof
+fails, so the rollout stops after the canary: one deploy call, ``ok=false``, exit 1, ``latest`` not moved.
+
 The registry is Debian's ``docker-registry`` when it is installed, otherwise the simulator's own.
 """
 
@@ -34,7 +38,8 @@ REPOSITORY = "acme/platform-tenant"
 TOKEN = "sim-Q7vXk2mZ9pLw"  # no 6 characters of it occur in the log, so redaction hides nothing else
 
 
-def demo_fleet() -> FleetSim:
+def demo_fleet(bad_build: bool = False) -> FleetSim:
+    """The five tenants; with ``bad_build`` the build never really swaps (the CP says it did)."""
     tenants = [
         TenantSpec("hongming", deploy_seconds=40, settle_seconds=60),
         TenantSpec("reno-stars", deploy_seconds=55, settle_seconds=120),
@@ -42,7 +47,7 @@ def demo_fleet() -> FleetSim:
         TenantSpec("philbrew-erton", dead=True),
         TenantSpec("acme-prod", deploy_seconds=50, settle_seconds=90),
     ]
-    return FleetSim(tenants, builds={TAG: SHA}, time_scale=SCALE, token=TOKEN)
+    return FleetSim(tenants, builds={TAG: SHA}, time_scale=SCALE, token=TOKEN, bad_builds={TAG} if bad_build else set())
 
 
 @contextmanager
@@ -64,9 +69,12 @@ def demo_registry(workdir: Path, server: SimServer, sim_registry: SimRegistry) -
             local_registry.stop_registry(process)
 
 
-def demo_env(sim_url: str, workdir: Path, token: str, registry_host: str) -> dict[str, str]:
-    """The inputs a workflow would pass, in sim time: CP worst case 300 + 90 sim s = 3.9 s."""
-    return {
+def demo_env(sim_url: str, workdir: Path, token: str, registry_host: str, bad_build: bool = False) -> dict[str, str]:
+    """The inputs a workflow would pass, in sim time: CP worst case 300 + 90 sim s = 3.9 s.
+
+    A bad build never reports the SHA, so the canary's proof waits out its whole ``verify-budget``:
+    3 s (300 sim s) there, which is still well above the slowest good settle (120 sim s)."""
+    env = {
         "GITHUB_WORKSPACE": str(workdir),  # the JSON report is written here
         "FLEET_CP_URL": sim_url,
         "FLEET_CP_TOKEN": token,
@@ -86,6 +94,9 @@ def demo_env(sim_url: str, workdir: Path, token: str, registry_host: str) -> dic
         "FLEET_PROMOTE_IMAGES": f"{registry_host}/{REPOSITORY}",
         "FLEET_TIMEOUT": "120",
     }
+    if bad_build:
+        env["FLEET_VERIFY_BUDGET"] = "3"
+    return env
 
 
 def caller_env() -> dict[str, str]:
@@ -96,17 +107,21 @@ def caller_env() -> dict[str, str]:
             if not name.startswith(("FLEET_", "INPUT_")) and name not in ("GITHUB_OUTPUT", "GITHUB_ACTIONS")}
 
 
-def main(report: str | None = None) -> int:
-    """Run the demo; ``report``: where to keep the JSON report (it is otherwise deleted with the sim)."""
+def main(report: str | None = None, bad_build: bool = False) -> int:
+    """Run the demo; ``report``: where to keep the JSON report (it is otherwise deleted with the sim);
+    ``bad_build``: ship a build that never really swaps, which the canary's proof stops."""
     from deploy.main import run  # what the container runs, not a re-implementation
 
-    fleet, sim_registry = demo_fleet(), SimRegistry()
+    fleet, sim_registry = demo_fleet(bad_build), SimRegistry()
     with ExitStack() as stack:
         server = stack.enter_context(SimServer([fleet, sim_registry]))
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fleet-demo-")))
         print(f"# simulator: {server.url} — {len(fleet.tenants)} tenants, philbrew-erton is dead", flush=True)
+        if bad_build:
+            print(f"# the build is bad: the CP will say {TAG} is on target, but /buildinfo keeps the previous "
+                  "build, so the canary's proof stops the rollout", flush=True)
         registry_host = stack.enter_context(demo_registry(workdir, server, sim_registry))
-        env = {**caller_env(), **demo_env(server.url, workdir, fleet.token, registry_host)}
+        env = {**caller_env(), **demo_env(server.url, workdir, fleet.token, registry_host, bad_build)}
         print(flush=True)
         code = run(env)
         written = workdir / "fleet-rollout-report.json"

@@ -37,5 +37,13 @@ class DeployFailed(Exception):
     """A remote or rollout failure (exit 1), worded for the person reading the Actions log."""
 
 
+class Skip(Exception):
+    """Stop on purpose: kill switch before anything moved, or superseded. Exit 0, ``ok=false``."""
+
+
+class Abort(DeployFailed):
+    """Stop on purpose mid-rollout (the live kill switch): the fleet is mixed, so exit 1."""
+
+
 class DeadlineExceeded(DeployFailed):
     """The overall ``timeout`` ran out; the run stops cleanly and still reports."""

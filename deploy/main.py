@@ -4,7 +4,7 @@
 a laptop) and ``python -m deploy`` all call :func:`cli`, so every CI system gets the identical
 pipeline. Configuration comes only from the environment: an argument never starts a deploy (the
 bare command does), it asks for help, the version or the demo, or is an error.
-Exit codes: 0 deployed, planned or skipped; 1 failed; 2 configuration error (or a bad argument).
+Exit codes: 0 deployed, planned or skipped; 1 failed or aborted; 2 configuration error (or a bad argument).
 """
 
 from __future__ import annotations
@@ -87,7 +87,8 @@ name=value lines at the end of the log."""
 EXIT_CODES = """\
 exit codes:
   0  deployed, planned (dry run) or skipped (kill switch, superseded)
-  1  failed (rollout, coverage, verify, promote, timeout or cancel)
+  1  failed (rollout, coverage, verify, promote, timeout or cancel), or aborted (kill switch set
+     mid-rollout: the fleet is mixed)
   2  configuration error (nothing was sent), or a bad command line"""
 
 
@@ -125,6 +126,10 @@ def parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     demo.add_argument("--report", metavar="PATH", help="keep the run's JSON report at PATH")
+    demo.add_argument("--bad-build", action="store_true",
+                      help="ship a bad build: the CP says every tenant is on target but /buildinfo keeps the "
+                           "previous build, so the canary's proof stops the rollout after the canary "
+                           "(exit 1, latest not moved)")
     return top
 
 
@@ -140,7 +145,7 @@ def main(argv: Sequence[str]) -> int:
         from deploy import demo  # the simulator is not needed by a run
 
         try:
-            return demo.main(report=args.report)
+            return demo.main(report=args.report, bad_build=args.bad_build)
         except KeyboardInterrupt:  # Ctrl-C in a terminal: stop quietly, as any command-line tool does
             return 130
     if argv:  # e.g. a lone "--": whatever it is, it is not the bare command

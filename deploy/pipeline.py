@@ -14,25 +14,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from deploy import cancel
 from deploy.clock import Clock, Deadline
 from deploy.context import Context
 from deploy.controlplane import ControlPlaneClient, TenantRow
-from deploy.errors import DeployFailed
+from deploy.errors import Abort, DeployFailed, Skip
 from deploy.forge import ForgeClient
 from deploy.gates import ChecksResult, live_kill_switch, newer_head, wait_for_required_checks
 from deploy.promote import PromoteResult, check_sources, promote_images, registry_client
-from deploy.rollout import RolloutResult, counted, enumerate_fleet, run_rollout
+from deploy.proof import Prover
+from deploy.rollout import RolloutResult, StopKind, counted, enumerate_fleet, run_rollout
 from deploy.runner import Runner, listing
 from deploy.settings import Config
-from deploy.verify import FAILING, VerifyResult, verify_tenants
-
-
-class Skip(Exception):
-    """Stop here on purpose: kill switch or superseded. Exit 0, ``ok=false``."""
+from deploy.verify import FAILING, Verdict, VerifyResult, verify_tenants
 
 
 class Outcome(StrEnum):
@@ -41,6 +38,7 @@ class Outcome(StrEnum):
     DEPLOYED = "deployed"  # every requested stage succeeded
     PLANNED = "planned"  # a dry run: the fleet enumerated, the batches printed
     SKIPPED = "skipped"  # kill switch or superseded: exit 0, ok=false
+    ABORTED = "aborted"  # the live kill switch stopped the rollout between calls: the fleet is mixed, exit 1
     FAILED = "failed"
 
 
@@ -76,6 +74,9 @@ class Run:
     def skip(self, reason: str) -> None:
         self.outcome, self.reason, self.exit_code = Outcome.SKIPPED, " ".join(reason.split()), 0
 
+    def abort(self, reason: str) -> None:
+        self.outcome, self.reason, self.exit_code = Outcome.ABORTED, " ".join(reason.split()), 1
+
     @property
     def ok(self) -> bool:
         return self.outcome in (Outcome.DEPLOYED, Outcome.PLANNED)
@@ -86,6 +87,7 @@ class Run:
             spans += [Span(c.label, c.started, c.seconds) for c in self.rollout.calls]
             if self.rollout.soak:
                 spans.append(Span("soak", self.rollout.soak.started, self.rollout.soak.seconds))
+            spans += [Span(p.label, p.started, p.seconds) for p in self.rollout.proofs if p.label.startswith("proof")]
         return sorted(spans, key=lambda s: s.started)
 
 
@@ -98,6 +100,8 @@ def execute(config: Config, run: Run, runner: Runner, clock: Clock) -> None:
             stages.run()
     except Skip as skip:
         run.skip(str(skip))
+    except Abort as abort:
+        run.abort(str(abort))
     except DeployFailed as exc:
         run.fail(str(exc))
     finally:
@@ -115,6 +119,7 @@ class _Stages:
         self.forge_client = ForgeClient(config.forge, config.http, ctx) if can_read_forge else None
         self.registry_client = registry_client(config.http, ctx) if config.promote.images else None
         self.cp_client: ControlPlaneClient | None = None
+        self.prover: Prover | None = None
 
     def close(self) -> None:
         sessions = (self.forge_client and self.forge_client.http, self.cp_client and self.cp_client.http,
@@ -122,6 +127,8 @@ class _Stages:
         for session in sessions:
             if session:
                 session.close()
+        if self.prover is not None:
+            self.prover.close()
 
     def run(self) -> None:
         config, run, ctx = self.config, self.record, self.ctx
@@ -133,8 +140,16 @@ class _Stages:
             cp = self.cp_client = ControlPlaneClient(config.cp, config.rollout, config.http, ctx)
             self.plan(cp)
         if cp and config.wants("rollout"):
+            self.prover = None if dry_run else self.rollout_prover()
             with self.stage("Rollout", record=False):
-                run.rollout = run_rollout(config.rollout, cp, run.fleet, ctx)
+                run.rollout = run_rollout(config.rollout, cp, run.fleet, ctx, prover=self.prover,
+                                          checkpoint=None if dry_run else self.between_calls)
+            if self.prover is not None and self.prover.verdicts:  # what was proven, even if the run stops here
+                run.verify = self.prover.result(run.fleet)
+            if run.rollout.stopped == StopKind.SKIPPED:
+                raise Skip(run.rollout.halted)
+            if run.rollout.stopped == StopKind.ABORTED:
+                raise Abort(run.rollout.halted)
             if not run.rollout.ok:
                 raise DeployFailed(run.rollout.failure)
             if not dry_run:  # a plan puts nothing on target: there is no coverage to gate
@@ -185,6 +200,25 @@ class _Stages:
             if config.wants("rollout") and config.wants("promote") and self.registry_client is not None:
                 check_sources(config.promote, self.registry_client, self.ctx)
 
+    def rollout_prover(self) -> Prover | None:
+        """The per-call proof (verify-each-batch), when the run verifies and there is a verify-url."""
+        verify = self.config.verify
+        if not (verify.each_batch and self.config.wants("verify")):
+            return None
+        if not verify.url_template:
+            self.ctx.runner.log("verify-each-batch: nothing to prove with, verify-url is empty")
+            return None
+        return Prover(verify, self.config.http, self.config.sha, self.ctx)
+
+    def between_calls(self, label: str) -> None:
+        """Before every call after the first: a newer commit (skip) or the live kill switch (abort)
+        stops the rollout where it is. An unreadable kill switch fails closed, as at the start."""
+        self.superseded(f"before {label}")
+        gates = self.config.gates
+        if gates.disabled_variable and live_kill_switch(gates, self.forge_client, self.ctx.runner):
+            raise Abort(f"kill switch: repository variable {gates.disabled_variable} was set during the rollout; "
+                        f"{label} and later calls not started, latest not promoted")
+
     def superseded(self, when: str) -> None:
         config = self.config
         if not config.gates.skip_if_superseded or self.forge_client is None:
@@ -206,11 +240,31 @@ class _Stages:
             raise DeployFailed("verify: no tenant left to verify (the fleet is empty or all quarantined); "
                                "latest never moves without proof")
         with self.stage("Verify"):
-            run.verify = verify_tenants(config.verify, config.http, config.sha, rows, self.ctx)
+            run.verify = self.verified(rows)
         if not run.verify.ok:
             bad = [f"{state} {listing(run.verify.slugs(state))}" for state in FAILING
                    if run.verify.slugs(state)]
             raise DeployFailed(f"verify failed: {'; '.join(bad)}; latest not promoted")
+
+    def verified(self, rows: list[TenantRow]) -> VerifyResult:
+        """Every row's verdict: those proven during the rollout as they were, the rest read now,
+        each with the call that shipped it."""
+        config, run, ctx = self.config, self.record, self.ctx
+        verdicts = dict(self.prover.verdicts) if self.prover else {}
+        unproven = [row for row in rows if verdicts.get(row.slug) is None
+                    or verdicts[row.slug].state != Verdict.VERIFIED]
+        started, rounds = ctx.deadline.elapsed(), 0
+        if len(unproven) < len(rows):
+            ctx.runner.log(f"verify: {len(rows) - len(unproven)} proven during the rollout, "
+                           f"{len(unproven)} to read now")
+        if unproven:
+            fresh = verify_tenants(config.verify, config.http, config.sha, unproven, ctx)
+            verdicts.update((verdict.slug, verdict) for verdict in fresh.verdicts)
+            rounds = fresh.rounds
+        shipped_in = {slug: call.label for call in run.rollout.calls for slug in call.slugs} if run.rollout else {}
+        ordered = tuple(replace(verdicts[row.slug], call=verdicts[row.slug].call or shipped_in.get(row.slug, ""))
+                        for row in rows)
+        return VerifyResult(verdicts=ordered, rounds=rounds, started=started, seconds=ctx.deadline.elapsed() - started)
 
     def promote(self) -> None:
         config, run, runner = self.config, self.record, self.ctx.runner

@@ -28,16 +28,17 @@ from deploy.controlplane import CallResult, TenantRow
 from deploy.gates import ChecksResult
 from deploy.pipeline import Outcome, Run, Span
 from deploy.promote import PromoteResult, Promotion, PromotionState
+from deploy.proof import ProofSpan
 from deploy.rollout import RolloutResult, Soak, counted, describe_plan
 from deploy.runner import Runner, escape_markdown, listing
 from deploy.verify import STATES, TenantVerdict, Verdict, VerifyResult
 
-SCHEMA_VERSION = 1  # bump with schema/report.schema.json whenever a key or a type of the report changes
+SCHEMA_VERSION = 2  # bump with schema/report.schema.json whenever a key or a type of the report changes
 
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}|-")
 OUTPUT_NAMES = (
     "ok", "outcome", "reason", "result_count", "quarantined", "stragglers", "verified",
-    "stale", "unreachable", "unhealthy", "promoted-digest", "previous-digest", "report",
+    "stale", "unreachable", "unhealthy", "promoted-digest", "previous-digest", "report", "shipped", "aborted-at",
 )
 # Outputs made only of our own words, numbers, digests and paths: redacting them could only
 # corrupt them (a 3-character token "tru" turned "true" into "***e").
@@ -46,7 +47,7 @@ OUTPUT_NAMES = (
 VERBATIM_REPORT_KEYS = frozenset({"schema_version", "tool", "generated_at", "outcome", "state", "stages", "label",
                                   "name", "media_type"})
 VERBATIM_OUTPUTS = frozenset(
-    {"ok", "outcome", "result_count", "verified", "promoted-digest", "previous-digest", "report"}
+    {"ok", "outcome", "result_count", "verified", "promoted-digest", "previous-digest", "report", "aborted-at"}
 )
 
 
@@ -67,6 +68,8 @@ def outputs(run: Run, report_shown: str) -> dict[str, str | list[str]]:
         "promoted-digest": promote.promoted_digest_output if promote else "",
         "previous-digest": promote.previous_digest_output if promote else "",
         "report": report_shown,
+        "shipped": _listed(rollout.shipped if rollout and not rollout.dry_run else ()),
+        "aborted-at": rollout.aborted_at if rollout else "",
     }
 
 
@@ -202,9 +205,11 @@ REPORTED: dict[type, tuple[Key, ...]] = {
         Key("fleet"), Key("planned_batches", "planned"), Key("max_stragglers"), Key("dry_run"), Key("halted"),
         Key("result_count"), Key("stragglers"), Key("quarantined"),
         Key("outcome_unknown", lambda rollout: tuple(rollout.outcome_unknown)),  # the slugs; the calls say why
-        Key("calls"), Key("soak"),
+        Key("shipped"), Key("not_started"), Key("stopped"), Key("aborted_at"),
+        Key("calls"), Key("soak"), Key("proofs"),
     ),
     Soak: (Key("started"), Key("seconds")),
+    ProofSpan: (Key("label"), Key("started", digits=MS), Key("seconds", digits=MS), Key("ok")),
     CallResult: (
         Key("label"), Key("slugs"), Key("state"), Key("ok"), Key("status"), Key("error"),
         Key("started", digits=MS), Key("seconds", digits=MS), Key("rows"), Key("rejected_slugs", "rejected"),
@@ -217,7 +222,10 @@ REPORTED: dict[type, tuple[Key, ...]] = {
         *(Key(state.value, _slugs(state)) for state in STATES),
         Key("tenants", "verdicts"),
     ),
-    TenantVerdict: (Key("slug"), Key("state"), Key("running"), Key("detail"), Key("seconds", digits=MS)),
+    TenantVerdict: (
+        Key("slug"), Key("state"), Key("running"), Key("detail"), Key("seconds", digits=MS), Key("call"),
+        Key("proven_at", digits=MS),
+    ),
     PromoteResult: (Key("tag"), Key("ok"), Key("error"), Key("promotions")),
     Promotion: tuple(Key(name) for name in (
         "image", "source", "promoted_digest", "previous_digest", "media_type", "state", "detail",
@@ -261,7 +269,8 @@ def summary(run: Run, redact: Callable[[str], str] | None = None) -> str:
 
 
 def _headline(run: Run) -> str:
-    icons = {Outcome.DEPLOYED: "✅", Outcome.PLANNED: "📝", Outcome.SKIPPED: "⏭️", Outcome.FAILED: "❌"}
+    icons = {Outcome.DEPLOYED: "✅", Outcome.PLANNED: "📝", Outcome.SKIPPED: "⏭️", Outcome.ABORTED: "🛑",
+             Outcome.FAILED: "❌"}
     icon = icons.get(run.outcome, "❔") if run.outcome else "❔"
     config = run.config
     what = f" `{config.rollout.target_tag}` ({config.sha[:12]})" if config and config.rollout.target_tag else ""
@@ -338,8 +347,8 @@ def _tenant_table(run: Run, cell: _Cell) -> list[str]:
         return []
     header = [
         "### Tenants", "",
-        "| tenant | phase | status | healthz | on target | verify | error |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| tenant | phase | status | healthz | on target | verify | shipped in | proven at | error |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     whole = len(run.fleet) <= TABLE_ROWS
     lines: list[str] = []
@@ -371,8 +380,10 @@ def _tenant_rows(run: Run) -> Iterator[tuple[tuple[str, ...], bool]]:
         error = row.error if row else _missing_row(run, slug, not_started)
         error = error or (verdict.detail if verdict and verdict.state != Verdict.VERIFIED else "")
         fine = (verdict.state == Verdict.VERIFIED) if verdict else bool(row and row.on_target and not error)
+        proven = "" if verdict is None or verdict.proven_at is None else f"{verdict.proven_at:.1f} s"
         fields = (slug, row.phase if row else "", row.ssm_status if row else "", _flag(row.healthz_ok if row else None),
-                  _flag(row.verified_on_target if row else None), verify, error)
+                  _flag(row.verified_on_target if row else None), verify, verdict.call if verdict else "", proven,
+                  error)
         yield fields, not fine and not (rollout and rollout.dry_run)
 
 

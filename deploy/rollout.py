@@ -9,13 +9,15 @@ everything that did happen reaches the report.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from functools import cached_property
 
 from deploy.context import Context
 from deploy.controlplane import CallResult, ControlPlaneClient, TenantRow
-from deploy.errors import DeadlineExceeded, DeployFailed
+from deploy.errors import Abort, DeadlineExceeded, DeployFailed, Skip
+from deploy.proof import ProofSpan, Prover
 from deploy.runner import Runner, listing
 from deploy.settings import RolloutSettings
 
@@ -28,14 +30,24 @@ class Soak:
     seconds: float
 
 
+class StopKind(StrEnum):
+    """A rollout stopped on purpose between calls (not halted by a failure)."""
+
+    ABORTED = "aborted"  # the live kill switch: the fleet is mixed, a person must look
+    SKIPPED = "skipped"  # superseded: the newer run ships
+
+
 @dataclass(frozen=True, kw_only=True)
 class RolloutResult:
     fleet: tuple[str, ...]  # every tenant the enumeration returned, in order
     max_stragglers: int
     calls: tuple[CallResult, ...] = ()  # deploy calls only: canary and batches
     halted: str = ""  # why the rollout stopped early; '' when it ran through (or was a dry run)
+    stopped: StopKind | None = None  # set when it stopped on purpose rather than halted by a failure
+    aborted_at: str = ""  # the call where it halted or stopped ("canary", "batch 3/12"); '' otherwise
     planned: tuple[tuple[str, ...], ...] = ()  # the batches, canary first
     soak: Soak | None = None
+    proofs: tuple[ProofSpan, ...] = ()  # each call's proof (verify-each-batch) and the soak watch
     dry_run: bool = False
 
     @cached_property
@@ -117,8 +129,16 @@ def plan_batches(fleet: Sequence[str], canary: str, batch_size: int) -> tuple[tu
 
 
 def run_rollout(
-    settings: RolloutSettings, client: ControlPlaneClient, fleet: tuple[str, ...], ctx: Context
+    settings: RolloutSettings, client: ControlPlaneClient, fleet: tuple[str, ...], ctx: Context, *,
+    prover: Prover | None = None, checkpoint: Callable[[str], None] | None = None,
 ) -> RolloutResult:
+    """Canary, soak, then the batches; never raises for what the CP or a tenant does.
+
+    ``prover`` proves each call's tenants before the next call (verify-each-batch) and watches the
+    canary through its soak. ``checkpoint(label)`` runs before every call after the first and may
+    stop the rollout on purpose: :class:`~deploy.errors.Skip` (superseded) or
+    :class:`~deploy.errors.Abort` (the live kill switch); the result then says which, and where.
+    """
     if settings.canary and settings.canary not in fleet:
         raise DeployFailed(f"canary {settings.canary!r} is not in the fleet the CP enumerated")
     batches = plan_batches(fleet, settings.canary, settings.batch_size)
@@ -128,24 +148,37 @@ def run_rollout(
     if settings.dry_run:
         _log_plan(result, settings, runner)
         return result
-    progress = _Progress(result, settings, ctx)
+    progress = _Progress(result, settings, ctx, prover)
     try:
         for number, slugs in enumerate(batches, start=1):
-            if settings.canary and number == 1:
+            progress.current = _label(number, len(batches), bool(settings.canary))
+            if number > 1 and checkpoint is not None:
+                checkpoint(progress.current)
+            if progress.current == "canary":
                 progress.canary(client, slugs[0], runner)
-                progress.soak(settings.soak_seconds, runner)
+                progress.soak(slugs[0], settings.soak_seconds, runner)
             else:
-                label = f"batch {number - (1 if settings.canary else 0)}/{len(batches) - (1 if settings.canary else 0)}"
-                progress.batch(client, label, slugs, runner)
+                progress.batch(client, progress.current, slugs, runner)
             if progress.halted:
                 if number < len(batches):
                     progress.halted += f"; {counted(len(batches) - number, 'later call')} not started"
                 break
-    except DeployFailed as exc:  # the deadline, a cancellation: keep what happened
+    except Skip as exc:
+        progress.stop(StopKind.SKIPPED, str(exc))
+    except Abort as exc:
+        progress.stop(StopKind.ABORTED, str(exc))
+    except DeployFailed as exc:  # the deadline, a cancellation, an unreadable kill switch: keep what happened
         progress.halted = str(exc)
     except Exception as exc:  # noqa: BLE001 - a bug must not lose the calls already made
         progress.halted = f"internal error ({type(exc).__name__}: {exc}); this is a bug in fleet-rollout"
     return progress.result()
+
+
+def _label(number: int, count: int, canary: bool) -> str:
+    """``canary``, or ``batch 2/5`` counting the batches alone."""
+    if canary and number == 1:
+        return "canary"
+    return f"batch {number - canary}/{count - canary}"
 
 
 @dataclass
@@ -155,8 +188,11 @@ class _Progress:
     start: RolloutResult
     settings: RolloutSettings
     ctx: Context
+    prover: Prover | None
     calls: list[CallResult] = field(default_factory=list)
+    current: str = ""  # the call being made (or about to be)
     halted: str = ""
+    stopped: StopKind | None = None
     soak_span: Soak | None = None
     # Tenants a call was made for that are not on target yet, as an ordered set. Each call updates
     # only its own tenants, and nothing per call walks the whole fleet or every straggler: a large
@@ -164,10 +200,23 @@ class _Progress:
     straggling: dict[str, None] = field(default_factory=dict)
 
     def result(self) -> RolloutResult:
-        return RolloutResult(
+        result = RolloutResult(
             fleet=self.start.fleet, max_stragglers=self.start.max_stragglers, calls=tuple(self.calls),
-            halted=self.halted, planned=self.start.planned, soak=self.soak_span,
+            halted=self.halted, stopped=self.stopped, aborted_at=self.current if self.halted else "",
+            planned=self.start.planned, soak=self.soak_span,
+            proofs=tuple(self.prover.spans) if self.prover else (),
         )
+        if self.stopped is None:
+            return result
+        # stopped on purpose: say what shipped and what did not, since the fleet is now mixed
+        shipped, not_started = result.shipped, result.not_started
+        tally = (f"{counted(len(shipped), 'tenant')} shipped ({listing(shipped) or 'none'}), "
+                 f"{len(not_started)} not ({listing(not_started) or 'none'})")
+        return replace(result, halted=f"{self.halted}; {tally}")
+
+    def stop(self, kind: StopKind, reason: str) -> None:
+        self.stopped, self.halted = kind, reason
+        self.ctx.runner.log(f"{self.current}: not started: {reason}")
 
     def _record(self, call: CallResult) -> None:
         self.calls.append(call)
@@ -208,18 +257,27 @@ class _Progress:
             self.halted = f"canary {slug} {'outcome unknown' if call.outcome_unknown else 'failed'}: {call.error}"
         elif row is None or not row.on_target or not row.healthy:
             self.halted = f"canary {slug} did not come back verified: {_row_problem(row)}"
+        if not self.halted:
+            runner.log(f"canary {slug}: on target, healthy ({call.seconds:.1f} s)")
+            if self.prover is not None and row is not None:
+                self.halted = self.prover.prove("canary", [row])
         if self.halted:
             runner.error(self.halted, title=f"canary {slug}")
-        else:
-            runner.log(f"canary {slug}: on target, healthy ({call.seconds:.1f} s)")
 
-    def soak(self, seconds: float, runner: Runner) -> None:
-        if seconds <= 0:
+    def soak(self, slug: str, seconds: float, runner: Runner) -> None:
+        """Wait with the canary alone on the build; watched through its /buildinfo when proving."""
+        if seconds <= 0 or self.halted:
             return
-        runner.log(f"soak: waiting {seconds:g} s with the canary alone on the new build")
+        watched = " (its /buildinfo watched every verify-interval)" if self.prover else ""
+        runner.log(f"soak: waiting {seconds:g} s with the canary alone on the new build{watched}")
         started = self.ctx.deadline.elapsed()
-        self.ctx.deadline.sleep(seconds, "soaking the canary")
-        self.soak_span = Soak(started=started, seconds=seconds)
+        if self.prover is not None:
+            self.halted = self.prover.watch(slug, seconds)
+        else:
+            self.ctx.deadline.sleep(seconds, "soaking the canary")
+        self.soak_span = Soak(started=started, seconds=self.ctx.deadline.elapsed() - started)
+        if self.halted:
+            runner.error(self.halted, title=f"canary {slug}")
 
     def batch(self, client: ControlPlaneClient, label: str, slugs: tuple[str, ...], runner: Runner) -> None:
         tolerance = self.start.max_stragglers - len(self.straggling)
@@ -246,6 +304,11 @@ class _Progress:
         elif cp_error:
             self.halted = cp_error
             runner.error(self.halted, title=f"{label} failed")
+        elif self.prover is not None:  # the stragglers are the coverage gate's, not the proof's
+            shipped = [rows[slug] for slug in slugs if slug in rows and slug not in self.straggling]
+            self.halted = self.prover.prove(label, shipped) if shipped else ""
+            if self.halted:
+                runner.error(self.halted, title=f"{label} not proven")
 
 
 def _row_problem(row: TenantRow | None) -> str:

@@ -70,6 +70,7 @@ class VerifySettings:
     budget: float
     interval: float
     concurrency: int
+    each_batch: bool = True  # prove each deploy call's tenants before the next call (verify-each-batch)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -49,6 +49,8 @@ class TenantVerdict:
     running: str  # SHA last reported ('' if never)
     detail: str  # last error / why, one line
     seconds: float  # time from stage start to the verdict
+    call: str = ""  # the deploy call that shipped the tenant ('' when this run deployed nothing)
+    proven_at: float | None = None  # seconds since the run started when it reported the build
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,16 +92,17 @@ class _Stage:
     order: tuple[str, ...]
     verdicts: dict[str, TenantVerdict]
     pending: list[_Pending]
+    label: str = "verify"  # what the log lines are about: the verify stage, or a call's proof
     rounds: int = 0
     verified: int = 0  # counted as verdicts come in: a round's progress line costs nothing per tenant
 
     @classmethod
     def begin(cls, settings: VerifySettings, sha: str, rows: Sequence[TenantRow], clock: Clock,
-              deadline: Deadline) -> _Stage:
+              deadline: Deadline, label: str) -> _Stage:
         start = clock.now()
         stage = cls(settings=settings, sha=sha, clock=clock, start=start,
                     end=start + min(settings.budget, deadline.remaining()), started=deadline.elapsed(),
-                    order=tuple(dict.fromkeys(row.slug for row in rows)), verdicts={}, pending=[])
+                    order=tuple(dict.fromkeys(row.slug for row in rows)), verdicts={}, pending=[], label=label)
         for row in {row.slug: row for row in rows}.values():  # the latest row of a slug wins
             if not TENANT_RE.match(row.slug):
                 stage.verdicts[row.slug] = TenantVerdict(slug=row.slug, state=Verdict.UNREACHABLE, running="",
@@ -129,7 +132,7 @@ class _Stage:
             answers = reader.read_all([tenant.url for tenant in self.pending], cap, stage_deadline)
             self.pending = self._settle(answers)
             runner.log(
-                f"verify: {self.verified}/{len(self.order)} on target, {len(self.pending)} waiting, "
+                f"{self.label}: {self.verified}/{len(self.order)} on target, {len(self.pending)} waiting, "
                 f"{format_seconds(self.left())} s left"
             )
             next_round = round_start + self.settings.interval
@@ -149,7 +152,7 @@ class _Stage:
             if answer.reported and sha_matches(answer.reported, self.sha):
                 self.verdicts[tenant.slug] = TenantVerdict(
                     slug=tenant.slug, state=Verdict.VERIFIED, running=tenant.running, detail="",
-                    seconds=answer.at - self.start,
+                    seconds=answer.at - self.start, proven_at=self.started + (answer.at - self.start),
                 )
                 self.verified += 1
                 continue
@@ -173,28 +176,35 @@ def verify_tenants(
     rows: Sequence[TenantRow],
     ctx: Context,
     client: http.Client | None = None,
+    *,
+    reader: BuildinfoClient | None = None,
+    label: str = "verify",
 ) -> VerifyResult:
     """Poll every healthy row's ``verify-url`` until it reports ``sha`` or the shared deadline passes.
 
     ``rows`` are the tenants that shipped, quarantined ones already left out. A row whose
     ``healthz_ok`` is false is ``unhealthy`` without a request. Never raises for what a tenant
-    does; the overall deadline shortens the budget instead of interrupting the stage.
+    does; the overall deadline shortens the budget instead of interrupting the stage. ``reader``
+    is a client kept open across calls (a rollout proving call after call); ``label`` names the
+    stage or the call being proven in the log.
     """
     if not sha or not settings.url_template:
         raise ValueError("verify needs the sha and a verify-url template")
     runner = ctx.runner
-    stage = _Stage.begin(settings, sha, rows, ctx.clock, ctx.deadline)
+    stage = _Stage.begin(settings, sha, rows, ctx.clock, ctx.deadline, label)
     cut = " (cut short by the overall timeout)" if stage.budget < settings.budget else ""
     runner.log(
-        f"verify: {len(stage.pending)} tenants must report {settings.field} = {sha[:12]} at "
+        f"{label}: {len(stage.pending)} tenants must report {settings.field} = {sha[:12]} at "
         f"{display_url(settings.url_template)}; polling {settings.concurrency} at a time every {settings.interval:g} s "
         f"for up to {format_seconds(stage.budget)} s{cut}"
     )
-    # on a cancellation or the deadline, queued reads are dropped, running ones not waited for
-    with BuildinfoClient(settings.field, settings.concurrency, ctx, client) as reader:
+    if reader is not None:
         stage.poll_rounds(reader, http_settings.request_timeout, runner)
+    else:  # on a cancellation or the deadline, queued reads are dropped, running ones not waited for
+        with BuildinfoClient(settings.field, settings.concurrency, ctx, client) as own:
+            stage.poll_rounds(own, http_settings.request_timeout, runner)
     result = stage.result()
-    _report(result, sha, runner)
+    _report(result, sha, runner, label)
     return result
 
 
@@ -210,16 +220,16 @@ def _give_up(tenant: _Pending, sha: str, rounds: int, elapsed: float) -> TenantV
                          detail=f"no usable answer {polls}: {tenant.problem}", seconds=elapsed)
 
 
-def _report(result: VerifyResult, sha: str, runner: Runner) -> None:
+def _report(result: VerifyResult, sha: str, runner: Runner, label: str = "verify") -> None:
     """The final lists in the log (Gitea shows no annotations) and one error per failing tenant."""
     counts = ", ".join(f"{len(result.slugs(s))} {s}" for s in STATES if result.slugs(s))
     rounds = f"{result.rounds} round{'s' if result.rounds != 1 else ''}"
-    runner.log(f"verify: {counts or 'no tenants'} in {rounds}, {format_seconds(result.seconds)} s")
+    runner.log(f"{label}: {counts or 'no tenants'} in {rounds}, {format_seconds(result.seconds)} s")
     for state in FAILING:
         if result.slugs(state):
-            runner.log(f"verify: {state}: {', '.join(result.slugs(state))}")
+            runner.log(f"{label}: {state}: {', '.join(result.slugs(state))}")
     for verdict in result.verdicts:
         if verdict.state in FAILING:
             runner.error(f"{verdict.slug} is {verdict.state}: {verdict.detail}", title=f"verify {verdict.slug}")
     if not result.ok:
-        runner.log(f"verify: not every tenant proved it runs {sha[:12]}; latest must not move")
+        runner.log(f"{label}: not every tenant proved it runs {sha[:12]}; latest must not move")

@@ -113,8 +113,8 @@ def test_version_prints_the_tool_and_the_packaged_version(launchers):
 
 
 @pytest.mark.parametrize("args", [
-    ["deploy"], ["run"], ["--dry-run"], ["--"], ["--vers"], ["FLEET_DRY_RUN=true"], [""], ["demo", "--bad-build"],
-    ["demo", "extra"],
+    ["deploy"], ["run"], ["--dry-run"], ["--"], ["--vers"], ["FLEET_DRY_RUN=true"], [""], ["demo", "--bad"],
+    ["demo", "--good-build"], ["demo", "extra"],
 ], ids=repr)
 @pytest.mark.parametrize("launcher", ["console script", "entrypoint.py"])
 def test_an_unknown_argument_or_command_is_a_usage_error_and_never_deploys(fleet, launchers, tmp_path, launcher,
@@ -138,7 +138,8 @@ def test_an_input_passed_as_an_option_is_refused_naming_its_environment_variable
 def test_demo_help_prints_the_demos_usage_and_starts_nothing(launchers):
     proc = cli([*launchers["python -m deploy"], "demo", "--help"], clean_env())
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("usage: fleet-rollout demo [-h] [--report PATH]")
+    assert proc.stdout.startswith("usage: fleet-rollout demo [-h] [--report PATH] [--bad-build]")
+    assert re.search(r"^  --bad-build +ship a bad build", proc.stdout, re.M)
     assert "# simulator" not in proc.stdout
 
 

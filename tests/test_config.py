@@ -46,6 +46,7 @@ def test_defaults_load_and_target_tag_derives_from_sha():
         ({"soak_seconds": "-5"}, "soak-seconds", "must be 0 or more"),
         ({"verify_budget": "nan"}, "verify-budget", "finite"),
         ({"dry_run": "maybe"}, "dry-run", "true or false"),
+        ({"verify_each_batch": "maybe"}, "verify-each-batch", "true or false"),
         ({"retry_delays": "5,x"}, "retry-delays", "number of seconds"),
         ({"stages": "rollout,deploy"}, "stages", "unknown stage 'deploy'"),
         ({"verify_url": "https://example.com/buildinfo"}, "verify-url", "{slug}"),
@@ -63,6 +64,13 @@ def test_each_bad_input_is_named_with_its_value(overrides, input_name, words):
     errors = errors_for(**overrides)
     assert input_name in errors, errors
     assert words in errors[input_name]
+
+
+def test_verify_each_batch_is_on_by_default_and_can_be_turned_off():
+    assert config.load(BASE).verify.each_batch is True
+    assert config.load({**BASE, "FLEET_VERIFY_EACH_BATCH": "false"}).verify.each_batch is False
+    assert config.load({**BASE, "FLEET_VERIFY_EACH_BATCH": "No"}).verify.each_batch is False
+    assert config.load({**BASE, "FLEET_VERIFY_EACH_BATCH": "on"}).verify.each_batch is True
 
 
 def test_every_bad_input_is_reported_at_once():

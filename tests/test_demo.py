@@ -11,6 +11,8 @@ import sys
 
 from deploy import demo
 from deploy.report import OUTPUT_NAMES
+from deploy.sim.fleet import FleetSim
+from deploy.sim.registry import SimRegistry
 from tests.actions_runner import ROOT
 from tests.report_schema import load_report
 
@@ -89,3 +91,71 @@ def test_without_docker_registry_the_demo_uses_the_simulators_registry(monkeypat
     assert "the simulator's registry" in text
     assert_dead_tenant_handled(text)
     assert_plain_log_and_text_summary(text)
+
+
+# -- --bad-build: the canary's proof stops the rollout ----------------------------------------------
+
+
+def assert_stopped_after_the_canary(text: str, code: int) -> None:
+    """One deploy call (the canary), the canary named stale, ``latest`` not moved, the same prints."""
+    assert code == 1, text
+    outputs = outputs_of(text)
+    assert outputs["ok"] == "false" and outputs["outcome"] == "failed"
+    assert json.loads(outputs["shipped"]) == ["hongming"] and outputs["aborted-at"] == "canary"
+    assert "canary" in outputs["reason"] and "hongming" in outputs["reason"] and "stale" in outputs["reason"]
+    assert json.loads(outputs["stale"]) == ["hongming"] and outputs["verified"] == "0"
+    assert outputs["result_count"] == "1"  # the canary's row only
+    assert outputs["promoted-digest"] == "" and outputs["previous-digest"] == ""  # promote never ran
+    assert "# the build is bad:" in text
+    assert "== Rollout ==" in text and "== Result ==" in text
+    assert not [line for line in text.splitlines() if line.startswith("::")]
+    summary = text.split("# summary (exit code 1)\n", 1)[1]
+    assert summary.lstrip().startswith("fleet-rollout: failed staging-8ddce85 (8ddce85f3b2a) in ")
+    assert re.search(r"^reason: .*hongming", summary, re.M)
+    assert re.search(r"^hongming +stale +", summary, re.M)
+    for slug in ("reno-stars", "molecule-adk-demo", "philbrew-erton", "acme-prod"):
+        assert re.search(rf"^{slug} +not started", summary, re.M), slug
+    assert not re.search(r"^latest on .*: promoted", summary, re.M)
+
+
+def test_the_bad_build_demo_stops_after_the_canary_and_leaves_latest(tmp_path):
+    kept = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, "-m", "deploy", "demo", "--bad-build", "--report", str(kept)], cwd=ROOT,
+                          env=laptop_env(), capture_output=True, text=True, timeout=120)
+
+    assert_stopped_after_the_canary(proc.stdout, proc.returncode)
+    report = load_report(kept.read_text())
+    assert report["outcome"] == "failed" and report["exit_code"] == 1
+    assert [(call["label"], call["slugs"]) for call in report["rollout"]["calls"]] == [("canary", ["hongming"])]
+    assert report["rollout"]["soak"] is None  # the proof failed before the soak began
+    assert report["promote"] is None
+
+
+def test_the_bad_build_demo_sends_one_deploy_call_and_latest_stays_on_the_previous_build(monkeypatch, capsys):
+    """Seen from the simulator's side: the CP got one deploy call, the registry's latest did not move."""
+    fleets: list[FleetSim] = []
+    registries: list[SimRegistry] = []
+    make_fleet, make_registry = demo.demo_fleet, demo.SimRegistry
+
+    def kept_fleet(bad_build: bool = False) -> FleetSim:
+        fleets.append(make_fleet(bad_build))
+        return fleets[-1]
+
+    def kept_registry() -> SimRegistry:
+        registries.append(make_registry())
+        return registries[-1]
+
+    monkeypatch.setattr(demo, "demo_fleet", kept_fleet)
+    monkeypatch.setattr(demo, "SimRegistry", kept_registry)
+    monkeypatch.setattr(demo.shutil, "which", lambda name: None)  # the simulator's registry, kept in memory
+    for name in set(os.environ) - set(laptop_env()):
+        monkeypatch.delenv(name)
+
+    code = demo.main(bad_build=True)
+
+    assert_stopped_after_the_canary(capsys.readouterr().out, code)
+    [fleet], [registry] = fleets, registries
+    assert fleet.bad_builds == {demo.TAG}
+    assert [call.get("only_slugs") for call in fleet.deploy_calls()] == [["hongming"]]
+    latest, build = registry.tag_digest(demo.REPOSITORY, "latest"), registry.tag_digest(demo.REPOSITORY, demo.TAG)
+    assert latest.startswith("sha256:") and build.startswith("sha256:") and latest != build

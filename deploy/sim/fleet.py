@@ -7,9 +7,11 @@ slow (the CP's per-tenant timeout plus its health settle, 390 sim seconds by def
 its row says ``verified_on_target: false``, and the CP answers ``ok: false`` only when the call's
 failed tenants outnumber its ``max_stragglers``.
 
-Knobs per tenant (:class:`TenantSpec`) cover dead, slow, stale, unhealthy, flapping and settling
-tenants, rows missing or in an older CP's shape; :class:`Fault` scripts CP failures (502 JSON,
-503 HTML, a hang past the read budget, a dropped connection, ``ok: false``) for successive calls.
+Knobs per tenant (:class:`TenantSpec`) cover dead, slow, stale, unhealthy, flapping, settling and
+reverting tenants, rows missing or in an older CP's shape; ``FleetSim.bad_builds`` makes a build
+bad fleet-wide (the CP says on target, ``/buildinfo`` keeps the previous build); :class:`Fault`
+scripts CP failures (502 JSON, 503 HTML, a hang past the read budget, a dropped connection,
+``ok: false``) for successive calls.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class TenantSpec:
     stale: bool = False  # /buildinfo never reports the new SHA, whatever the CP says
     unhealthy: bool = False  # the CP row says healthz_ok: false
     flapping: bool = False  # /buildinfo alternates a 503 with a good answer
+    reverts_after: float | None = None  # this long after a deploy call's wait, /buildinfo reports the previous build
     slow_buildinfo: float = 0.0  # /buildinfo takes this long to answer
     omit_row: bool = False  # the CP answers without a row for this tenant
     legacy_row: bool = False  # the row lacks verified_on_target and healthz_ok (an older CP)
@@ -52,6 +55,27 @@ class Fault:
 
     def matches(self, dry_run: bool) -> bool:
         return self.on == "any" or self.on == ("enumerate" if dry_run else "deploy")
+
+
+@dataclass(frozen=True)
+class _Deployed:
+    """What a tenant's last deploy left: the build, when /buildinfo starts reporting it, and when
+    (``reverts_at``, monotonic) it falls back to ``previous``, the build it ran before."""
+
+    sha: str
+    ready_at: float
+    previous: str = OLD_SHA
+    reverts_at: float | None = None
+
+    def build(self, now: float) -> str:
+        """The build the tenant runs at ``now``, settled or not."""
+        return self.previous if self.reverts_at is not None and now >= self.reverts_at else self.sha
+
+    def reports(self, now: float) -> str:
+        """What /buildinfo reports at ``now``: ``OLD_SHA`` while settling, ``previous`` once reverted."""
+        if self.reverts_at is not None and now >= self.reverts_at:
+            return self.previous
+        return self.sha if now >= self.ready_at else OLD_SHA
 
 
 @dataclass
@@ -72,7 +96,8 @@ class FleetSim:
     faults: list[Fault] = field(default_factory=list)
     calls: list[dict[str, Any]] = field(default_factory=list)  # every accepted CP body, in order
     after_deploy: Callable[[dict[str, Any]], None] | None = None  # e.g. a newer commit lands mid-run
-    _running: dict[str, tuple[str, float]] = field(default_factory=dict)  # slug → (sha, ready at)
+    bad_builds: set[str] = field(default_factory=set)  # target tags that never really swap (/buildinfo keeps the old)
+    _running: dict[str, _Deployed] = field(default_factory=dict)  # slug → its last deploy
     _buildinfo_hits: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -80,13 +105,13 @@ class FleetSim:
         self.by_slug = {t.slug: t for t in self.tenants}
 
     def running_sha(self, slug: str) -> str:
-        """What the tenant's /buildinfo reports right now."""
-        sha, ready_at = self._running.get(slug, (OLD_SHA, 0.0))
-        return sha if time.monotonic() >= ready_at else OLD_SHA
+        """What the tenant's /buildinfo reports right now (``stale`` aside)."""
+        deployed = self._running.get(slug)
+        return deployed.reports(time.monotonic()) if deployed else OLD_SHA
 
     def mark_deployed(self, slug: str, sha: str) -> None:
         """The tenant already runs ``sha`` (as after an earlier rollout): for verify-only drills."""
-        self._running[slug] = (sha, 0.0)
+        self._running[slug] = _Deployed(sha, 0.0)
 
     def deploy_calls(self) -> list[dict[str, Any]]:
         return [c for c in self.calls if not c.get("dry_run")]
@@ -135,10 +160,11 @@ class FleetSim:
         worst = max(self._deploy_seconds(t) for t in targets)
         time.sleep(worst * self.time_scale)  # concurrent redeploys: the call lasts as long as the slowest
         now = time.monotonic()
+        swaps = body["target_tag"] not in self.bad_builds  # a bad build: the CP's word, no new container
         rows = []
         for tenant in targets:
-            if not tenant.dead:
-                self._running[tenant.slug] = (sha, now + tenant.settle_seconds * self.time_scale)
+            if swaps and not tenant.dead:
+                self._running[tenant.slug] = self._swap(tenant, sha, now)
             if not tenant.omit_row:
                 rows.append(self._deploy_row(tenant, body["target_tag"]))
         failed = [r["slug"] for r in rows if r.get("verified_on_target") is False]
@@ -150,6 +176,14 @@ class FleetSim:
             error = f"halted: {len(failed)} tenant(s) failed ({', '.join(failed)}), max_stragglers={tolerance}"
             return Response.json({"ok": False, "results": rows, "error": error})
         return Response.json({"ok": True, "results": rows})
+
+    def _swap(self, tenant: TenantSpec, sha: str, now: float) -> _Deployed:
+        """The tenant now runs ``sha`` (reported after its settle), and falls back to the build it
+        ran before ``reverts_after`` sim seconds from ``now``, when set."""
+        before = self._running.get(tenant.slug)
+        previous = before.build(now) if before else OLD_SHA
+        reverts = None if tenant.reverts_after is None else now + tenant.reverts_after * self.time_scale
+        return _Deployed(sha, now + tenant.settle_seconds * self.time_scale, previous, reverts)
 
     def _deploy_seconds(self, tenant: TenantSpec) -> float:
         return self.cp_tenant_timeout + self.cp_settle_seconds if tenant.dead else tenant.deploy_seconds

@@ -4,8 +4,9 @@ One component serves either shape (``kind="github"`` or ``"gitea"``) under a bas
 ``/api/v3`` or ``/api/v1``, with the real forges' behaviour a client must cope with: the page size
 is clamped (GitHub 100, Gitea 50) so a short page is not the last one, lists come newest first,
 Gitea puts a branch head at ``commit.id`` and a variable's value in ``data``. Knobs: statuses and
-check runs per commit, branch heads, variables, per-path faults and a one-shot rate limit. Routes
-and answer shapes: ``docs/simulator.md``.
+check runs per commit, branch heads, variables (also changed after the Nth deploy call of a
+:class:`~deploy.sim.fleet.FleetSim`: a kill switch set or a newer commit landing mid-rollout),
+per-path faults and a one-shot rate limit. Routes and answer shapes: ``docs/simulator.md``.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ import itertools
 import math
 import threading
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deploy.clock import Clock
 from deploy.sim.server import Request, Response
+
+if TYPE_CHECKING:
+    from deploy.sim.fleet import FleetSim
 
 DEFAULT_PREFIX = {"github": "/api/v3", "gitea": "/api/v1"}
 PAGE_PARAM = {"github": "per_page", "gitea": "limit"}
@@ -75,6 +79,39 @@ class ForgeSim:
         """Answer the next request with a rate limit: 403 + ``X-RateLimit-*``, or 429 + ``Retry-After``."""
         with self._lock:
             self._rate_limit = {"reset_in": reset_in} if retry_after is None else {"retry_after": retry_after}
+
+    def change_after_deploys(
+        self, fleet: FleetSim, calls: int, variables: dict[str, str] | None = None,
+        branches: dict[str, str] | None = None,
+    ) -> None:
+        """After the ``calls``-th deploy call ``fleet`` serves from now on, set ``variables`` and
+        ``branches`` (merged into the current ones; a variable replaces one of the same name in any
+        case): a kill switch set, or a newer commit landing, mid-rollout.
+
+        The change is made in ``fleet.after_deploy``, which runs once per deploy call that took
+        effect (not dry runs, faulted calls or an unknown ``target_tag``), before the CP answers: a
+        client reading the forge after the Nth answer sees the new values, one reading after an
+        earlier answer the old. An ``after_deploy`` already set still runs first.
+        """
+        if calls < 1:
+            raise ValueError(f"calls must be at least 1, not {calls}; set the knobs directly for a change before any")
+        chained, seen, lock = fleet.after_deploy, [0], threading.Lock()
+
+        def after_deploy(body: dict[str, Any]) -> None:
+            if chained is not None:
+                chained(body)
+            with lock:
+                seen[0] += 1
+                if seen[0] != calls:
+                    return
+            with self._lock:
+                for name, value in (variables or {}).items():  # variable names are case-insensitive
+                    for same in [k for k in self.variables if k.upper() == name.upper()]:
+                        del self.variables[same]
+                    self.variables[name] = value
+                self.branches.update(branches or {})
+
+        fleet.after_deploy = after_deploy
 
     # -- serving -------------------------------------------------------------------------------
 

@@ -17,8 +17,9 @@ from deploy.controlplane import CallResult, CallState, TenantRow
 from deploy.gates import ChecksResult
 from deploy.pipeline import Outcome, Run, Span
 from deploy.promote import PromoteResult, Promotion, PromotionState
+from deploy.proof import ProofSpan
 from deploy.report import SCHEMA_VERSION, report
-from deploy.rollout import RolloutResult, Soak
+from deploy.rollout import RolloutResult, Soak, StopKind
 from deploy.verify import TenantVerdict, Verdict, VerifyResult
 from tests.support import SHA
 
@@ -44,9 +45,12 @@ def representative_runs() -> dict[str, Run]:
     unknown = CallResult(label="batch 2/2", slugs=("d", "e"), ok=False, rows=(), status=None, started=5.4,
                          seconds=6.0, error="HTTP 504 (synthetic): no answer", state=CallState.UNKNOWN)
     rollout = RolloutResult(fleet=fleet, max_stragglers=3, calls=(canary, batch, unknown),
-                            planned=(("a",), ("b", "c"), ("d", "e")), soak=Soak(started=1.6, seconds=0.5))
+                            planned=(("a",), ("b", "c"), ("d", "e")), soak=Soak(started=1.6, seconds=0.5),
+                            stopped=StopKind.ABORTED, aborted_at="batch 2/2",
+                            proofs=(ProofSpan(label="proof canary", started=1.5, seconds=0.1, ok=True),))
     verdicts = (
-        TenantVerdict(slug="a", state=Verdict.VERIFIED, running=SHA, detail="", seconds=0.25),
+        TenantVerdict(slug="a", state=Verdict.VERIFIED, running=SHA, detail="", seconds=0.25, call="canary",
+                      proven_at=1.6),
         TenantVerdict(slug="c", state=Verdict.STALE, running="0123456", detail="still runs 0123456", seconds=4.0),
         TenantVerdict(slug="x", state=Verdict.UNREACHABLE, running="", detail="HTTP 503", seconds=4.0),
         TenantVerdict(slug="y", state=Verdict.UNHEALTHY, running="", detail="healthz_ok: false", seconds=0.0),
