@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from http.client import HTTPException
 from typing import Any
 from urllib.parse import urljoin, urlsplit
-from urllib.request import getproxies_environment
+from urllib.request import getproxies
 
 import requests
 import urllib3
@@ -281,10 +281,20 @@ class _WatchedHTTPSPool(_WatchedPoolMixin, HTTPSConnectionPool):
     pass
 
 
+WATCHED_POOLS = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+
 class _WatchedAdapter(HTTPAdapter):
+    """Every pool watched: the direct ones, and those behind a proxy (``HTTP(S)_PROXY``)."""
+
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+        self.poolmanager.pool_classes_by_scheme = WATCHED_POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = WATCHED_POOLS
+        return manager
 
 
 # -- retries -------------------------------------------------------------------------------
@@ -421,7 +431,7 @@ class Client:
         # The environment is read once here, not per request (see _send); and never ~/.netrc: a
         # credential found there must not be sent to a tenant, a forge or a registry.
         self.session.trust_env = False
-        self._env_proxies = bool(getproxies_environment())
+        self._env_proxies = bool(getproxies())  # the environment, and a laptop's system settings
         self._proxies: dict[str, dict[str, str]] = {}  # origin → proxies, when any are configured
         self._verify: bool | str = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
         retry = ScheduledRetry(delays=policy.retry_delays, clock=clock, on_retry=on_retry, deadline=deadline)

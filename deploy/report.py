@@ -12,6 +12,7 @@ declares every key of every result type, :func:`as_json` is the one rule that se
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -132,7 +133,7 @@ def report_text(value: Any, depth: int = 0) -> str:
     """
     pad = "  " * (depth + 1)
     if isinstance(value, dict) and value and depth < 2:
-        items = (f"{pad}{json.dumps(key)}: {report_text(item, depth + 1)}" for key, item in value.items())
+        items = (f"{pad}{json.dumps({key: 0})[1:-4]}: {report_text(item, depth + 1)}" for key, item in value.items())
         return "{\n" + ",\n".join(items) + "\n" + pad[2:] + "}"
     if isinstance(value, list) and any(isinstance(item, dict) for item in value):
         return "[\n" + ",\n".join(pad + json.dumps(item) for item in value) + "\n" + pad[2:] + "]"
@@ -300,6 +301,7 @@ def _facts(run: Run, cell: _Cell) -> list[str]:
 
 SECTIONS = {"gates": "Gates", "plan": "Plan", "verify": "Verify", "promote": "Promote"}
 TIMELINE_BARS = 40  # batch bars in the summary's timeline; more batches are merged into this many
+CELL_CHARS = 300  # of one summary cell: a CP's long error text must not make the table megabytes (the report keeps it)
 TABLE_ROWS = 300  # rows of the summary's tenant table: about 40 KiB, far below the runner's 1 MiB
 
 
@@ -329,10 +331,10 @@ def _bounded(spans: list[Span]) -> list[Span]:
     batches = [span for span in spans if span.name.startswith("batch ")]
     if len(batches) <= TIMELINE_BARS:
         return spans
-    size = -(-len(batches) // TIMELINE_BARS)  # ceiling division
+    edges = [len(batches) * bar // TIMELINE_BARS for bar in range(TIMELINE_BARS + 1)]  # as even as can be
     merged = []
-    for first in range(0, len(batches), size):
-        group = batches[first:first + size]
+    for first, last in itertools.pairwise(edges):
+        group = batches[first:last]
         numbers = f"{group[0].name.split()[1].split('/')[0]}–{group[-1].name.split()[1]}"
         end = group[-1].started + group[-1].seconds
         merged.append(Span(f"batches {numbers}", group[0].started, end - group[0].started))
@@ -340,9 +342,10 @@ def _bounded(spans: list[Span]) -> list[Span]:
 
 
 def _tenant_table(run: Run, cell: _Cell) -> list[str]:
-    """Every tenant, up to :data:`TABLE_ROWS`; above that, the tenants that need attention (up to
-    :data:`TABLE_ROWS` of them) and a count: the runner cuts a summary at 1 MiB, and the full
-    table is in the JSON report anyway. One pass over the fleet either way."""
+    """Every tenant, up to :data:`TABLE_ROWS`; above that, the tenants with a problem (up to
+    :data:`TABLE_ROWS` of them) and counts: the runner cuts a summary at 1 MiB, and the full table
+    is in the JSON report anyway. Tenants the rollout never reached are counted, not listed: a
+    halt early in a large rollout must not push the tenant that caused it out of the table."""
     if not run.fleet:
         return []
     header = [
@@ -350,23 +353,28 @@ def _tenant_table(run: Run, cell: _Cell) -> list[str]:
         "| tenant | phase | status | healthz | on target | verify | shipped in | proven at | error |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    whole = len(run.fleet) <= TABLE_ROWS
+    whole = len(run.fleet) <= TABLE_ROWS or bool(run.rollout and run.rollout.dry_run)
     lines: list[str] = []
-    attention = 0
-    for fields, needs_attention in _tenant_rows(run):
-        attention += needs_attention
-        if (whole or needs_attention) and len(lines) < TABLE_ROWS:
+    problems = not_reached = 0
+    for fields, state in _tenant_rows(run):
+        problems += state == _PROBLEM
+        not_reached += state == _NOT_REACHED
+        if (whole or state == _PROBLEM) and len(lines) < TABLE_ROWS:
             lines.append("| " + " | ".join(cell(field) for field in fields) + " |")
     if whole:
         return [*header, *lines, ""]
-    shown = f"the first {len(lines)} of them" if attention > len(lines) else "all of them"
-    note = (f"{counted(attention, 'tenant')} of {len(run.fleet)} need attention, {shown} below; the table of "
-            "every tenant is in the JSON report (`report` output).")
+    shown = f", the first {len(lines)} below" if problems > len(lines) else (", below" if problems else "")
+    rest = f"; {not_reached} not started (the rollout halted first)" if not_reached else ""
+    note = (f"{problems} of {len(run.fleet)} tenants {'has' if problems == 1 else 'have'} a problem{shown}{rest}. "
+            "The table of every tenant is in the JSON report (`report` output).")
     return [*header[:2], note, "", *(header[2:] + lines if lines else []), ""]
 
 
-def _tenant_rows(run: Run) -> Iterator[tuple[tuple[str, ...], bool]]:
-    """(the table's cells, whether the tenant needs attention) per tenant, in fleet order."""
+_FINE, _PROBLEM, _NOT_REACHED = "fine", "problem", "not reached"
+
+
+def _tenant_rows(run: Run) -> Iterator[tuple[tuple[str, ...], str]]:
+    """(the table's cells, fine / a problem / not reached) per tenant, in fleet order."""
     rollout = run.rollout
     rows = rollout.rows if rollout else {}
     quarantined = set(rollout.quarantined) if rollout else set()
@@ -379,12 +387,15 @@ def _tenant_rows(run: Run) -> Iterator[tuple[tuple[str, ...], bool]]:
             verify += f" (runs {verdict.running[:12]})"
         error = row.error if row else _missing_row(run, slug, not_started)
         error = error or (verdict.detail if verdict and verdict.state != Verdict.VERIFIED else "")
-        fine = (verdict.state == Verdict.VERIFIED) if verdict else bool(row and row.on_target and not error)
         proven = "" if verdict is None or verdict.proven_at is None else f"{verdict.proven_at:.1f} s"
         fields = (slug, row.phase if row else "", row.ssm_status if row else "", _flag(row.healthz_ok if row else None),
                   _flag(row.verified_on_target if row else None), verify, verdict.call if verdict else "", proven,
                   error)
-        yield fields, not fine and not (rollout and rollout.dry_run)
+        if (rollout and rollout.dry_run) or (verdict.state == Verdict.VERIFIED if verdict else
+                                             bool(row and row.on_target and row.healthy and not error)):
+            yield fields, _FINE
+        else:
+            yield fields, _NOT_REACHED if slug in not_started and slug not in verdicts else _PROBLEM
 
 
 def _missing_row(run: Run, slug: str, not_started: set[str]) -> str:
@@ -527,7 +538,8 @@ class _Cell:
         self.redact = redact
 
     def __call__(self, text: object) -> str:
-        return escape_markdown(self.redact(str(text)))
+        text = self.redact(str(text))
+        return escape_markdown(text if len(text) <= CELL_CHARS else text[:CELL_CHARS - 1] + "…")
 
     def digest(self, digest: str) -> str:
         """A digest as code, or — when a registry sent something else — as any other server text."""

@@ -96,6 +96,27 @@ def test_a_dripping_server_is_cut_off_by_the_attempt_budget(what: str, close: by
     assert str(caught.value) == f"{url.removeprefix('http://')}: no complete answer within 0.5 s (2 attempts)"
 
 
+@pytest.mark.parametrize("what", ["headers", "body"])
+def test_behind_a_proxy_a_dripping_answer_is_cut_off_by_the_budget_too(monkeypatch, what: str) -> None:
+    """SECURITY.md § Deadlines: requests builds its own pools for a proxy; they are watched as well."""
+    def handler(conn: socket.socket, request: bytes) -> None:
+        assert request.startswith(b"GET http://tenant.example.test/x ")  # asked of the proxy
+        if what == "headers":
+            drip(conn, b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 500)
+        else:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n")
+            drip(conn, b"x" * 500)
+
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    with raw_server(handler) as url, pytest.raises(http.TransportError) as caught:
+        monkeypatch.setenv("HTTP_PROXY", url)
+        client().request("GET", "http://tenant.example.test/x", budget=0.5)
+    assert caught.value.timed_out
+    assert str(caught.value) == "tenant.example.test: no complete answer within 0.5 s"
+
+
 def test_the_overall_deadline_cuts_an_attempt_whose_own_budget_is_longer() -> None:
     def handler(conn: socket.socket, _: bytes) -> None:
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -57,7 +58,7 @@ def test_a_few_hundred_tenants_are_all_in_the_summary_table():
     run = large_run(TABLE_ROWS, stale=1)
     rows = table_rows(summary(run))
     assert len(rows) == TABLE_ROWS
-    assert "need attention" not in summary(run)
+    assert "have a problem" not in summary(run)
 
 
 def test_above_a_few_hundred_the_table_shows_the_tenants_that_need_attention_and_counts_them():
@@ -65,28 +66,65 @@ def test_above_a_few_hundred_the_table_shows_the_tenants_that_need_attention_and
     markdown = summary(run)
     rows = table_rows(markdown)
     assert [row.split(" | ")[0].removeprefix("| ") for row in rows] == ["tenant-01997", "tenant-01998", "tenant-01999"]
-    assert "3 tenants of 2000 need attention, all of them below" in markdown
+    assert "3 of 2000 tenants have a problem, below." in markdown
 
 
 def test_when_more_tenants_need_attention_than_the_table_holds_it_says_how_many_it_shows():
     run = large_run(2000, stale=1500)
     markdown = summary(run)
     assert len(table_rows(markdown)) == TABLE_ROWS
-    assert f"1500 tenants of 2000 need attention, the first {TABLE_ROWS} of them below" in markdown
+    assert f"1500 of 2000 tenants have a problem, the first {TABLE_ROWS} below." in markdown
 
 
 def test_a_healthy_large_fleet_has_no_table_only_the_count():
     markdown = summary(large_run(2000))
     assert table_rows(markdown) == []
-    assert "0 tenants of 2000 need attention" in markdown
+    assert "0 of 2000 tenants have a problem." in markdown
 
 
 def test_the_timeline_merges_thousands_of_batches_into_a_few_dozen_bars():
     markdown = summary(large_run(50_000))
     chart = markdown.split("```mermaid", 1)[1].split("```", 1)[0]
     bars = [line for line in chart.splitlines() if line.strip().startswith("batch")]
-    assert TIMELINE_BARS // 2 <= len(bars) <= TIMELINE_BARS
-    assert bars[0].strip().startswith("batches 1–") and "–2000/2000" in bars[-1]
+    assert len(bars) == TIMELINE_BARS
+    assert bars[0].strip().startswith("batches 1–50/2000") and bars[-1].strip().startswith("batches 1951–2000/2000")
+
+
+def test_a_few_more_batches_than_bars_still_make_as_many_bars():
+    bars = [line for line in summary(large_run(41 * 25)).splitlines() if line.strip().startswith("batch")]
+    assert len(bars) == TIMELINE_BARS and bars[-1].strip().startswith("batches 40–41/41")
+
+
+def test_a_halt_early_in_a_large_rollout_keeps_the_tenant_that_caused_it_in_the_table():
+    fleet = tuple(f"tenant-{i:05d}" for i in range(2000))
+    dead = CallResult(label="canary", slugs=(fleet[-1],), ok=False, status=200, error="halted: crashloop",
+                      rows=(TenantRow(fleet[-1], phase="failed", healthz_ok=False, verified_on_target=False,
+                                      error="crashloop"),), started=0.0, seconds=1.0)
+    rollout = RolloutResult(fleet=fleet, max_stragglers=0, calls=(dead,), halted="canary failed",
+                            planned=plan_batches(fleet, fleet[-1], 25))
+    markdown = summary(Run(outcome=Outcome.FAILED, exit_code=1, fleet=fleet, rollout=rollout))
+    assert [row.split(" | ")[0] for row in table_rows(markdown)] == [f"| {fleet[-1]}"]
+    assert "1 of 2000 tenants has a problem, below; 1999 not started (the rollout halted first)." in markdown
+
+
+def test_an_unhealthy_row_is_a_problem_even_when_verify_never_ran():
+    run = large_run(400)
+    rollout = run.rollout
+    assert rollout is not None
+    sick = replace(rollout.calls[0], rows=(replace(rollout.calls[0].rows[0], healthz_ok=False),
+                                           *rollout.calls[0].rows[1:]))
+    run.rollout, run.verify = replace(rollout, calls=(sick, *rollout.calls[1:])), None
+    assert [row.split(" | ")[0] for row in table_rows(summary(run))] == ["| tenant-00000"]
+
+
+def test_a_long_error_text_is_shortened_in_the_summary_and_kept_whole_in_the_report():
+    run = large_run(2)
+    rollout = run.rollout
+    assert rollout is not None
+    long = replace(rollout.calls[0].rows[0], verified_on_target=False, error="e" * 5000)
+    run.rollout = replace(rollout, calls=(replace(rollout.calls[0], rows=(long, rollout.calls[0].rows[1])),))
+    assert max(len(line) for line in summary(run).splitlines()) < 1000
+    assert report(run)["rollout"]["calls"][0]["rows"][0]["error"] == "e" * 5000
 
 
 def test_at_50000_tenants_the_summary_and_every_output_line_stay_far_under_the_runners_limits(tmp_path):
@@ -121,9 +159,15 @@ def client() -> http.Client:
     return http.Client(http.Policy(), clock, Deadline.starting_now(clock, 30))
 
 
-def test_without_a_proxy_in_the_environment_no_proxy_is_used(monkeypatch):
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+@pytest.fixture
+def no_proxy_settings(monkeypatch):
+    """The test's own proxy settings only: urllib lets a lower-case name win over the upper-case one."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
+def test_without_a_proxy_in_the_environment_no_proxy_is_used(no_proxy_settings):
     assert client()._proxies_for("https://t1.example.com/buildinfo") == {}
 
 
@@ -131,7 +175,8 @@ def test_without_a_proxy_in_the_environment_no_proxy_is_used(monkeypatch):
     ("https://t1.example.com/buildinfo", "http://proxy.internal:3128"),
     ("https://cp.corp.example/redeploy", None),  # NO_PROXY
 ])
-def test_a_proxy_and_no_proxy_from_the_environment_are_honoured_per_origin(monkeypatch, url, expected):
+def test_a_proxy_and_no_proxy_from_the_environment_are_honoured_per_origin(monkeypatch, no_proxy_settings, url,
+                                                                           expected):
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
     monkeypatch.setenv("NO_PROXY", "corp.example")
     assert client()._proxies_for(url).get("https") == expected
