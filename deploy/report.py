@@ -326,19 +326,27 @@ def _timeline(run: Run) -> list[str]:
 
 
 def _bounded(spans: list[Span]) -> list[Span]:
-    """The spans, with runs of consecutive batch calls merged into one bar each ("batch 1–40/400")
-    when there are more than :data:`TIMELINE_BARS`: a Mermaid chart of 2,000 bars shows nothing."""
-    batches = [span for span in spans if span.name.startswith("batch ")]
+    """The spans, with runs of consecutive batch calls (and of their proofs) merged into one bar each
+    ("batches 1–50/2000") when there are more than :data:`TIMELINE_BARS`: a Mermaid chart of 2,000
+    bars shows nothing."""
+    for prefix in ("batch ", "proof batch "):
+        spans = _merged(spans, prefix)
+    return spans
+
+
+def _merged(spans: list[Span], prefix: str) -> list[Span]:
+    batches = [span for span in spans if span.name.startswith(prefix)]
     if len(batches) <= TIMELINE_BARS:
         return spans
     edges = [len(batches) * bar // TIMELINE_BARS for bar in range(TIMELINE_BARS + 1)]  # as even as can be
     merged = []
     for first, last in itertools.pairwise(edges):
         group = batches[first:last]
-        numbers = f"{group[0].name.split()[1].split('/')[0]}–{group[-1].name.split()[1]}"
+        numbers = f"{group[0].name.removeprefix(prefix).split('/')[0]}–{group[-1].name.removeprefix(prefix)}"
         end = group[-1].started + group[-1].seconds
-        merged.append(Span(f"batches {numbers}", group[0].started, end - group[0].started))
-    return sorted([span for span in spans if not span.name.startswith("batch ")] + merged, key=lambda s: s.started)
+        merged.append(Span(f"{prefix.replace('batch ', 'batches ')}{numbers}", group[0].started,
+                           end - group[0].started))
+    return sorted([span for span in spans if not span.name.startswith(prefix)] + merged, key=lambda s: s.started)
 
 
 def _tenant_table(run: Run, cell: _Cell) -> list[str]:

@@ -369,10 +369,12 @@ def deploy_failed(result: Outcome, world: World) -> None:
 
 
 def tenant_unreachable(result: Outcome, world: World) -> None:
-    """Tenant b never answered usefully: unreachable, the others verified, latest not promoted."""
+    """Tenant b never answered usefully: unreachable; batch 1's proof halts the rollout (a verified,
+    c and d never deployed); latest not promoted."""
     assert (result.code, result.outputs["outcome"]) == (1, "failed"), result.tail()
     assert _outputs_list(result, "unreachable") == ["b"], result.outputs
-    assert result.outputs["verified"] == "3", result.outputs
+    assert result.outputs["verified"] == "1" and result.outputs["aborted-at"] == "batch 1/2", result.outputs
+    assert [call["only_slugs"] for call in world.sim.deploy_calls()] == [["a", "b"]]
     assert world.latest() == world.digests[REPO][0], "latest moved without proof"
     assert result.outputs["promoted-digest"] == ""
 
@@ -832,9 +834,13 @@ STAGES = {
                           {"rollout-timeout": "20"}, lambda w, live: bool(w.cp_posts(dry_run=False))),
     "soak": Stage(lambda w: None, {"canary": "a", "soak-seconds": "40"}, lambda w, live: live.logged("soak: waiting")),
     # tenant b never answers and each poll may wait up to 3 s: the signal must not wait for it
+    "proof": Stage(lambda w: w.hostile.add(hang(), method="GET", path="/tenants/b/buildinfo"),
+                   {"verify-url": "$buildinfo", "verify-budget": "20", "verify-interval": "3", "request-timeout": "3",
+                    "rollout-timeout": "4"},
+                   lambda w, live: live.logged("batch 1/2: proof: ") and bool(w.hostile.seen("/tenants/b/buildinfo"))),
     "verify": Stage(lambda w: w.hostile.add(hang(), method="GET", path="/tenants/b/buildinfo"),
                     {"verify-url": "$buildinfo", "verify-budget": "20", "verify-interval": "3", "request-timeout": "3",
-                     "rollout-timeout": "4"},
+                     "rollout-timeout": "4", "verify-each-batch": "false"},
                     lambda w, live: live.logged("verify: ") and bool(w.hostile.seen("/tenants/b/buildinfo"))),
     "promote": Stage(lambda w: w.hostile.add(hang(), method="PUT", prefix=f"/v2/{REPO}/manifests/"),
                      {"stages": "promote", "promote-images": "$image", "request-timeout": "20",

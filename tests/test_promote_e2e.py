@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from deploy.sim.fleet import OLD_SHA, TenantSpec
 from tests.support import SHA, TAG, assert_no_secrets, buildinfo
 
@@ -34,13 +36,20 @@ def test_end_to_end_dead_quarantined_rest_verified_latest_promoted(fleet, action
     assert_no_secrets(result)
 
 
-def test_tenants_reporting_the_old_sha_while_draining_are_polled_until_they_settle(fleet, action):
+@pytest.mark.parametrize("each_batch", ["true", "false"])
+def test_tenants_reporting_the_old_sha_while_draining_are_polled_until_they_settle(fleet, action, each_batch):
     _sim, server = fleet([TenantSpec(s, deploy_seconds=1, settle_seconds=300) for s in "abc"])
-    result = action(server, verify_url=buildinfo(server), verify_interval="0.2", verify_budget="10")
+    result = action(server, verify_url=buildinfo(server), verify_interval="0.2", verify_budget="10",
+                    verify_each_batch=each_batch)
 
     assert result.code == 0, result.stdout
     assert result.outputs["verified"] == "3"
-    assert result.report["verify"]["rounds"] >= 2
+    if each_batch == "true":  # proven by the batch's own proof; the verify stage had nothing left to read
+        assert result.report["verify"]["rounds"] == 0
+        assert [p["label"] for p in result.report["rollout"]["proofs"]] == ["proof batch 1/1"]
+        assert {t["call"] for t in result.report["verify"]["tenants"]} == {"batch 1/1"}
+    else:
+        assert result.report["verify"]["rounds"] >= 2
 
 
 def test_a_stale_tenant_that_the_cp_calls_verified_fails_and_latest_stays(fleet, action, registry, repository):

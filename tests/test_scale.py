@@ -18,6 +18,7 @@ from deploy import http
 from deploy.clock import Clock, Deadline
 from deploy.controlplane import CallResult, TenantRow
 from deploy.pipeline import Outcome, Run
+from deploy.proof import ProofSpan
 from deploy.report import TABLE_ROWS, TIMELINE_BARS, publish, report, report_text, summary
 from deploy.rollout import RolloutResult, plan_batches
 from deploy.runner import Runner
@@ -88,6 +89,21 @@ def test_the_timeline_merges_thousands_of_batches_into_a_few_dozen_bars():
     bars = [line for line in chart.splitlines() if line.strip().startswith("batch")]
     assert len(bars) == TIMELINE_BARS
     assert bars[0].strip().startswith("batches 1–50/2000") and bars[-1].strip().startswith("batches 1951–2000/2000")
+
+
+def test_each_batchs_proof_is_a_bar_of_its_own_and_thousands_of_them_are_merged_too():
+    run = large_run(50_000)
+    assert run.rollout is not None
+    proofs = tuple(ProofSpan(label=f"proof {call.label}", started=call.started + call.seconds, seconds=0.5, ok=True)
+                   for call in run.rollout.calls)
+    run.rollout = replace(run.rollout, proofs=proofs)
+    chart = summary(run).split("```mermaid", 1)[1].split("```", 1)[0]
+    assert sum(line.strip().startswith("proof batches ") for line in chart.splitlines()) == TIMELINE_BARS
+    small = large_run(50)
+    assert small.rollout is not None
+    small.rollout = replace(small.rollout, proofs=(ProofSpan(label="proof batch 1/2", started=1.5, seconds=0.5,
+                                                              ok=True),))
+    assert "    proof batch 1/2 0.5 s :1500, 2000" in summary(small)
 
 
 def test_a_few_more_batches_than_bars_still_make_as_many_bars():
