@@ -40,6 +40,7 @@ from deploy.domain import (
 )
 from deploy.errors import ConfigError, ConfigErrors
 from deploy.settings import (
+    ON_FAILURE,
     STAGES,
     Config,
     ControlPlaneSettings,
@@ -54,7 +55,7 @@ from deploy.settings import (
 T = TypeVar("T")
 
 # Defaults of every input; action.yml declares the same ones (a test keeps them in sync).
-# Empty means "none", or "computed at run time" for target-tag, promote-source and branch.
+# Empty means "none", or "computed at run time" for target-tag, promote-source, rollback-tag and branch.
 DEFAULTS: dict[str, str] = {
     "cp-url": "",
     "cp-token": "",
@@ -79,6 +80,9 @@ DEFAULTS: dict[str, str] = {
     "verify-interval": "20",
     "verify-concurrency": "32",
     "verify-each-batch": "true",
+    "skip-current": "true",
+    "on-failure": "hold",
+    "rollback-tag": "",
     "promote-images": "",
     "promote-tag": "latest",
     "promote-source": "",
@@ -409,6 +413,14 @@ def parse_url(value: str, allow_insecure: bool, credentials: bool = False) -> st
     return value
 
 
+def parse_on_failure(value: str) -> str:
+    """``hold`` or ``rollback`` (any case): a typo must not silently mean "hold"."""
+    word = value.lower()
+    if word not in ON_FAILURE:
+        raise ValueError(f"expected {' or '.join(ON_FAILURE)}")
+    return word
+
+
 def parse_report_path(value: str) -> str:
     """Relative and inside the workspace: an absolute path or ``..`` could write anywhere the
     container's user can (root, on a self-hosted runner's mounted workspace)."""
@@ -546,7 +558,20 @@ def _rollout_settings(inputs: _Inputs, sha: str, cp_worst_case: tuple[float, flo
         cp_tenant_timeout=cp_worst_case[0],
         cp_settle_seconds=cp_worst_case[1],
         dry_run=inputs.boolean("dry-run"),
+        skip_current=inputs.boolean("skip-current"),
+        on_failure=inputs.parse("on-failure", parse_on_failure, ON_FAILURE[0]),
+        rollback_tag=_rollback_tag(inputs),
     )
+
+
+def _rollback_tag(inputs: _Inputs) -> str:
+    """rollback-tag, or promote-tag's value when empty (an invalid promote-tag is reported there, once)."""
+    if not inputs.raw("rollback-tag"):
+        return inputs.text("promote-tag")
+    tag = inputs.text("rollback-tag")
+    if not TAG_RE.match(tag):
+        inputs.fail("rollback-tag", f"not a valid image tag (got {inputs.shown('rollback-tag')})")
+    return tag
 
 
 def _verify_settings(inputs: _Inputs, insecure: bool) -> VerifySettings:

@@ -16,12 +16,14 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from typing import NoReturn
 
 from deploy import cancel
 from deploy.clock import Clock, Deadline
 from deploy.context import Context
 from deploy.controlplane import ControlPlaneClient, TenantRow
 from deploy.errors import Abort, DeployFailed, Skip
+from deploy.fleetstate import RollbackResult, Snapshot, roll_back, take_snapshot, to_roll_back
 from deploy.forge import ForgeClient
 from deploy.gates import ChecksResult, live_kill_switch, newer_head, wait_for_required_checks
 from deploy.promote import PromoteResult, check_sources, promote_images, registry_client
@@ -64,6 +66,8 @@ class Run:
     rollout: RolloutResult | None = None
     verify: VerifyResult | None = None
     promote: PromoteResult | None = None
+    snapshot: Snapshot | None = None
+    rollback: RollbackResult | None = None
     notes: dict[str, str] = field(default_factory=dict)  # stage → why it did not run
     spans: list[Span] = field(default_factory=list)
     seconds: float = 0.0
@@ -88,6 +92,8 @@ class Run:
             if self.rollout.soak:
                 spans.append(Span("soak", self.rollout.soak.started, self.rollout.soak.seconds))
             spans += [Span(p.label, p.started, p.seconds) for p in self.rollout.proofs if p.label.startswith("proof")]
+        if self.rollback:
+            spans += [Span(c.label, c.started, c.seconds) for c in self.rollback.calls]
         return sorted(spans, key=lambda s: s.started)
 
 
@@ -139,30 +145,68 @@ class _Stages:
         if config.wants("rollout") or config.wants("verify"):
             cp = self.cp_client = ControlPlaneClient(config.cp, config.rollout, config.http, ctx)
             self.plan(cp)
-        if cp and config.wants("rollout"):
-            self.prover = None if dry_run else self.rollout_prover()
-            with self.stage("Rollout", record=False):
-                run.rollout = run_rollout(config.rollout, cp, run.fleet, ctx, prover=self.prover,
-                                          checkpoint=None if dry_run else self.between_calls)
-            if self.prover is not None and self.prover.verdicts:  # what was proven, even if the run stops here
-                run.verify = self.prover.result(run.fleet)
-            if run.rollout.stopped == StopKind.SKIPPED:
-                raise Skip(run.rollout.halted)
-            if run.rollout.stopped == StopKind.ABORTED:
-                raise Abort(run.rollout.halted)
-            if not run.rollout.ok:
-                raise DeployFailed(run.rollout.failure)
-            if not dry_run:  # a plan puts nothing on target: there is no coverage to gate
-                _report_quarantine(run.rollout, ctx.runner)
-        if dry_run:
-            for stage in ("verify", "promote"):
-                if config.wants(stage):
-                    run.notes[stage] = "dry run"
-            return
-        if config.wants("verify"):
-            self.verify()
-        if config.wants("promote"):
+        try:
+            if cp and config.wants("rollout"):
+                self.rollout(cp)
+            if dry_run:
+                for stage in ("verify", "promote"):
+                    if config.wants(stage):
+                        run.notes[stage] = "dry run"
+                return
+            if config.wants("verify"):
+                self.verify()
+        except DeployFailed as failure:
+            self.roll_back_after(failure)  # re-raises, the rollback's outcome added to the reason
+        if config.wants("promote"):  # a promote that fails leaves a verified fleet: never rolled back
             self.promote()
+
+    def rollout(self, cp: ControlPlaneClient) -> None:
+        config, run, ctx = self.config, self.record, self.ctx
+        dry_run = config.rollout.dry_run
+        if not dry_run:
+            self.snapshot()
+        current = run.snapshot.current(config.sha) if run.snapshot and config.rollout.skip_current else ()
+        self.prover = None if dry_run else self.rollout_prover()
+        with self.stage("Rollout", record=False):
+            run.rollout = run_rollout(config.rollout, cp, run.fleet, ctx, prover=self.prover,
+                                      checkpoint=None if dry_run else self.between_calls, current=current)
+        if self.prover is not None and self.prover.verdicts:  # what was proven, even if the run stops here
+            run.verify = self.prover.result(run.fleet)
+        if run.rollout.stopped == StopKind.SKIPPED:
+            raise Skip(run.rollout.halted)
+        if run.rollout.stopped == StopKind.ABORTED:
+            raise Abort(run.rollout.halted)
+        if not run.rollout.ok:
+            raise DeployFailed(run.rollout.failure)
+        if not dry_run:  # a plan puts nothing on target: there is no coverage to gate
+            _report_quarantine(run.rollout, ctx.runner)
+
+    def snapshot(self) -> None:
+        """What every tenant runs before anything moves (for resume, rollback and the summary)."""
+        config, run, ctx = self.config, self.record, self.ctx
+        if not config.verify.url_template:
+            ctx.runner.log("snapshot: none, verify-url is empty (skip-current and the rollback's proof need it)")
+            return
+        with self.stage("Snapshot"):
+            run.snapshot = take_snapshot(config.verify, config.http, config.sha, run.fleet, ctx)
+
+    def roll_back_after(self, failure: DeployFailed) -> NoReturn:
+        """``on-failure: rollback``: put back what this run deployed, then fail as before, saying how it went.
+
+        Not after a cancellation (the run must end now), nor when nothing was deployed."""
+        config, run = self.config, self.record
+        rollout = run.rollout
+        if config.rollout.on_failure != "rollback" or rollout is None or isinstance(failure, cancel.Cancelled):
+            raise failure
+        tenants = to_roll_back(rollout.calls, rollout.already_current)
+        if not tenants:
+            raise failure
+        with self.stage("Rollback"):
+            run.rollback = roll_back(tenants, run.snapshot, config.cp, config.rollout, config.http, config.verify,
+                                     self.ctx)
+        said = (f"rolled back {counted(len(run.rollback.rolled_back), 'tenant')}" if run.rollback.ok
+                else f"rollback failed: {run.rollback.error}")
+        raise (Abort if isinstance(failure, Abort) else DeployFailed)(f"{failure}; {said}")
 
     @contextmanager
     def stage(self, title: str, record: bool = True) -> Iterator[None]:
@@ -300,5 +344,6 @@ def _report_quarantine(rollout: RolloutResult, runner: Runner) -> None:
 def _verify_rows(run: Run) -> list[TenantRow]:
     if run.rollout is None:  # verify-only: every enumerated tenant
         return [TenantRow(slug) for slug in run.fleet]
-    quarantined, rows = set(run.rollout.quarantined), run.rollout.rows
-    return [rows[slug] for slug in run.fleet if slug in rows and slug not in quarantined]
+    quarantined, rows, current = set(run.rollout.quarantined), run.rollout.rows, set(run.rollout.already_current)
+    return [rows.get(slug) or TenantRow(slug) for slug in run.fleet
+            if (slug in rows or slug in current) and slug not in quarantined]

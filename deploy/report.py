@@ -26,6 +26,7 @@ from typing import Any
 
 from deploy import __version__
 from deploy.controlplane import CallResult, TenantRow
+from deploy.fleetstate import Before, RollbackResult, Snapshot
 from deploy.gates import ChecksResult
 from deploy.pipeline import Outcome, Run, Span
 from deploy.promote import PromoteResult, Promotion, PromotionState
@@ -34,12 +35,13 @@ from deploy.rollout import RolloutResult, Soak, counted, describe_plan
 from deploy.runner import Runner, escape_markdown, listing
 from deploy.verify import STATES, TenantVerdict, Verdict, VerifyResult
 
-SCHEMA_VERSION = 2  # bump with schema/report.schema.json whenever a key or a type of the report changes
+SCHEMA_VERSION = 3  # bump with schema/report.schema.json whenever a key or a type of the report changes
 
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}|-")
 OUTPUT_NAMES = (
     "ok", "outcome", "reason", "result_count", "quarantined", "stragglers", "verified",
     "stale", "unreachable", "unhealthy", "promoted-digest", "previous-digest", "report", "shipped", "aborted-at",
+    "already-current", "rolled-back",
 )
 # Outputs made only of our own words, numbers, digests and paths: redacting them could only
 # corrupt them (a 3-character token "tru" turned "true" into "***e").
@@ -71,6 +73,8 @@ def outputs(run: Run, report_shown: str) -> dict[str, str | list[str]]:
         "report": report_shown,
         "shipped": _listed(rollout.shipped if rollout and not rollout.dry_run else ()),
         "aborted-at": rollout.aborted_at if rollout else "",
+        "already-current": _listed(rollout.already_current if rollout else ()),
+        "rolled-back": _listed(run.rollback.rolled_back if run.rollback else ()),
     }
 
 
@@ -197,8 +201,13 @@ REPORTED: dict[type, tuple[Key, ...]] = {
         Key("sha", lambda run: run.config.sha if run.config else ""),
         Key("target_tag", lambda run: run.config.rollout.target_tag if run.config else ""),
         Key("stages", lambda run: run.config.stages if run.config else ()),
-        Key("notes"), Key("fleet"), Key("checks"), Key("rollout"), Key("verify"), Key("promote"),
-        Key("timeline", Run.timeline),
+        Key("notes"), Key("fleet"), Key("snapshot"), Key("checks"), Key("rollout"), Key("verify"), Key("rollback"),
+        Key("promote"), Key("timeline", Run.timeline),
+    ),
+    Snapshot: (Key("started", digits=MS), Key("seconds", digits=MS), Key("tenants")),
+    Before: (Key("slug"), Key("sha"), Key("problem")),
+    RollbackResult: (
+        Key("tag"), Key("ok"), Key("error"), Key("tenants"), Key("rolled_back"), Key("calls"), Key("verify"),
     ),
     Span: (Key("name"), Key("started", digits=MS), Key("seconds", digits=MS)),
     ChecksResult: (Key("states"), Key("seconds")),
@@ -206,7 +215,7 @@ REPORTED: dict[type, tuple[Key, ...]] = {
         Key("fleet"), Key("planned_batches", "planned"), Key("max_stragglers"), Key("dry_run"), Key("halted"),
         Key("result_count"), Key("stragglers"), Key("quarantined"),
         Key("outcome_unknown", lambda rollout: tuple(rollout.outcome_unknown)),  # the slugs; the calls say why
-        Key("shipped"), Key("not_started"), Key("stopped"), Key("aborted_at"),
+        Key("shipped"), Key("already_current"), Key("not_started"), Key("stopped"), Key("aborted_at"),
         Key("calls"), Key("soak"), Key("proofs"),
     ),
     Soak: (Key("started"), Key("seconds")),
@@ -265,6 +274,7 @@ def summary(run: Run, redact: Callable[[str], str] | None = None) -> str:
     lines += _timeline(run)  # people would rather look than read: the timeline comes first
     lines += _facts(run, cell)
     lines += _tenant_table(run, cell)
+    lines += _rollback_section(run, cell)
     lines += _promotion_table(run, cell)
     return "\n".join(lines) + "\n"
 
@@ -358,8 +368,8 @@ def _tenant_table(run: Run, cell: _Cell) -> list[str]:
         return []
     header = [
         "### Tenants", "",
-        "| tenant | phase | status | healthz | on target | verify | shipped in | proven at | error |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| tenant | phase | status | healthz | on target | verify | shipped in | proven at | before → after | error |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     whole = len(run.fleet) <= TABLE_ROWS or bool(run.rollout and run.rollout.dry_run)
     lines: list[str] = []
@@ -387,20 +397,26 @@ def _tenant_rows(run: Run) -> Iterator[tuple[tuple[str, ...], str]]:
     rows = rollout.rows if rollout else {}
     quarantined = set(rollout.quarantined) if rollout else set()
     not_started = set(rollout.not_started) if rollout else set()
+    current = set(rollout.already_current) if rollout else set()
     verdicts = {v.slug: v for v in run.verify.verdicts} if run.verify else {}
+    before = run.snapshot.by_slug if run.snapshot else {}
     for slug in run.fleet:
         row, verdict = rows.get(slug), verdicts.get(slug)
         verify = Verdict.QUARANTINED if slug in quarantined else (verdict.state if verdict else "")
         if verdict and verdict.state != Verdict.VERIFIED and verdict.running:
             verify += f" (runs {verdict.running[:12]})"
-        error = row.error if row else _missing_row(run, slug, not_started)
+        error = row.error if row else ("" if slug in current else _missing_row(run, slug, not_started))
         error = error or (verdict.detail if verdict and verdict.state != Verdict.VERIFIED else "")
         proven = "" if verdict is None or verdict.proven_at is None else f"{verdict.proven_at:.1f} s"
+        shipped_in = "already current" if slug in current else (verdict.call if verdict else "")
+        was = before.get(slug)
+        change = f"{(was.sha[:12] or 'unreadable') if was else ''} → {verdict.running[:12] if verdict else ''}"
         fields = (slug, row.phase if row else "", row.ssm_status if row else "", _flag(row.healthz_ok if row else None),
-                  _flag(row.verified_on_target if row else None), verify, verdict.call if verdict else "", proven,
-                  error)
-        if (rollout and rollout.dry_run) or (verdict.state == Verdict.VERIFIED if verdict else
-                                             bool(row and row.on_target and row.healthy and not error)):
+                  _flag(row.verified_on_target if row else None), verify, shipped_in, proven,
+                  change if was or verdict else "", error)
+        fine = verdict.state == Verdict.VERIFIED if verdict else (
+            slug in current or bool(row and row.on_target and row.healthy and not error))
+        if (rollout and rollout.dry_run) or fine:
             yield fields, _FINE
         else:
             yield fields, _NOT_REACHED if slug in not_started and slug not in verdicts else _PROBLEM
@@ -412,6 +428,19 @@ def _missing_row(run: Run, slug: str, not_started: set[str]) -> str:
     if slug in run.rollout.outcome_unknown:
         return f"outcome unknown: {run.rollout.outcome_unknown[slug]}"
     return "not started: the rollout halted first" if slug in not_started else "no row from the CP"
+
+
+def _rollback_section(run: Run, cell: _Cell) -> list[str]:
+    """What ``on-failure: rollback`` put back, and what it could not (every one of those named)."""
+    rollback = run.rollback
+    if rollback is None:
+        return []
+    lines = [f"### Rollback to `{cell(rollback.tag)}`", "",
+             f"{len(rollback.rolled_back)} of {counted(len(rollback.tenants), 'tenant')} this run deployed are back "
+             "on the build they ran before."]
+    if rollback.error:
+        lines += ["", f"**Not done:** {cell(rollback.error)}"]
+    return [*lines, ""]
 
 
 def _promotion_table(run: Run, cell: _Cell) -> list[str]:

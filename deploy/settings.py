@@ -14,6 +14,7 @@ from deploy import http
 from deploy.domain import ImageRef
 
 STAGES: tuple[str, ...] = ("rollout", "verify", "promote")
+ON_FAILURE: tuple[str, ...] = ("hold", "rollback")  # the words on-failure accepts; hold is the default
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,6 +55,9 @@ class RolloutSettings:
     cp_tenant_timeout: float
     cp_settle_seconds: float
     dry_run: bool
+    skip_current: bool = True  # do not redeploy a tenant whose pre-deploy snapshot reports sha (skip-current)
+    on_failure: str = "hold"  # "hold" | "rollback": what a failed run does with what it shipped (on-failure)
+    rollback_tag: str = ""  # the tag a rollback deploys: rollback-tag, or promote-tag's value when empty
 
     @property
     def call_worst_case(self) -> float:

@@ -23,7 +23,8 @@ pytest_plugins = ["tests.registry_fixture"]
 
 @pytest.fixture
 def fleet() -> Iterator[Callable[..., tuple[FleetSim, SimServer]]]:
-    """``fleet([TenantSpec, ...], *more_components, **knobs)`` starts a simulated CP with those tenants.
+    """``fleet([TenantSpec, ...], *more_components, **knobs)`` starts a simulated CP with those tenants
+    (``builds`` defaults to ``{TAG: SHA}``).
 
     More components (a :class:`~deploy.sim.forge.ForgeSim`) share the port; without a forge the
     superseded guard reads a 404 and carries on, as it does when a head is unreadable.
@@ -33,7 +34,8 @@ def fleet() -> Iterator[Callable[..., tuple[FleetSim, SimServer]]]:
     def start(tenants: list[TenantSpec], *more: Component, **knobs: Any) -> tuple[FleetSim, SimServer]:
         knobs.setdefault("time_scale", SCALE)
         knobs.setdefault("token", CP_TOKEN)
-        sim = FleetSim(tenants, builds={TAG: SHA}, **knobs)
+        knobs.setdefault("builds", {TAG: SHA})  # a rollback's CP: builds=builds_for(TAG, SHA) (latest → OLD_SHA)
+        sim = FleetSim(tenants, **knobs)
         server = SimServer([sim, *more]).start()
         servers.append(server)
         return sim, server
