@@ -387,6 +387,7 @@ def _tenant_rows(run: Run) -> Iterator[tuple[tuple[str, ...], str]]:
     rows = rollout.rows if rollout else {}
     quarantined = set(rollout.quarantined) if rollout else set()
     not_started = set(rollout.not_started) if rollout else set()
+    shipped_in = {slug: call.label for call in rollout.calls for slug in call.slugs} if rollout else {}
     verdicts = {v.slug: v for v in run.verify.verdicts} if run.verify else {}
     for slug in run.fleet:
         row, verdict = rows.get(slug), verdicts.get(slug)
@@ -397,8 +398,8 @@ def _tenant_rows(run: Run) -> Iterator[tuple[tuple[str, ...], str]]:
         error = error or (verdict.detail if verdict and verdict.state != Verdict.VERIFIED else "")
         proven = "" if verdict is None or verdict.proven_at is None else f"{verdict.proven_at:.1f} s"
         fields = (slug, row.phase if row else "", row.ssm_status if row else "", _flag(row.healthz_ok if row else None),
-                  _flag(row.verified_on_target if row else None), verify, verdict.call if verdict else "", proven,
-                  error)
+                  _flag(row.verified_on_target if row else None), verify,
+                  (verdict.call if verdict else "") or shipped_in.get(slug, ""), proven, error)
         if (rollout and rollout.dry_run) or (verdict.state == Verdict.VERIFIED if verdict else
                                              bool(row and row.on_target and row.healthy and not error)):
             yield fields, _FINE
