@@ -93,30 +93,35 @@ def combined_state(states: tuple[str, ...]) -> str:
     return next((s for s in states if s in FAILING), None) or next((s for s in states if s != PASSING), PASSING)
 
 
-def newer_head(gates: GateSettings, sha: str, client: ForgeClient | None, runner: Runner) -> str:
-    """The branch's newer head when this run is superseded, else ``''``.
+def newer_head(gates: GateSettings, sha: str, client: ForgeClient | None, runner: Runner,
+               quiet: bool = False) -> str | None:
+    """The branch's newer head when this run is superseded, ``''`` when it is not, and ``None``
+    when the guard is off for this run.
 
     A head we cannot read (no token, no branch, an API error) is *not* superseded: warn and carry
-    on. Heads compare like verify compares a tenant's build: by prefix of at least 7 characters, any case.
+    on. ``quiet`` logs that instead of warning again: the guard is asked before every deploy call,
+    and one annotation says it is off. Heads compare like verify compares a tenant's build: by
+    prefix of at least 7 characters, any case.
     """
     if not gates.skip_if_superseded:
         return ""
     title = "Superseded guard off"
+    warn = (lambda message, title: runner.log(f"{title}: {message}")) if quiet else runner.warning
     if client is None:
-        runner.warning("no github-token, so the branch head cannot be read; deploying without the guard", title=title)
-        return ""
+        warn("no github-token, so the branch head cannot be read; deploying without the guard", title=title)
+        return None
     if not gates.branch:
-        runner.warning("no branch to compare with (set input `branch`); deploying without the guard", title=title)
-        return ""
+        warn("no branch to compare with (set input `branch`); deploying without the guard", title=title)
+        return None
     try:
         head = client.branch_head(gates.branch)
     except ForgeError as exc:
-        runner.warning(f"{exc}; deploying without the guard", title=title)
-        return ""
+        warn(f"{exc}; deploying without the guard", title=title)
+        return None
     if not SHA_RE.match(head):
-        runner.warning(f"branch {gates.branch!r} head {head[:80]!r} is not a commit SHA; deploying without the guard",
+        warn(f"branch {gates.branch!r} head {head[:80]!r} is not a commit SHA; deploying without the guard",
                        title=title)
-        return ""
+        return None
     if sha_matches(head, sha):
         runner.log(f"Branch {gates.branch} is still at {sha[:12]}: this run is the newest")
         return ""

@@ -126,6 +126,7 @@ class _Stages:
         self.registry_client = registry_client(config.http, ctx) if config.promote.images else None
         self.cp_client: ControlPlaneClient | None = None
         self.prover: Prover | None = None
+        self.guard_off = False  # the superseded guard could not read the head once: warned, then logged
 
     def close(self) -> None:
         sessions = (self.forge_client and self.forge_client.http, self.cp_client and self.cp_client.http,
@@ -267,7 +268,8 @@ class _Stages:
         config = self.config
         if not config.gates.skip_if_superseded or self.forge_client is None:
             return
-        head = newer_head(config.gates, config.sha, self.forge_client, self.ctx.runner)
+        head = newer_head(config.gates, config.sha, self.forge_client, self.ctx.runner, quiet=self.guard_off)
+        self.guard_off = self.guard_off or head is None
         if head:
             raise Skip(f"superseded {when}: {config.gates.branch} is now at {head}, not {config.sha}")
 

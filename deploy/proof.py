@@ -63,25 +63,37 @@ class Prover:
 
     def watch(self, slug: str, seconds: float) -> str:
         """Poll the canary every ``verify-interval`` for ``seconds``: '' when it kept reporting the
-        build, else what was seen (another SHA, or silence for longer than one interval)."""
+        build, else what was seen.
+
+        Another SHA fails at once (it went back). Silence fails when it lasts longer than one
+        interval: two polls in a row without an answer, or no answer at the soak's last poll (the
+        canary must still be answering when the batches start). On failure the canary's verdict
+        becomes what was seen, so the outputs and the summary agree with the reason.
+        """
         interval, clock, deadline = self.settings.interval, self.ctx.clock, self.ctx.deadline
         url = buildinfo_url(self.settings.url_template, slug)
         started, start = deadline.elapsed(), clock.now()
-        end, last_good = start + seconds, start
-        problem = ""
+        end = start + seconds
+        problem, silent, why, running = "", 0, "", ""
         while not problem and clock.now() < end:
             deadline.sleep(min(interval, end - clock.now()), "soaking the canary")
             answer = self.reader.read(url, min(self.http_settings.request_timeout, interval), deadline)
-            now = clock.now()
-            into = f"{format_seconds(now - start)} s into the soak"
+            into = f"{format_seconds(clock.now() - start)} s into the soak"
             if answer is not None and answer.reported and sha_matches(answer.reported, self.sha):
-                last_good = now
+                silent = 0
             elif answer is not None and answer.reported:
-                problem = f"canary {slug} went back to {answer.shown[:12]}, not {self.sha[:12]}, {into}"
-            elif now - last_good > interval:
+                running = answer.shown
+                problem = f"canary {slug} went back to {running[:12]}, not {self.sha[:12]}, {into}"
+            else:
+                silent += 1
                 why = answer.problem if answer is not None else "no time was left to ask"
-                problem = f"canary {slug} stopped answering for more than verify-interval, {into}: {why}"
+                if silent > 1 or clock.now() >= end:
+                    problem = f"canary {slug} stopped answering for more than verify-interval, {into}: {why}"
         self.spans.append(ProofSpan(label="soak watch", started=started, seconds=clock.now() - start, ok=not problem))
+        if problem:
+            self.verdicts[slug] = TenantVerdict(slug=slug, state=Verdict.STALE if running else Verdict.UNREACHABLE,
+                                                running=running, detail=problem, seconds=clock.now() - start,
+                                                call="canary")
         return problem
 
     def result(self, order: Sequence[str]) -> VerifyResult:

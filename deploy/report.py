@@ -397,6 +397,7 @@ def _tenant_rows(run: Run) -> Iterator[tuple[tuple[str, ...], str]]:
     rows = rollout.rows if rollout else {}
     quarantined = set(rollout.quarantined) if rollout else set()
     not_started = set(rollout.not_started) if rollout else set()
+    calls = {slug: call.label for call in rollout.calls for slug in call.slugs} if rollout else {}
     current = set(rollout.already_current) if rollout else set()
     verdicts = {v.slug: v for v in run.verify.verdicts} if run.verify else {}
     before = run.snapshot.by_slug if run.snapshot else {}
@@ -408,7 +409,7 @@ def _tenant_rows(run: Run) -> Iterator[tuple[tuple[str, ...], str]]:
         error = row.error if row else ("" if slug in current else _missing_row(run, slug, not_started))
         error = error or (verdict.detail if verdict and verdict.state != Verdict.VERIFIED else "")
         proven = "" if verdict is None or verdict.proven_at is None else f"{verdict.proven_at:.1f} s"
-        shipped_in = "already current" if slug in current else (verdict.call if verdict else "")
+        shipped_in = "already current" if slug in current else (verdict.call if verdict else "") or calls.get(slug, "")
         was = before.get(slug)
         change = f"{(was.sha[:12] or 'unreadable') if was else ''} → {verdict.running[:12] if verdict else ''}"
         fields = (slug, row.phase if row else "", row.ssm_status if row else "", _flag(row.healthz_ok if row else None),

@@ -175,18 +175,21 @@ def run_rollout(
             else:
                 progress.batch(client, progress.current, slugs, runner)
             if progress.halted:
-                if number < len(batches):
-                    progress.halted += f"; {counted(len(batches) - number, 'later call')} not started"
+                progress.halted += _later(len(batches) - number)
                 break
     except Skip as exc:
         progress.stop(StopKind.SKIPPED, str(exc))
     except Abort as exc:
         progress.stop(StopKind.ABORTED, str(exc))
     except DeployFailed as exc:  # the deadline, a cancellation, an unreadable kill switch: keep what happened
-        progress.halted = str(exc)
+        progress.halted = str(exc) + _later(len(batches) - len(progress.calls))  # every call made is recorded
     except Exception as exc:  # noqa: BLE001 - a bug must not lose the calls already made
         progress.halted = f"internal error ({type(exc).__name__}: {exc}); this is a bug in fleet-rollout"
     return progress.result()
+
+
+def _later(count: int) -> str:
+    return f"; {counted(count, 'later call')} not started" if count > 0 else ""
 
 
 def _label(number: int, count: int, canary: bool) -> str:
@@ -224,9 +227,11 @@ class _Progress:
         if self.stopped is None:
             return result
         # stopped on purpose: say what shipped and what did not, since the fleet is now mixed
-        shipped, not_started = result.shipped, result.not_started
+        shipped = result.shipped
+        on_target = set(shipped)
+        others = tuple(slug for slug in result.fleet if slug not in on_target)
         tally = (f"{counted(len(shipped), 'tenant')} shipped ({listing(shipped) or 'none'}), "
-                 f"{len(not_started)} not ({listing(not_started) or 'none'})")
+                 f"{len(others)} not ({listing(others) or 'none'})")
         return replace(result, halted=f"{self.halted}; {tally}")
 
     def stop(self, kind: StopKind, reason: str) -> None:

@@ -186,7 +186,7 @@ def test_unreadable_head_warns_and_is_not_superseded(requests_mock, status_code)
     requests_mock.get(f"{GITHUB}/repos/{REPO}/branches/main", status_code=status_code, json={"message": "nope"})
     client, runner, _, _ = make()
 
-    assert newer_head(GATES, SHA, client, runner) == ""
+    assert newer_head(GATES, SHA, client, runner) is None
     assert "warning: Superseded guard off: reading the head of branch 'main'" in log_of(runner)
     assert f"HTTP {status_code}" in log_of(runner)
 
@@ -194,14 +194,14 @@ def test_unreadable_head_warns_and_is_not_superseded(requests_mock, status_code)
 def test_without_token_the_guard_is_off_with_a_warning():
     runner = Runner(stream=io.StringIO(), in_actions=True)
 
-    assert newer_head(GATES, SHA, None, runner) == ""
+    assert newer_head(GATES, SHA, None, runner) is None
     assert "::warning title=Superseded guard off::no github-token" in log_of(runner)
 
 
 def test_without_branch_the_guard_is_off_with_a_warning(requests_mock):
     client, runner, _, _ = make()
 
-    assert newer_head(replace(GATES, branch=""), SHA, client, runner) == ""
+    assert newer_head(replace(GATES, branch=""), SHA, client, runner) is None
     assert "no branch to compare with" in log_of(runner)
     assert requests_mock.request_history == []
 
@@ -217,7 +217,7 @@ def test_head_too_short_to_compare_warns_and_is_not_superseded(requests_mock):
     requests_mock.get(f"{GITHUB}/repos/{REPO}/branches/main", json={"commit": {"sha": SHA[:6]}})
     client, runner, _, _ = make()
 
-    assert newer_head(GATES, SHA, client, runner) == ""
+    assert newer_head(GATES, SHA, client, runner) is None
     assert "is not a commit SHA; deploying without the guard" in log_of(runner)
 
 
@@ -329,6 +329,16 @@ def test_sim_unreadable_head_is_not_superseded(forge_sim):
     forge.fault("branches/main", 503)
     client, runner, _, _ = sim_client(forge, server, delays=(1,))
 
-    assert newer_head(GATES, SHA, client, runner) == ""
+    assert newer_head(GATES, SHA, client, runner) is None
     assert "deploying without the guard" in log_of(runner)
     assert FORGE_TOKEN not in log_of(runner)
+
+
+def test_once_warned_an_unreadable_head_is_logged_not_warned_again(requests_mock):
+    """The guard is asked before every deploy call: one annotation says it is off, not one per call."""
+    requests_mock.get(f"{GITHUB}/repos/{REPO}/branches/main", status_code=500, json={"message": "nope"})
+    client, _, _, _ = make()
+    runner = Runner(stream=io.StringIO(), in_actions=True)
+
+    assert newer_head(GATES, SHA, client, runner, quiet=True) is None
+    assert "deploying without the guard" in log_of(runner) and "::warning" not in log_of(runner)
