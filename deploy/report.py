@@ -339,7 +339,7 @@ def _bounded(spans: list[Span]) -> list[Span]:
     """The spans, with runs of consecutive batch calls (and of their proofs) merged into one bar each
     ("batches 1–50/2000") when there are more than :data:`TIMELINE_BARS`: a Mermaid chart of 2,000
     bars shows nothing."""
-    for prefix in ("batch ", "proof batch "):
+    for prefix in ("batch ", "proof batch ", "rollback "):
         spans = _merged(spans, prefix)
     return spans
 
