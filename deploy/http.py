@@ -422,6 +422,16 @@ class Reply:
         return f"more than {MAX_REDIRECTS} redirects"
 
 
+class _NoCookies(requests.cookies.RequestsCookieJar):
+    """No API this client talks to sets a cookie: parsing every answer's headers for one cost CPU."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        pass
+
+
+_NO_COOKIES = _NoCookies()
+
+
 class Client:
     """A pooled, retrying session for one remote party, every exchange bounded (see module doc)."""
 
@@ -431,6 +441,7 @@ class Client:
         # The environment is read once here, not per request (see _send); and never ~/.netrc: a
         # credential found there must not be sent to a tenant, a forge or a registry.
         self.session.trust_env = False
+        self.session.cookies = _NoCookies()
         self._env_proxies = bool(getproxies())  # the environment, and a laptop's system settings
         self._proxies: dict[str, dict[str, str]] = {}  # origin → proxies, when any are configured
         self._verify: bool | str = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
@@ -494,7 +505,9 @@ class Client:
         """``Session.request`` without reading the environment per request, which cost more CPU than
         the exchange itself over a large fleet: proxies and the CA bundle are read once per client
         and per origin. Redirects are this client's own decision (:meth:`request`)."""
-        prepared = self.session.prepare_request(requests.Request(method, url, **kwargs))
+        prepared = requests.PreparedRequest()
+        headers = {**self.session.headers, **(kwargs.pop("headers", None) or {})}
+        prepared.prepare(method=method, url=url, headers=headers, cookies=_NO_COOKIES, **kwargs)
         return self.session.send(prepared, stream=True, timeout=timeout, verify=self._verify, cert=None,
                                  proxies=self._proxies_for(url), allow_redirects=False)
 

@@ -23,6 +23,13 @@ def outputs_of(text: str) -> dict[str, str]:
     return {name: value for name, value in pairs if name in OUTPUT_NAMES}
 
 
+def plain_summary(text: str, code: int) -> str:
+    """The demo's text summary, after a log printed as outside a runner (groups as headers, no ``::`` commands)."""
+    assert "== Rollout ==" in text and "== Result ==" in text
+    assert not [line for line in text.splitlines() if line.startswith("::")]
+    return text.split(f"# summary (exit code {code})\n", 1)[1]
+
+
 def assert_dead_tenant_handled(text: str) -> None:
     outputs = outputs_of(text)
     assert outputs["ok"] == "true" and outputs["outcome"] == "deployed"
@@ -36,10 +43,8 @@ def assert_dead_tenant_handled(text: str) -> None:
 
 def assert_plain_log_and_text_summary(text: str) -> None:
     """The log as outside a runner, then a text table: no workflow command, no Markdown source."""
-    assert "== Rollout ==" in text and "== Result ==" in text
-    assert not [line for line in text.splitlines() if line.startswith("::")]
     assert "```mermaid" not in text and "| --- |" not in text and "## fleet-rollout" not in text
-    summary = text.split("# summary (exit code 0)\n", 1)[1]
+    summary = plain_summary(text, 0)
     assert summary.lstrip().startswith("fleet-rollout: deployed staging-8ddce85 (8ddce85f3b2a) in ")
     assert re.search(r"^tenant +state +detail$", summary, re.M)
     assert re.search(r"^philbrew-erton +quarantined +SSM command timed out", summary, re.M)
@@ -107,9 +112,7 @@ def assert_stopped_after_the_canary(text: str, code: int) -> None:
     assert outputs["result_count"] == "1"  # the canary's row only
     assert outputs["promoted-digest"] == "" and outputs["previous-digest"] == ""  # promote never ran
     assert "# the build is bad:" in text
-    assert "== Rollout ==" in text and "== Result ==" in text
-    assert not [line for line in text.splitlines() if line.startswith("::")]
-    summary = text.split("# summary (exit code 1)\n", 1)[1]
+    summary = plain_summary(text, 1)
     assert summary.lstrip().startswith("fleet-rollout: failed staging-8ddce85 (8ddce85f3b2a) in ")
     assert re.search(r"^reason: .*hongming", summary, re.M)
     assert re.search(r"^hongming +stale +", summary, re.M)

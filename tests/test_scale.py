@@ -205,3 +205,4 @@ def test_a_netrc_credential_is_never_sent(monkeypatch, tmp_path, requests_mock):
     requests_mock.get("https://t1.example.com/buildinfo", json={"git_sha": SHA})
     client().request("GET", "https://t1.example.com/buildinfo")
     assert "Authorization" not in requests_mock.last_request.headers
+

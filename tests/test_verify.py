@@ -385,14 +385,15 @@ def test_one_read_is_one_get_returning_the_sha_or_why_not(requests_mock) -> None
     assert requests_mock.call_count == 2
 
 
-def test_read_all_keeps_the_order_of_the_urls_and_never_retries(requests_mock) -> None:
-    slugs = [f"t{i}" for i in range(7)]
+@pytest.mark.parametrize("count", [7, 301], ids=["one-read-per-job", "chunks"])
+def test_read_all_keeps_the_order_of_the_urls_and_never_retries(requests_mock, count) -> None:
+    slugs = [f"t{i}" for i in range(count)]
     for i, slug in enumerate(slugs):
         requests_mock.get(url(slug), json={"git_sha": f"{i:07d}"} if i % 2 else {"version": "1"})
     clock = FakeClock()
     with reader_for(clock, concurrency=3) as reader:
         answers = reader.read_all([url(s) for s in slugs], 5.0, Deadline.starting_now(clock, 30.0))
-    assert [a.reported if a else None for a in answers] == ["", "0000001", "", "0000003", "", "0000005", ""]
+    assert [a.reported if a else None for a in answers] == [f"{i:07d}" if i % 2 else "" for i in range(count)]
     assert answers[0] is not None and answers[0].problem == "answered 200 without the field 'git_sha'"
     assert requests_mock.call_count == len(slugs)
 
