@@ -24,6 +24,11 @@ def test_the_shipped_schema_is_a_valid_draft_2020_12_schema_of_this_schema_versi
     check_report(report(Run(outcome=Outcome.FAILED, exit_code=2, reason="bad")))  # also checks the schema itself
 
 
+def test_the_readme_names_the_current_schema_version():
+    readme = (SCHEMA_PATH.parent.parent / "README.md").read_text()
+    assert f"`schema_version` (now `{SCHEMA_VERSION}`)" in readme
+
+
 def test_the_report_shape_matches_the_golden_unless_schema_version_was_bumped():
     now, before = golden.current(), golden.recorded()
     assert before is not None, f"{golden.GOLDEN} is missing: run `{golden.REGENERATE}`"
