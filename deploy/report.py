@@ -387,7 +387,7 @@ def _tenant_rows(run: Run) -> Iterator[tuple[tuple[str, ...], str]]:
     rows = rollout.rows if rollout else {}
     quarantined = set(rollout.quarantined) if rollout else set()
     not_started = set(rollout.not_started) if rollout else set()
-    shipped_in = {slug: call.label for call in rollout.calls for slug in call.slugs} if rollout else {}
+    shipped_in = rollout.shipped_in if rollout else {}
     verdicts = {v.slug: v for v in run.verify.verdicts} if run.verify else {}
     for slug in run.fleet:
         row, verdict = rows.get(slug), verdicts.get(slug)
