@@ -506,8 +506,9 @@ class Client:
         the exchange itself over a large fleet: proxies and the CA bundle are read once per client
         and per origin. Redirects are this client's own decision (:meth:`request`)."""
         prepared = requests.PreparedRequest()
-        headers = {**self.session.headers, **(kwargs.pop("headers", None) or {})}
-        prepared.prepare(method=method, url=url, headers=headers, cookies=_NO_COOKIES, **kwargs)
+        rest = {name: value for name, value in kwargs.items() if name != "headers"}  # kwargs serve every redirect
+        headers = {**self.session.headers, **(kwargs.get("headers") or {})}
+        prepared.prepare(method=method, url=url, headers=headers, cookies=_NO_COOKIES, **rest)
         return self.session.send(prepared, stream=True, timeout=timeout, verify=self._verify, cert=None,
                                  proxies=self._proxies_for(url), allow_redirects=False)
 

@@ -31,7 +31,7 @@ from deploy.proof import Prover
 from deploy.rollout import RolloutResult, StopKind, counted, enumerate_fleet, run_rollout
 from deploy.runner import Runner, listing
 from deploy.settings import Config
-from deploy.verify import FAILING, Verdict, VerifyResult, verify_tenants
+from deploy.verify import VerifyResult, failing_listing, verify_tenants
 
 
 class Outcome(StrEnum):
@@ -232,7 +232,7 @@ class _Stages:
                     raise DeployFailed("required-checks needs github-token and GITHUB_REPOSITORY")
                 run.checks = wait_for_required_checks(gates, self.config.sha, forge, self.ctx)
             self.superseded("before the first side effect")
-            if gates.disabled_variable and live_kill_switch(gates, forge, runner):
+            if live_kill_switch(gates, forge, runner):
                 raise Skip(f"kill switch: repository variable {gates.disabled_variable} is set")
 
     def plan(self, cp: ControlPlaneClient) -> None:
@@ -260,7 +260,7 @@ class _Stages:
         stops the rollout where it is. An unreadable kill switch fails closed, as at the start."""
         self.superseded(f"before {label}")
         gates = self.config.gates
-        if gates.disabled_variable and live_kill_switch(gates, self.forge_client, self.ctx.runner):
+        if live_kill_switch(gates, self.forge_client, self.ctx.runner):
             raise Abort(f"kill switch: repository variable {gates.disabled_variable} was set during the rollout; "
                         f"{label} and later calls not started, latest not promoted")
 
@@ -288,17 +288,15 @@ class _Stages:
         with self.stage("Verify"):
             run.verify = self.verified(rows)
         if not run.verify.ok:
-            bad = [f"{state} {listing(run.verify.slugs(state))}" for state in FAILING
-                   if run.verify.slugs(state)]
-            raise DeployFailed(f"verify failed: {'; '.join(bad)}; latest not promoted")
+            raise DeployFailed(f"verify failed: {failing_listing(run.verify)}; latest not promoted")
 
     def verified(self, rows: list[TenantRow]) -> VerifyResult:
         """Every row's verdict: those proven during the rollout as they were, the rest read now,
         each with the call that shipped it."""
         config, run, ctx = self.config, self.record, self.ctx
         verdicts = dict(self.prover.verdicts) if self.prover else {}
-        unproven = [row for row in rows if verdicts.get(row.slug) is None
-                    or verdicts[row.slug].state != Verdict.VERIFIED]
+        proven = self.prover.proven() if self.prover else set()
+        unproven = [row for row in rows if row.slug not in proven]
         started, rounds = ctx.deadline.elapsed(), 0
         if len(unproven) < len(rows):
             ctx.runner.log(f"verify: {len(rows) - len(unproven)} proven during the rollout, "
@@ -307,7 +305,7 @@ class _Stages:
             fresh = verify_tenants(config.verify, config.http, config.sha, unproven, ctx)
             verdicts.update((verdict.slug, verdict) for verdict in fresh.verdicts)
             rounds = fresh.rounds
-        shipped_in = {slug: call.label for call in run.rollout.calls for slug in call.slugs} if run.rollout else {}
+        shipped_in = run.rollout.shipped_in if run.rollout else {}
         ordered = tuple(replace(verdicts[row.slug], call=verdicts[row.slug].call or shipped_in.get(row.slug, ""))
                         for row in rows)
         return VerifyResult(verdicts=ordered, rounds=rounds, started=started, seconds=ctx.deadline.elapsed() - started)
@@ -320,7 +318,7 @@ class _Stages:
             return
         self.superseded("before promote")
         gates = config.gates
-        if run.rollout is not None and gates.disabled_variable and live_kill_switch(gates, self.forge_client, runner):
+        if run.rollout is not None and live_kill_switch(gates, self.forge_client, runner):
             raise Skip(f"kill switch: repository variable {gates.disabled_variable} was set during the run; "
                        "latest not promoted")
         with self.stage("Promote"), cancel.deferred():  # a put-back is never cut in half

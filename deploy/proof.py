@@ -21,9 +21,8 @@ from deploy.buildinfo import BuildinfoClient, buildinfo_url, format_seconds
 from deploy.context import Context
 from deploy.controlplane import TenantRow
 from deploy.domain import sha_matches
-from deploy.runner import listing
 from deploy.settings import HttpSettings, VerifySettings
-from deploy.verify import FAILING, TenantVerdict, Verdict, VerifyResult, verify_tenants
+from deploy.verify import FAILING, TenantVerdict, Verdict, VerifyResult, failing_listing, verify_tenants
 
 SHOWN_DETAILS = 3  # failing tenants described one by one in a halt's reason; more are listed by state
 
@@ -115,4 +114,4 @@ def _failures(result: VerifyResult) -> str:
     failing = [verdict for verdict in result.verdicts if verdict.state in FAILING]
     if len(failing) <= SHOWN_DETAILS:
         return "; ".join(f"{verdict.slug} is {verdict.state} ({verdict.detail})" for verdict in failing)
-    return "; ".join(f"{state} {listing(result.slugs(state))}" for state in FAILING if result.slugs(state))
+    return failing_listing(result)

@@ -397,7 +397,7 @@ def _tenant_rows(run: Run) -> Iterator[tuple[tuple[str, ...], str]]:
     rows = rollout.rows if rollout else {}
     quarantined = set(rollout.quarantined) if rollout else set()
     not_started = set(rollout.not_started) if rollout else set()
-    calls = {slug: call.label for call in rollout.calls for slug in call.slugs} if rollout else {}
+    calls = rollout.shipped_in if rollout else {}
     current = set(rollout.already_current) if rollout else set()
     verdicts = {v.slug: v for v in run.verify.verdicts} if run.verify else {}
     before = run.snapshot.by_slug if run.snapshot else {}

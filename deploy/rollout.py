@@ -96,6 +96,11 @@ class RolloutResult:
         return self.stragglers if self.within_tolerance and not self.halted else ()
 
     @cached_property
+    def shipped_in(self) -> dict[str, str]:
+        """Each tenant a call was made for → the label of its latest call."""
+        return {slug: call.label for call in self.calls for slug in call.slugs}
+
+    @cached_property
     def shipped(self) -> tuple[str, ...]:
         stragglers, rows = set(self.stragglers), self.rows
         return tuple(slug for slug in self.fleet if slug in rows and slug not in stragglers)
@@ -344,10 +349,8 @@ def _row_problem(row: TenantRow | None) -> str:
 def _log_plan(result: RolloutResult, settings: RolloutSettings, runner: Runner) -> None:
     canary = settings.canary
     runner.log(f"dry run: would deploy {settings.target_tag} to {describe_plan(result.fleet, result.planned, canary)}")
-    batches = len(result.planned) - (1 if canary else 0)
     for number, slugs in enumerate(result.planned, start=1):
-        kind = "canary" if canary and number == 1 else f"batch {number - (1 if canary else 0)}/{batches}"
-        runner.log(f"  {number}. {kind}: {', '.join(slugs)}")
+        runner.log(f"  {number}. {_label(number, len(result.planned), bool(canary))}: {', '.join(slugs)}")
 
 
 def describe_plan(fleet: Sequence[str], planned: Sequence[Sequence[str]], canary: str) -> str:

@@ -24,7 +24,7 @@ from deploy.clock import Clock, Deadline
 from deploy.context import Context
 from deploy.controlplane import TenantRow
 from deploy.domain import TENANT_RE, display_url, sha_matches
-from deploy.runner import Runner
+from deploy.runner import Runner, listing
 from deploy.settings import HttpSettings, VerifySettings
 
 
@@ -40,6 +40,11 @@ class Verdict(StrEnum):
 
 STATES = (Verdict.VERIFIED, Verdict.STALE, Verdict.UNREACHABLE, Verdict.UNHEALTHY)  # what polling can conclude
 FAILING = (Verdict.STALE, Verdict.UNREACHABLE, Verdict.UNHEALTHY)
+
+
+def failing_listing(result: VerifyResult) -> str:
+    """``stale a, b; unreachable c``: each failing state with its tenants (at most 20 named each)."""
+    return "; ".join(f"{state} {listing(result.slugs(state))}" for state in FAILING if result.slugs(state))
 
 
 @dataclass(frozen=True, kw_only=True)

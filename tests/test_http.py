@@ -194,6 +194,20 @@ def test_redirects_are_followed_only_within_the_same_origin(location: str, follo
         assert reply.status == 302 and reply.redirect_note == "a redirect to another origin, not followed"
 
 
+def test_a_followed_redirect_carries_the_same_headers() -> None:
+    def handler(conn: socket.socket, request: bytes) -> None:
+        if request.startswith(b"GET /elsewhere"):
+            status = b"200 OK" if b"\r\nx-probe: 1\r\n" in request.lower() else b"400 Bad Request"
+            conn.sendall(b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        else:
+            conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\nConnection: close\r\n"
+                         b"Content-Length: 0\r\n\r\n")
+
+    with raw_server(handler) as url:
+        reply = client().request("GET", url + "/start", budget=5, headers={"X-Probe": "1"})
+    assert reply.status == 200
+
+
 def test_abort_all_cuts_an_exchange_in_flight() -> None:
     """SECURITY.md § Cancellation: a tenant that never answers does not hold a cancelled run."""
     answered = threading.Event()
