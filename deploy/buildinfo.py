@@ -86,7 +86,8 @@ def buildinfo_session(concurrency: int, ctx: Context) -> http.Client:
     pools are kept: a connection per tenant held open between rounds would need as many file
     descriptors as the fleet has tenants.
     """
-    return ctx.client(http.Policy((), cap=BODY_LIMIT, pool_size=concurrency, headers={"Accept": "application/json"}))
+    return ctx.client(http.Policy((), cap=BODY_LIMIT, pool_size=concurrency, headers={"Accept": "application/json"},
+                                  lean=True))
 
 
 MAX_CHUNK = 16  # reads a worker takes at once from a long list: fewer hand-offs between threads

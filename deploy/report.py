@@ -117,14 +117,26 @@ def redact_values(value: Any, redact: Callable[[str], str]) -> Any:
     """``value`` with every string leaf redacted; the structure (keys, numbers, booleans) untouched.
 
     Redacting the serialised JSON instead could rewrite its syntax (a token ``200`` or ``"``).
+    Each distinct string is redacted once: a large fleet's report repeats its states, phases and
+    SHAs tens of thousands of times.
     """
+    done: dict[str, str] = {}
+
+    def leaf(text: str) -> str:
+        if (shown := done.get(text)) is None:
+            shown = done[text] = text if DIGEST_RE.fullmatch(text) else redact(text)  # a digest is never a secret
+        return shown
+
+    return _map_strings(value, leaf)
+
+
+def _map_strings(value: Any, leaf: Callable[[str], str]) -> Any:
     if isinstance(value, str):
-        return value if DIGEST_RE.fullmatch(value) else redact(value)  # a digest is a hash, never a secret
+        return leaf(value)
     if isinstance(value, dict):
-        return {key: item if key in VERBATIM_REPORT_KEYS else redact_values(item, redact)
-                for key, item in value.items()}
+        return {key: item if key in VERBATIM_REPORT_KEYS else _map_strings(item, leaf) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [redact_values(item, redact) for item in value]
+        return [_map_strings(item, leaf) for item in value]
     return value
 
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+import requests.adapters
 
 from deploy import http
 from deploy.clock import Clock, Deadline
@@ -68,9 +69,21 @@ def drip(conn: socket.socket, data: bytes, every: float = 0.05, limit: float = 1
         time.sleep(every)
 
 
+LEAN = {"lean": False}  # set per test by `transport`
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["requests", "urllib3"])
+def transport(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every case runs on both paths of a GET: through requests (CP, forge, registry) and
+    straight through urllib3's pool (a lean client: the tenants' /buildinfo reads)."""
+    LEAN["lean"] = request.param
+    yield
+    LEAN["lean"] = False
+
+
 def client(delays: tuple[float, ...] = (), overall: float = 30.0, cap: int = 1024 * 1024) -> http.Client:
     clock = Clock()
-    return http.Client(http.Policy(delays, cap=cap), clock, Deadline.starting_now(clock, overall))
+    return http.Client(http.Policy(delays, cap=cap, lean=LEAN["lean"]), clock, Deadline.starting_now(clock, overall))
 
 
 @pytest.mark.parametrize("close", [b"", b"Connection: close\r\n"], ids=["keep-alive", "close"])
@@ -286,3 +299,38 @@ def test_once_cancelled_a_request_is_not_retried_after_a_wait() -> None:
                 client(delays=(30.0,)).request("GET", url, budget=5)
         finally:
             watchdog.aborted_at = None
+
+
+def test_a_lean_get_asks_for_the_path_and_query_without_the_fragment() -> None:
+    def handler(conn: socket.socket, _: bytes) -> None:
+        conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}')
+
+    with raw_server(handler) as url:
+        client().request("GET", f"{url}?token=t1#part")
+        client().request("GET", f"{url}/a//b?x=1")
+    first, second = (request.split(b"\r\n")[0] for request in raw_server.seen)  # type: ignore[attr-defined]
+    assert (first, second) == (b"GET /?token=t1 HTTP/1.1", b"GET /a//b?x=1 HTTP/1.1")
+
+
+def test_a_credential_in_the_url_is_sent_as_requests_sends_it() -> None:
+    """A lean client leaves a URL with userinfo to requests, which turns it into Basic auth."""
+
+    def handler(conn: socket.socket, _: bytes) -> None:
+        conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}')
+
+    with raw_server(handler) as url:
+        client().request("GET", url.replace("http://", "http://robot:pw@") + "/x")
+    assert b"\r\nAuthorization: Basic cm9ib3Q6cHc=\r\n" in raw_server.seen[0]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("bundle", [None, "/etc/ssl/certs/ca-certificates.crt"])
+def test_a_lean_get_verifies_tls_with_the_ca_bundle_requests_would_use(monkeypatch, bundle: str | None) -> None:
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    if bundle:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", bundle)
+    clock = Clock()
+    lean = http.Client(http.Policy(lean=True), clock, Deadline.starting_now(clock, 30))
+    pool, absolute = lean._route("https://t1.example.test/buildinfo", "https://t1.example.test")
+    assert (pool.cert_reqs, pool.ca_certs, absolute) == (
+        "CERT_REQUIRED", bundle or requests.adapters.DEFAULT_CA_BUNDLE_PATH, False)
