@@ -25,6 +25,12 @@ It owns what a hostile or broken server could otherwise use against the run:
   :class:`UnusableBody`; :func:`error_text` looks only at a bounded prefix, without regexes that
   can backtrack.
 
+- **Two paths for a GET, one set of rules.** Every client goes through requests, except the GETs
+  of a lean client (:attr:`Policy.lean`: the tenants' ``/buildinfo`` reads, the one call the fleet
+  size multiplies), which go straight to the urllib3 pool requests would have used. Measured at
+  10,000 tenants, requests' per-request objects were a third of a read's CPU; the pool, proxy,
+  TLS settings, retries, watchdog, caps and redirects stay the same on both paths.
+
 Cancellation: :func:`abort_all` (safe to call from a signal handler: it only sets a flag) makes
 the watchdog shut every open exchange within one tick and caps new ones at a short grace, so a
 cancelled run is not held by a tenant that never answers.
