@@ -1,4 +1,4 @@
-"""The fixtures the tests share: a simulated fleet, a simulated forge and the emulated runner.
+"""The fixtures the tests share: a simulated fleet, a simulated forge, a scripted tenant and the emulated runner.
 
 Only fixtures live here; constants and plain helpers are in :mod:`tests.support`.
 """
@@ -17,6 +17,7 @@ from deploy.sim.forge import ForgeSim
 from deploy.sim.server import Component, SimServer
 from tests.actions_runner import ActionResult, run_action
 from tests.support import CP_TOKEN, FORGE_TOKEN, SCALE, SHA, TAG, step_inputs
+from tests.tenant_stub import TenantStub
 
 pytest_plugins = ["tests.registry_fixture"]
 
@@ -70,3 +71,10 @@ def action(tmp_path: Path) -> Callable[..., ActionResult]:
         return run_action(with_, workdir, github, extra_env)
 
     return run
+
+
+@pytest.fixture
+def tenant_stub() -> Iterator[TenantStub]:
+    """A scripted tenant on loopback (:mod:`tests.tenant_stub`): real HTTP where requests-mock can't reach."""
+    with TenantStub() as stub:
+        yield stub
