@@ -619,8 +619,10 @@ def _cause(exc: BaseException | None, budget: float, cut: bool) -> str:
 
 
 def _timed_out(exc: BaseException, cut: bool) -> bool:
+    """Cut by the watchdog, or a timeout anywhere in the chain. urllib3 derives the error of a
+    refused or unreachable connection from its connect timeout: that one is not a timeout."""
     return cut or any(isinstance(e, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError))
-                      for e in _chain(exc))
+                      and not isinstance(e, urllib3.exceptions.NewConnectionError) for e in _chain(exc))
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:

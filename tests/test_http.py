@@ -334,3 +334,14 @@ def test_a_lean_get_verifies_tls_with_the_ca_bundle_requests_would_use(monkeypat
     pool, absolute = lean._route("https://t1.example.test/buildinfo", "https://t1.example.test")
     assert (pool.cert_reqs, pool.ca_certs, absolute) == (
         "CERT_REQUIRED", bundle or requests.adapters.DEFAULT_CA_BUNDLE_PATH, False)
+
+
+def test_a_refused_connection_is_reported_as_refused_not_as_a_timeout() -> None:
+    """urllib3 2 derives NewConnectionError from ConnectTimeoutError; a refusal is not a timeout."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    with pytest.raises(http.TransportError) as caught:
+        client().request("GET", f"http://127.0.0.1:{port}/x", budget=5)
+    assert (caught.value.cause, caught.value.timed_out) == ("connection refused", False)
