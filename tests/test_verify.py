@@ -385,11 +385,11 @@ def test_a_token_in_the_verify_url_never_reaches_the_log_or_result() -> None:
 def test_injected_client_is_used_and_left_open(tenant_stub) -> None:
     tenant_stub.get(path("t1"), json={"git_sha": SHA})
     clock = FakeClock()
-    client = buildinfo_session(4, Context(Runner(io.StringIO()), Deadline.starting_now(clock, 3600)))
-    client.session.headers["X-Probe"] = "verify"
+    ctx = Context(Runner(io.StringIO()), Deadline.starting_now(clock, 3600))
+    client = ctx.client(http.Policy((), pool_size=4, headers={"X-Probe": "verify"}, lean=True))
     Run(on(tenant_stub))(rows("t1"), client=client)
     assert tenant_stub.last_request.headers["X-Probe"] == "verify"
-    assert client.session.adapters  # close() would have cleared the mounted adapters
+    assert client._routes, "verify closed the client it was given (close() forgets every route)"
 
 
 def test_default_client_verifies_tls_does_not_retry_and_pools_per_worker() -> None:
