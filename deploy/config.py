@@ -40,13 +40,13 @@ from deploy.domain import (
 )
 from deploy.errors import ConfigError, ConfigErrors
 from deploy.settings import (
-    ON_FAILURE,
     STAGES,
     Config,
     ControlPlaneSettings,
     ForgeSettings,
     GateSettings,
     HttpSettings,
+    OnFailure,
     PromoteSettings,
     RolloutSettings,
     VerifySettings,
@@ -413,12 +413,12 @@ def parse_url(value: str, allow_insecure: bool, credentials: bool = False) -> st
     return value
 
 
-def parse_on_failure(value: str) -> str:
+def parse_on_failure(value: str) -> OnFailure:
     """``hold`` or ``rollback`` (any case): a typo must not silently mean "hold"."""
-    word = value.lower()
-    if word not in ON_FAILURE:
-        raise ValueError(f"expected {' or '.join(ON_FAILURE)}")
-    return word
+    try:
+        return OnFailure(value.lower())
+    except ValueError:
+        raise ValueError(f"expected {' or '.join(OnFailure)}") from None
 
 
 def parse_report_path(value: str) -> str:
@@ -464,13 +464,19 @@ def load(env: Mapping[str, str]) -> Config:
     timeout = inputs.duration("timeout", positive=True)
     report = inputs.parse("report-path", parse_report_path, DEFAULTS["report-path"])
 
-    timeout_ok = not any(error.input_name in ("timeout", "cp-tenant-timeout", "cp-settle-seconds")
+    loaded = Config(stages=stages, sha=sha, http=http, cp=cp, rollout=rollout, verify=verify, promote=promote,
+                    gates=gates, forge=forge, report_path=RunnerEnv.from_env(env).workspace / report, timeout=timeout)
+
+    timeout_ok = not any(error.input_name in ("timeout", "cp-tenant-timeout", "cp-settle-seconds", "verify-budget")
                          for error in inputs.errors)
-    if timeout_ok and "rollout" in stages and not rollout.dry_run and timeout < rollout.call_worst_case:
+    needed = rollout.call_worst_case + loaded.rollback_reserve
+    if timeout_ok and "rollout" in stages and not rollout.dry_run and timeout < needed:
+        kept = (f", plus the {loaded.rollback_reserve:g} s kept for on-failure: rollback (one call's worst case "
+                f"and verify-budget)" if loaded.rollback_reserve else "")
         inputs.fail(
             "timeout",
             f"{timeout:g} s is shorter than one deploy call's worst case (cp-tenant-timeout + "
-            f"cp-settle-seconds = {rollout.call_worst_case:g} s): no batch could ever start",
+            f"cp-settle-seconds = {rollout.call_worst_case:g} s){kept}: no batch could ever start",
         )
 
     if "verify" in stages and not verify.url_template and promote.images and "promote" in stages:
@@ -485,19 +491,7 @@ def load(env: Mapping[str, str]) -> Config:
         inputs.fail("required-checks", "needs github-token to read commit statuses")
     if inputs.errors:
         raise ConfigErrors(inputs.errors)
-    return Config(
-        stages=stages,
-        sha=sha,
-        http=http,
-        cp=cp,
-        rollout=rollout,
-        verify=verify,
-        promote=promote,
-        gates=gates,
-        forge=forge,
-        report_path=RunnerEnv.from_env(env).workspace / report,
-        timeout=timeout,
-    )
+    return loaded
 
 
 def _control_plane(
@@ -559,7 +553,7 @@ def _rollout_settings(inputs: _Inputs, sha: str, cp_worst_case: tuple[float, flo
         cp_settle_seconds=cp_worst_case[1],
         dry_run=inputs.boolean("dry-run"),
         skip_current=inputs.boolean("skip-current"),
-        on_failure=inputs.parse("on-failure", parse_on_failure, ON_FAILURE[0]),
+        on_failure=inputs.parse("on-failure", parse_on_failure, OnFailure.HOLD),
         rollback_tag=_rollback_tag(inputs),
     )
 

@@ -28,9 +28,9 @@ from deploy.forge import ForgeClient
 from deploy.gates import ChecksResult, live_kill_switch, newer_head, wait_for_required_checks
 from deploy.promote import PromoteResult, check_sources, promote_images, registry_client
 from deploy.proof import Prover
-from deploy.rollout import RolloutResult, StopKind, counted, enumerate_fleet, run_rollout
-from deploy.runner import Runner, listing
-from deploy.settings import Config
+from deploy.rollout import RolloutResult, StopKind, enumerate_fleet, run_rollout
+from deploy.runner import Runner, counted, listing
+from deploy.settings import Config, OnFailure
 from deploy.verify import VerifyResult, failing_listing, verify_tenants
 
 
@@ -121,6 +121,8 @@ class _Stages:
 
     def __init__(self, config: Config, run: Run, ctx: Context) -> None:
         self.config, self.record, self.ctx = config, run, ctx
+        # What may end in a rollback (snapshot, rollout, verify) leaves it the end of `timeout`.
+        self.forward = Context(ctx.runner, ctx.deadline.keeping(config.rollback_reserve))
         can_read_forge = config.forge.token and config.forge.repository
         self.forge_client = ForgeClient(config.forge, config.http, ctx) if can_read_forge else None
         self.registry_client = registry_client(config.http, ctx) if config.promote.images else None
@@ -138,13 +140,13 @@ class _Stages:
             self.prover.close()
 
     def run(self) -> None:
-        config, run, ctx = self.config, self.record, self.ctx
+        config, run = self.config, self.record
         dry_run = config.rollout.dry_run
         if not dry_run:
             self.gates()
         cp = None
         if config.wants("rollout") or config.wants("verify"):
-            cp = self.cp_client = ControlPlaneClient(config.cp, config.rollout, config.http, ctx)
+            cp = self.cp_client = ControlPlaneClient(config.cp, config.rollout, config.http, self.forward)
             self.plan(cp)
         try:
             if cp and config.wants("rollout"):
@@ -162,7 +164,7 @@ class _Stages:
             self.promote()
 
     def rollout(self, cp: ControlPlaneClient) -> None:
-        config, run, ctx = self.config, self.record, self.ctx
+        config, run, ctx = self.config, self.record, self.forward
         dry_run = config.rollout.dry_run
         if not dry_run:
             self.snapshot()
@@ -189,25 +191,29 @@ class _Stages:
             ctx.runner.log("snapshot: none, verify-url is empty (skip-current and the rollback's proof need it)")
             return
         with self.stage("Snapshot"):
-            run.snapshot = take_snapshot(config.verify, config.http, config.sha, run.fleet, ctx)
+            run.snapshot = take_snapshot(config.verify, config.http, config.sha, run.fleet, self.forward)
 
     def roll_back_after(self, failure: DeployFailed) -> NoReturn:
         """``on-failure: rollback``: put back what this run deployed, then fail as before, saying how it went.
 
-        Not after a cancellation (the run must end now), nor when nothing was deployed."""
+        Not after a cancellation (the run must end now), nor when nothing was moved. The rollback
+        has the whole of ``timeout``, its reserve included."""
         config, run = self.config, self.record
         rollout = run.rollout
-        if config.rollout.on_failure != "rollback" or rollout is None or isinstance(failure, cancel.Cancelled):
+        if config.rollout.on_failure != OnFailure.ROLLBACK or rollout is None or cancel.requested():
             raise failure
-        tenants = to_roll_back(rollout.calls, rollout.already_current)
+        tenants = to_roll_back(rollout.calls, run.snapshot, config.sha)
         if not tenants:
             raise failure
-        with self.stage("Rollback"):
-            run.rollback = roll_back(tenants, run.snapshot, config.cp, config.rollout, config.http, config.verify,
-                                     self.ctx)
-        said = (f"rolled back {counted(len(run.rollback.rolled_back), 'tenant')}" if run.rollback.ok
-                else f"rollback failed: {run.rollback.error}")
-        raise (Abort if isinstance(failure, Abort) else DeployFailed)(f"{failure}; {said}")
+        try:
+            with self.stage("Rollback"):
+                run.rollback = roll_back(tenants, run.snapshot, config.cp, config.rollout, config.http,
+                                         config.verify, self.ctx)
+            said = (f"rolled back {counted(len(run.rollback.rolled_back), 'tenant')}" if run.rollback.ok
+                    else f"rollback failed: {run.rollback.error}")
+        except DeployFailed as exc:  # cancelled mid-rollback: the failure still comes first
+            said = f"rollback cut short: {exc}"
+        raise (Abort if isinstance(failure, Abort) else DeployFailed)(f"{failure}; {said}") from None
 
     @contextmanager
     def stage(self, title: str, record: bool = True) -> Iterator[None]:
@@ -253,7 +259,7 @@ class _Stages:
         if not verify.url_template:
             self.ctx.runner.log("verify-each-batch: nothing to prove with, verify-url is empty")
             return None
-        return Prover(verify, self.config.http, self.config.sha, self.ctx)
+        return Prover(verify, self.config.http, self.config.sha, self.forward)
 
     def between_calls(self, label: str) -> None:
         """Before every call after the first: a newer commit (skip) or the live kill switch (abort)
@@ -293,7 +299,7 @@ class _Stages:
     def verified(self, rows: list[TenantRow]) -> VerifyResult:
         """Every row's verdict: those proven during the rollout as they were, the rest read now,
         each with the call that shipped it."""
-        config, run, ctx = self.config, self.record, self.ctx
+        config, run, ctx = self.config, self.record, self.forward
         verdicts = dict(self.prover.verdicts) if self.prover else {}
         proven = self.prover.proven() if self.prover else set()
         unproven = [row for row in rows if row.slug not in proven]
@@ -329,9 +335,10 @@ class _Stages:
 
 def _report_quarantine(rollout: RolloutResult, runner: Runner) -> None:
     with runner.group("Coverage"):
+        current = f" ({len(rollout.already_current)} already current)" if rollout.already_current else ""
         runner.log(
-            f"coverage: {len(rollout.shipped)}/{counted(len(rollout.fleet), 'tenant')} on target, "
-            f"{counted(len(rollout.stragglers), 'straggler')}, tolerance {rollout.max_stragglers}"
+            f"coverage: {len(rollout.shipped) + len(rollout.already_current)}/{counted(len(rollout.fleet), 'tenant')} "
+            f"on target{current}, {counted(len(rollout.stragglers), 'straggler')}, tolerance {rollout.max_stragglers}"
         )
         for slug in rollout.quarantined:
             runner.warning(

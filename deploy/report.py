@@ -26,13 +26,13 @@ from typing import Any
 
 from deploy import __version__
 from deploy.controlplane import CallResult, TenantRow
-from deploy.fleetstate import Before, RollbackResult, Snapshot
+from deploy.fleetstate import RollbackResult, Snapshot, TenantBefore
 from deploy.gates import ChecksResult
 from deploy.pipeline import Outcome, Run, Span
 from deploy.promote import PromoteResult, Promotion, PromotionState
 from deploy.proof import ProofSpan
-from deploy.rollout import RolloutResult, Soak, counted, describe_plan
-from deploy.runner import Runner, escape_markdown, listing
+from deploy.rollout import RolloutResult, Soak, describe_plan
+from deploy.runner import Runner, counted, escape_markdown, listing
 from deploy.verify import STATES, TenantVerdict, Verdict, VerifyResult
 
 SCHEMA_VERSION = 3  # bump with schema/report.schema.json whenever a key or a type of the report changes
@@ -217,9 +217,10 @@ REPORTED: dict[type, tuple[Key, ...]] = {
         Key("promote"), Key("timeline", Run.timeline),
     ),
     Snapshot: (Key("started", digits=MS), Key("seconds", digits=MS), Key("tenants")),
-    Before: (Key("slug"), Key("sha"), Key("problem")),
+    TenantBefore: (Key("slug"), Key("sha"), Key("problem")),
     RollbackResult: (
-        Key("tag"), Key("ok"), Key("error"), Key("tenants"), Key("rolled_back"), Key("calls"), Key("verify"),
+        Key("tag"), Key("ok"), Key("error"), Key("tenants"), Key("rolled_back"), Key("not_rolled_back"),
+        Key("calls"), Key("verify"),
     ),
     Span: (Key("name"), Key("started", digits=MS), Key("seconds", digits=MS)),
     ChecksResult: (Key("states"), Key("seconds")),
@@ -413,6 +414,8 @@ def _tenant_rows(run: Run) -> Iterator[tuple[tuple[str, ...], str]]:
     current = set(rollout.already_current) if rollout else set()
     verdicts = {v.slug: v for v in run.verify.verdicts} if run.verify else {}
     before = run.snapshot.by_slug if run.snapshot else {}
+    back = {v.slug: v for v in run.rollback.verify.verdicts} if run.rollback and run.rollback.verify else {}
+    rolled_back = set(run.rollback.rolled_back) if run.rollback else set()
     for slug in run.fleet:
         row, verdict = rows.get(slug), verdicts.get(slug)
         verify = Verdict.QUARANTINED if slug in quarantined else (verdict.state if verdict else "")
@@ -422,11 +425,12 @@ def _tenant_rows(run: Run) -> Iterator[tuple[tuple[str, ...], str]]:
         error = error or (verdict.detail if verdict and verdict.state != Verdict.VERIFIED else "")
         proven = "" if verdict is None or verdict.proven_at is None else f"{verdict.proven_at:.1f} s"
         shipped_in = "already current" if slug in current else (verdict.call if verdict else "") or calls.get(slug, "")
-        was = before.get(slug)
-        change = f"{(was.sha[:12] or 'unreadable') if was else ''} → {verdict.running[:12] if verdict else ''}"
+        was, now = before.get(slug), back.get(slug) or verdict  # after a rollback: where it went back to
+        rolled = " (rolled back)" if slug in rolled_back else ""
+        change = f"{(was.sha[:12] or 'unreadable') if was else ''} → {now.running[:12] if now else ''}{rolled}"
         fields = (slug, row.phase if row else "", row.ssm_status if row else "", _flag(row.healthz_ok if row else None),
                   _flag(row.verified_on_target if row else None), verify, shipped_in, proven,
-                  change if was or verdict else "", error)
+                  change if was or now else "", error)
         fine = verdict.state == Verdict.VERIFIED if verdict else (
             slug in current or bool(row and row.on_target and row.healthy and not error))
         if (rollout and rollout.dry_run) or fine:
@@ -448,9 +452,12 @@ def _rollback_section(run: Run, cell: _Cell) -> list[str]:
     rollback = run.rollback
     if rollback is None:
         return []
+    proven = len(rollback.verify.slugs(Verdict.VERIFIED)) if rollback.verify else 0
+    word = len(rollback.rolled_back) - proven
+    taken = f" ({word} on the CP's word: their snapshot had no SHA)" if word else ""
     lines = [f"### Rollback to `{cell(rollback.tag)}`", "",
-             f"{len(rollback.rolled_back)} of {counted(len(rollback.tenants), 'tenant')} this run deployed are back "
-             "on the build they ran before."]
+             f"{len(rollback.rolled_back)} of {counted(len(rollback.tenants), 'tenant')} this run moved are back on "
+             f"the build they ran before{taken}."]
     if rollback.error:
         lines += ["", f"**Not done:** {cell(rollback.error)}"]
     return [*lines, ""]

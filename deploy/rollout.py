@@ -18,7 +18,7 @@ from deploy.context import Context
 from deploy.controlplane import CallResult, ControlPlaneClient, TenantRow
 from deploy.errors import Abort, DeadlineExceeded, DeployFailed, Skip
 from deploy.proof import ProofSpan, Prover
-from deploy.runner import Runner, listing
+from deploy.runner import Runner, counted, listing
 from deploy.settings import RolloutSettings
 
 
@@ -357,13 +357,6 @@ def describe_plan(fleet: Sequence[str], planned: Sequence[Sequence[str]], canary
     """``4 tenants in 2 batches``, or ``5 tenants in a canary and 2 batches``."""
     batches = counted(len(planned) - (1 if canary else 0), "batch")
     return f"{counted(len(fleet), 'tenant')} in {'a canary and ' if canary else ''}{batches}"
-
-
-def counted(number: int, noun: str) -> str:
-    """``1 tenant``, ``2 tenants``, ``1 batch``, ``3 batches``: a count with its noun, plural right."""
-    if number == 1:
-        return f"{number} {noun}"
-    return f"{number} {noun}{'es' if noun.endswith(('s', 'sh', 'ch', 'x')) else 's'}"
 
 
 def _exceed(stragglers: int, tolerance: int) -> str:

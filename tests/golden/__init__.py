@@ -14,7 +14,7 @@ from typing import Any
 
 from deploy.config import load
 from deploy.controlplane import CallResult, CallState, TenantRow
-from deploy.fleetstate import Before, RollbackResult, Snapshot
+from deploy.fleetstate import RollbackResult, Snapshot, TenantBefore
 from deploy.gates import ChecksResult
 from deploy.pipeline import Outcome, Run, Span
 from deploy.promote import PromoteResult, Promotion, PromotionState
@@ -66,9 +66,11 @@ def representative_runs() -> dict[str, Run]:
     full = Run(config=config, outcome=Outcome.FAILED, reason="promote failed", exit_code=1, fleet=fleet,
                checks=ChecksResult(states=(("ci/build", "success"),), seconds=12.5), rollout=rollout,
                verify=VerifyResult(verdicts=verdicts, rounds=3, started=11.4, seconds=4.0), promote=promote,
-               snapshot=Snapshot(tenants=(Before(slug="a", sha="0123456", problem=""),
-                                          Before(slug="b", sha="", problem="HTTP 503")), started=0.1, seconds=0.2),
+               snapshot=Snapshot(tenants=(TenantBefore(slug="a", sha="0123456", problem=""),
+                                          TenantBefore(slug="b", sha="", problem="HTTP 503")),
+                                 started=0.1, seconds=0.2),
                rollback=RollbackResult(tag="latest", tenants=("a", "c"), calls=(batch,), rolled_back=("a",),
+                                       not_rolled_back=("c",),
                                        error="not back on their previous build: c",
                                        verify=VerifyResult(verdicts=verdicts[:1], rounds=1, started=16.0,
                                                            seconds=0.5)),
