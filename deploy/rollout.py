@@ -259,10 +259,11 @@ class _Progress:
         A call abandoned mid-deploy loses its per-tenant results, and with them the quarantine
         that depends on them; not starting it leaves the fleet where the report says it is.
         """
-        worst, left = self.settings.call_worst_case, self.ctx.deadline.remaining()
+        worst, left, kept = self.settings.call_worst_case, self.ctx.deadline.remaining(), self.ctx.deadline.reserve
         if left < worst:
+            before = f" before the {kept:g} s kept for a rollback" if kept else ""
             raise DeadlineExceeded(
-                f"overall timeout: {left:.0f} s left, less than the CP's worst case for a call "
+                f"overall timeout: {left:.0f} s left{before}, less than the CP's worst case for a call "
                 f"({worst:g} s = cp-tenant-timeout + cp-settle-seconds); {label} ({', '.join(slugs)}) not started"
             )
         started = self.ctx.clock.now()
