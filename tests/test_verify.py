@@ -68,13 +68,15 @@ def read_budgets(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return budgets
 
 
-def stalled_reads_give_up_after(monkeypatch: pytest.MonkeyPatch, stalled_url: str, seconds: float) -> None:
-    """A read of ``stalled_url`` really times out after ``seconds`` of wall time, whatever its budget: the
-    reader still words the timeout with the budget it gave, without waiting it out in every round."""
+def stalled_reads_give_up_after(monkeypatch: pytest.MonkeyPatch, stalled_url: str | set[str], seconds: float) -> None:
+    """A read of ``stalled_url`` (or of any of a set) really times out after ``seconds`` of wall time,
+    whatever its budget: the reader still words the timeout with the budget it gave, without
+    waiting it out in every round."""
     request = http.Client.request
+    stalled = {stalled_url} if isinstance(stalled_url, str) else stalled_url
 
     def shortened(self: http.Client, method: str, url: str, **kwargs: Any) -> http.Reply:
-        if url == stalled_url:
+        if url in stalled:
             kwargs["budget"] = min(kwargs["budget"], seconds)
         return request(self, method, url, **kwargs)
 
@@ -438,6 +440,21 @@ def test_read_all_keeps_the_order_of_the_urls_and_never_retries(tenant_stub, cou
     assert [a.reported if a else None for a in answers] == [f"{i:07d}" if i % 2 else "" for i in range(count)]
     assert answers[0] is not None and answers[0].problem == "answered 200 without the field 'git_sha'"
     assert tenant_stub.call_count == len(slugs)
+
+
+def test_the_pool_grows_to_its_concurrency_while_every_worker_waits_on_a_tenant(tenant_stub, monkeypatch) -> None:
+    """Tenants that hang must not queue behind the first workers: the pool starts small (a fast
+    fleet is read cheaper by a few threads) and doubles whenever no chunk finishes for a while."""
+    slugs = [f"t{i}" for i in range(12)]
+    for slug in slugs:
+        tenant_stub.get(path(slug), fault="stall")
+    stalled_reads_give_up_after(monkeypatch, {url(tenant_stub, slug) for slug in slugs}, 1.0)
+    clock = FakeClock()
+    with reader_for(clock, concurrency=12) as reader:
+        assert reader._workers == 0
+        answers = reader.read_all([url(tenant_stub, s) for s in slugs], 5.0, Deadline.starting_now(clock, 30.0))
+        assert reader._workers == 12  # 4, then 8, then 12 while the first reads hung
+    assert [a.problem if a else None for a in answers] == ["no answer within 5 s"] * 12
 
 
 def test_what_a_tenant_reports_is_shown_on_one_short_line() -> None:
