@@ -205,8 +205,8 @@ def verify_tenants(
     cut = " (cut short by the overall timeout)" if stage.budget < settings.budget else ""
     runner.log(
         f"{label}: {len(stage.pending)} tenants must report {settings.field} = {stage.wanted} at "
-        f"{display_url(settings.url_template)}; polling {settings.concurrency} at a time every {settings.interval:g} s "
-        f"for up to {format_seconds(stage.budget)} s{cut}"
+        f"{display_url(settings.url_template)}; polling up to {settings.concurrency} at a time every "
+        f"{settings.interval:g} s for up to {format_seconds(stage.budget)} s{cut}"
     )
     if reader is not None:
         stage.poll_rounds(reader, http_settings.request_timeout, runner)

@@ -217,7 +217,7 @@ def test_a_rollback_proves_tenants_of_many_previous_builds_in_one_stage(fleet, a
 
     stages = [line for line in result.stdout.splitlines() if "rollback verify: " in line and "must report" in line]
     assert stages == ["rollback verify: 4 tenants must report git_sha = the SHA it ran before at "
-                      f"{buildinfo(server)}; polling 32 at a time every 0.1 s for up to 1 s"], stages
+                      f"{buildinfo(server)}; polling up to 32 at a time every 0.1 s for up to 1 s"], stages
 
 
 def test_the_snapshot_is_one_round_of_request_timeout_and_the_unread_are_deployed(fleet, action):
