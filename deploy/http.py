@@ -127,6 +127,13 @@ class _Watchdog:
     lock: thirty-two readers contending for one cost more CPU than their requests' own work);
     every :data:`WATCHDOG_TICK` the watchdog takes in the new attempts and looks at those in
     flight, which are never more than the run's concurrent exchanges.
+
+    A connection must never be shut once another exchange has it. urllib3 returns a connection
+    to its pool the moment its body is read, so an attempt cannot always be marked done first:
+    each attempt therefore also marks its connection as its own, and the watchdog leaves a
+    connection alone that a newer attempt has taken. For the rest, the owner marks its attempt
+    done and only then reads ``fired``, and the watchdog sets ``fired`` before it reads ``done``:
+    one of the two always sees the other, so the owner closes what the watchdog may have shut.
     """
 
     def __init__(self) -> None:
@@ -160,8 +167,13 @@ class _Watchdog:
             for attempt in flight:
                 if attempt.expiry <= now or (aborted is not None and attempt.started <= aborted):
                     attempt.fired = True
-                    _shut(getattr(attempt.connection, "sock", None))
-                    _shut(attempt.body_socket)
+                    if attempt.done:  # its owner reads fired after done: one of the two sees the other
+                        continue
+                    sock = getattr(attempt.connection, "sock", None)
+                    mine = getattr(attempt.connection, "watched_by", attempt) is attempt
+                    for target in (sock, attempt.body_socket):  # the same socket, unless `Connection: close`
+                        if mine or target is not sock:
+                            _shut(target)
 
 
 def _shut(sock: Any) -> None:
@@ -203,6 +215,7 @@ class _Exchange:
     cap: int
     attempts: int = 0
     attempt: _Attempt | None = None
+    tunnel: Any = None  # the connection whose attempt began with its proxy tunnel (see _prepare_proxy)
     body: bytes | None = None
     truncated: bool = False
 
@@ -211,6 +224,7 @@ class _Exchange:
         self.attempts += 1
         self.body, self.truncated = None, False
         self.attempt = _Attempt(time.monotonic() + self.deadline.cap(self.budget), connection)
+        connection.watched_by = self.attempt  # whose it is now: the pool may hand it on (see _Watchdog)
         _WATCHDOG.watch(self.attempt)
 
     def end_attempt(self) -> None:
@@ -266,15 +280,27 @@ def read_capped(raw: Any, cap: int, success: bool) -> tuple[bytes, bool]:
 class _WatchedPoolMixin:
     """urllib3 pool hook: each attempt is watched, and its body is read inside the attempt."""
 
+    def _prepare_proxy(self, conn: Any) -> None:
+        """Behind an HTTPS proxy the attempt begins here: the CONNECT and the tenant's TLS
+        handshake run before :meth:`_make_request`, and a proxy dripping them must be cut too."""
+        exchange = _exchange()
+        if exchange is not None:
+            exchange.begin_attempt(conn)
+            exchange.tunnel = conn
+        super()._prepare_proxy(conn)  # type: ignore[misc]
+
     def _make_request(self, conn: Any, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
         exchange = _exchange()
         if exchange is None:
             return super()._make_request(conn, method, url, *args, **kwargs)  # type: ignore[misc]
-        exchange.begin_attempt(conn)
+        if exchange.tunnel is not conn:  # else its attempt began with the tunnel
+            exchange.begin_attempt(conn)
+        exchange.tunnel = None
         response = super()._make_request(conn, method, url, *args, **kwargs)  # type: ignore[misc]
         if exchange.attempt is not None:
             exchange.attempt.body_socket = _body_socket(response)
         body, truncated = read_capped(response, exchange.cap, 200 <= response.status < 300)
+        exchange.end_attempt()  # answered: from here urllib3 may hand the connection on (even to retry)
         if exchange.timed_out:  # the watchdog ended it: what arrived (headers or body) may be a piece
             response.close()
             raise ReadTimeoutError(self, url, "no complete answer in time")  # type: ignore[arg-type]
@@ -509,6 +535,7 @@ class Client:
                                      timed_out=_timed_out(exc, exchange.timed_out),
                                      attempts=max(exchange.attempts, 1)) from None
             finally:
+                exchange.end_attempt()  # before the connection goes back to the pool (see _Watchdog)
                 if response is not None and (exchange.truncated or exchange.timed_out):
                     response.close()  # the rest of the body is unread: the connection can't be reused
                 elif response is not None:

@@ -7,6 +7,7 @@ how long it took.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import socket
 import threading
@@ -128,6 +129,58 @@ def test_behind_a_proxy_a_dripping_answer_is_cut_off_by_the_budget_too(monkeypat
         client().request("GET", "http://tenant.example.test/x", budget=0.5)
     assert caught.value.timed_out
     assert str(caught.value) == "tenant.example.test: no complete answer within 0.5 s"
+
+
+def test_behind_an_https_proxy_a_dripped_tunnel_is_cut_off_by_the_budget_too(monkeypatch) -> None:
+    """The CONNECT and the tenant's TLS handshake come before the request: one attempt with it."""
+    def handler(conn: socket.socket, request: bytes) -> None:
+        assert request.startswith(b"CONNECT tenant.example.test:443 ")
+        drip(conn, b"HTTP/1.1 200 Connection established\r\nX-Slow: " + b"a" * 500)
+
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    with raw_server(handler) as url, pytest.raises(http.TransportError) as caught:
+        monkeypatch.setenv("HTTPS_PROXY", url)
+        client().request("GET", "https://tenant.example.test/x", budget=0.5)
+    assert caught.value.timed_out, caught.value
+
+
+def test_the_watchdog_never_shuts_a_connection_another_exchange_has_taken(monkeypatch) -> None:
+    """urllib3 returns a connection to its pool as its body is read. The first exchange is held
+    just after (its expiry passes meanwhile) while a second one takes the same connection: the
+    watchdog must cut the first attempt, not the second exchange."""
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+
+    def handler(conn: socket.socket, request: bytes) -> None:
+        time.sleep(0.25)  # the first answer comes just before its 0.3 s budget ends
+        conn.sendall(answer)
+        while conn.recv(65536):
+            time.sleep(0.4)  # the second, on the same connection, past the first one's expiry
+            conn.sendall(answer)
+
+    end_attempt, held = http._Exchange.end_attempt, threading.Event()
+
+    def held_after_the_body(self: http._Exchange) -> None:
+        if self.url.endswith("/first") and self.attempt is not None and not held.is_set():
+            held.set()
+            time.sleep(0.4)
+        end_attempt(self)
+
+    monkeypatch.setattr(http._Exchange, "end_attempt", held_after_the_body)
+    shared, outcomes = client(), []
+
+    def first() -> None:
+        with contextlib.suppress(http.TransportError):
+            shared.request("GET", url + "/first", budget=0.3)
+
+    with raw_server(handler) as url:
+        thread = threading.Thread(target=first)
+        thread.start()
+        assert held.wait(5)
+        outcomes.append(shared.request("GET", url + "/second", budget=5).status)
+        thread.join(5)
+    assert outcomes == [200]
 
 
 def test_the_overall_deadline_cuts_an_attempt_whose_own_budget_is_longer() -> None:
