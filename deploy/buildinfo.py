@@ -35,6 +35,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
+import requests
+
 from deploy import http
 from deploy.clock import Deadline
 from deploy.context import Context
@@ -68,6 +70,20 @@ def buildinfo_url(template: str, slug: str) -> str:
     if not TENANT_RE.match(slug):
         raise ValueError(f"{http.compact_json(slug, 80)} cannot be a tenant name")
     return template.replace("{slug}", quote(slug, safe=""))
+
+
+def request_form(template: str) -> str:
+    """``template`` as requests would send it: dot segments resolved, escapes of unreserved
+    characters decoded, an empty query dropped; ``{slug}`` kept. The tenants' reads skip
+    requests' own preparation (:attr:`http.Policy.lean`), so the template is prepared once here
+    and every tenant is asked for the resource the user's URL names. Raises ``ValueError``."""
+    marker = "fleetrolloutslugmarker"  # lower-case letters: nothing requests does changes them
+    prepared = requests.PreparedRequest()
+    try:
+        prepared.prepare_url(template.replace("{slug}", marker), None)
+    except requests.RequestException as exc:
+        raise ValueError(str(exc)) from None
+    return str(prepared.url).replace(marker, "{slug}")
 
 
 def read_field(doc: Any, path: str) -> Any:

@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from deploy.buildinfo import request_form
 from deploy.domain import (
     DIGEST_RE,
     FALSE_WORDS,
@@ -573,8 +574,8 @@ def _verify_settings(inputs: _Inputs, insecure: bool) -> VerifySettings:
     if template:
         if "{slug}" not in template:
             inputs.fail("verify-url", f"must contain {{slug}} (got {inputs.shown('verify-url')})")
-        else:
-            inputs.parse("verify-url", lambda v: parse_url(v.replace("{slug}", "tenant"), insecure, True), "")
+        elif inputs.parse("verify-url", lambda v: parse_url(v.replace("{slug}", "tenant"), insecure, True), ""):
+            template = inputs.parse("verify-url", request_form, template)
     field_path = inputs.text("verify-field")
     if any(not part for part in field_path.split(".")):
         inputs.fail("verify-field", f"expected a dotted JSON path such as git_sha (got {field_path!r})")

@@ -329,3 +329,13 @@ def test_credentials_in_a_promote_image_are_refused_without_echoing_them():
 def test_a_token_that_cannot_travel_in_a_header_is_a_configuration_error(name):
     error = errors_for(**{name: "t\u00f6k\u20ac-with-euro"})[name.replace("_", "-")]
     assert "printable text on one line" in error and "euro" not in error
+
+
+@pytest.mark.parametrize(("given", "sent"), [
+    ("https://t.example/tenants/{slug}/buildinfo", "https://t.example/tenants/{slug}/buildinfo"),
+    ("https://{slug}.t.example/a/../buildinfo?", "https://{slug}.t.example/buildinfo"),
+    ("https://t.example/./%7e/{slug}?token=a%7eb", "https://t.example/~/{slug}?token=a~b"),
+])
+def test_verify_url_is_kept_in_the_form_requests_sends(given: str, sent: str) -> None:
+    """Tenant reads skip requests' own URL preparation: the template is prepared once, here."""
+    assert config.load({**BASE, "FLEET_VERIFY_URL": given}).verify.url_template == sent
