@@ -15,9 +15,18 @@ from deploy.sim.fleet import OLD_SHA, Fault, TenantSpec, builds_for, specs
 from deploy.sim.local_registry import RunningRegistry
 from deploy.sim.registry import SimRegistry
 from deploy.sim.server import Request, Response
-from tests.support import NEWER_SHA, SHA, TAG, assert_no_secrets, buildinfo
-from tests.test_fleet_state_e2e import deployed, seeded, slugs
-from tests.test_gates_e2e import forge_for, github_context
+from tests.support import (
+    NEWER_SHA,
+    SHA,
+    TAG,
+    assert_no_secrets,
+    buildinfo,
+    deployed,
+    forge_for,
+    github_context,
+    seeded,
+    slugs,
+)
 
 STABLE_SHA = "5ab1e0c0ffee" + "1" * 28  # what a `stable` tag names: neither latest's build nor the new one
 FAST_DEAD = {"cp_tenant_timeout": 60, "cp_settle_seconds": 20}  # a dead tenant's call: 80 sim s, 0.4 s real

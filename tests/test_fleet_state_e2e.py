@@ -8,22 +8,7 @@ from __future__ import annotations
 import json
 
 from deploy.sim.fleet import OLD_SHA, Fault, TenantSpec, builds_for, specs
-from tests.support import SHA, TAG, buildinfo
-
-
-def slugs(count: int) -> list[str]:
-    return [f"t{i:02d}" for i in range(1, count + 1)]
-
-
-def seeded(registry, repository):
-    """The previous build under latest, the new one under the target tag: (latest's digest, new digest)."""
-    old = registry.seed_index(repository, "latest", variant="previous")
-    new = registry.seed_index(repository, TAG, variant="new")
-    return old.digest, new.digest
-
-
-def deployed(sim, tag: str = TAG) -> list[str]:
-    return [slug for call in sim.deploy_calls() if call["target_tag"] == tag for slug in call["only_slugs"]]
+from tests.support import SHA, TAG, buildinfo, deployed, seeded, slugs
 
 
 def test_tenants_already_on_the_build_are_not_redeployed_but_verified(fleet, action, registry, repository):

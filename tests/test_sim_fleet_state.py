@@ -7,13 +7,12 @@ from __future__ import annotations
 import http.client
 import json
 import time
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 from deploy.sim.fleet import OLD_SHA, FleetSim, TenantSpec, builds_for, specs
 from deploy.sim.server import SimServer
-from tests.support import CP_TOKEN, SHA, TAG
+from tests.support import CP_TOKEN, SHA, TAG, poll
 
 PREVIOUS_SHA = "1" * 40  # the build `latest` names: what the fleet ran before this rollout
 REDEPLOY = "/cp/admin/tenants/redeploy-fleet"
@@ -52,16 +51,6 @@ def reports(server: SimServer, slug: str) -> str:
         connection.close()
     assert response.status == 200, answer
     return str(answer["git_sha"])
-
-
-def poll(read: Callable[[], str], until: str) -> list[str]:
-    """Read until the answer is ``until`` (bounded by :data:`WAIT`); every answer read, in order."""
-    seen, deadline = [read()], time.monotonic() + WAIT
-    while seen[-1] != until and time.monotonic() < deadline:
-        time.sleep(0.02)
-        seen.append(read())
-    assert seen[-1] == until, f"never reported {until}: {seen[-5:]}"
-    return seen
 
 
 def start(tenants: list[TenantSpec], **knobs: Any) -> tuple[FleetSim, SimServer]:
