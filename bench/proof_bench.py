@@ -33,49 +33,20 @@ import json
 import multiprocessing
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import requests
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from deploy.runner import parse_output_file  # noqa: E402
+from simbench import SHA, TAG, Calls, run_client  # noqa: E402
+
 from deploy.sim.fleet import FleetSim, healthy_fleet  # noqa: E402
-from deploy.sim.server import Request, Response, SimServer  # noqa: E402
+from deploy.sim.server import SimServer  # noqa: E402
 
-SHA = "8ddce85f3b2a4c6d9e0f1a2b3c4d5e6f708192a3"
-TAG = f"staging-{SHA[:7]}"
 TOKEN = "bench-token-5d2f8b"
-
-# Runs in the client's own process: its CPU and wall for deploy.main.run, as one JSON line.
-CLIENT = """
-import io, json, os, sys, time
-sys.path.insert(0, sys.argv[1])
-from deploy.main import run
-cpu, wall = time.process_time(), time.perf_counter()
-code = run(dict(os.environ), stream=io.StringIO())
-cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-print(json.dumps({"code": code, "cpu": cpu, "wall": wall}))
-"""
-
-
-class Calls:
-    """Serves the simulator's deploy calls at /_bench/calls: one list of slugs per call."""
-
-    def __init__(self, fleet: FleetSim) -> None:
-        self.fleet = fleet
-
-    def handle(self, request: Request) -> Response | None:
-        if request.path != "/_bench/calls":
-            return None
-        every = [tenant.slug for tenant in self.fleet.tenants]
-        return Response.json([body.get("only_slugs") or every for body in self.fleet.deploy_calls()])
 
 
 def serve(tenants: int, bad: bool, call_seconds: float,
@@ -105,37 +76,11 @@ def client_env(url: str, workdir: Path, *, tenants: int, batch_size: int, canary
     return env
 
 
-def outputs(path: Path) -> dict[str, str]:
-    """The client's GITHUB_OUTPUT, read the way the runner reads it."""
-    return parse_output_file(path.read_text()) if path.exists() else {}
-
-
 def run_once(*, tenants: int, bad: bool, call_seconds: float = 0.0, **knobs: Any) -> dict[str, Any]:
     """One client run against a fresh simulator: its figures, outputs and the CP's deploy calls."""
-    queue: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
-    sim = multiprocessing.Process(target=serve, args=(tenants, bad, call_seconds, queue), daemon=True)
-    sim.start()
-    try:
-        url = queue.get(timeout=60)
-        with tempfile.TemporaryDirectory() as tmp:
-            workdir = Path(tmp)
-            began = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-c", CLIENT, str(ROOT)], capture_output=True, text=True,
-                                  env=client_env(url, workdir, tenants=tenants, **knobs), check=False)
-            process_wall = time.perf_counter() - began
-            lines = proc.stdout.strip().splitlines()
-            if not lines:
-                raise SystemExit(f"client crashed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-            figures = json.loads(lines[-1])
-            figures["process_wall"] = process_wall
-            figures["outputs"] = outputs(workdir / "output")
-            report_path = workdir / "fleet-rollout-report.json"
-            figures["report"] = json.loads(report_path.read_text()) if report_path.exists() else {}
-        figures["calls"] = requests.get(f"{url}/_bench/calls", timeout=10).json()
-        return figures
-    finally:
-        sim.terminate()
-        sim.join()
+    return run_client(serve, (tenants, bad, call_seconds),
+                      lambda url, workdir: client_env(url, workdir, tenants=tenants, **knobs),
+                      {"calls": "/_bench/calls"})
 
 
 def blast_radius(tenants: int, batch_size: int) -> None:

@@ -50,6 +50,11 @@ def _handle(signum: int, frame: FrameType | None) -> None:
         raise _cancelled()
 
 
+def requested() -> bool:
+    """Whether the runner has asked the job to stop (work that would outlast it must not start)."""
+    return bool(_state.signal_name)
+
+
 def _cancelled() -> Cancelled:
     return Cancelled(f"cancelled by signal {_state.signal_name}; later stages did not run")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from deploy.errors import DeadlineExceeded
 
@@ -59,16 +59,21 @@ class Deadline:
     clock: Clock
     start: float
     seconds: float
+    reserve: float = 0.0  # the last seconds, kept for a later stage (a rollback): not remaining here
 
     @classmethod
     def starting_now(cls, clock: Clock, seconds: float) -> Deadline:
         return cls(clock, clock.now(), seconds)
 
+    def keeping(self, reserve: float) -> Deadline:
+        """The same deadline with its last ``reserve`` seconds kept back."""
+        return replace(self, reserve=reserve)
+
     def elapsed(self) -> float:
         return self.clock.now() - self.start
 
     def remaining(self) -> float:
-        return max(self.seconds - self.elapsed(), 0.0)
+        return max(self.seconds - self.reserve - self.elapsed(), 0.0)
 
     def check(self, doing: str) -> None:
         """Raise :class:`DeadlineExceeded` if the budget is gone before ``doing``."""
@@ -86,4 +91,5 @@ class Deadline:
         return max(min(seconds, self.remaining()), 0.001)
 
     def _message(self, doing: str) -> str:
-        return f"overall timeout of {self.seconds:g} s reached while {doing} (input `timeout`)"
+        kept = f" (its last {self.reserve:g} s kept for a rollback)" if self.reserve else ""
+        return f"overall timeout of {self.seconds:g} s{kept} reached while {doing} (input `timeout`)"

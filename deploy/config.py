@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from deploy.buildinfo import request_form
 from deploy.domain import (
     DIGEST_RE,
     FALSE_WORDS,
@@ -46,6 +47,7 @@ from deploy.settings import (
     ForgeSettings,
     GateSettings,
     HttpSettings,
+    OnFailure,
     PromoteSettings,
     RolloutSettings,
     VerifySettings,
@@ -54,7 +56,7 @@ from deploy.settings import (
 T = TypeVar("T")
 
 # Defaults of every input; action.yml declares the same ones (a test keeps them in sync).
-# Empty means "none", or "computed at run time" for target-tag, promote-source and branch.
+# Empty means "none", or "computed at run time" for target-tag, promote-source, rollback-tag and branch.
 DEFAULTS: dict[str, str] = {
     "cp-url": "",
     "cp-token": "",
@@ -79,6 +81,9 @@ DEFAULTS: dict[str, str] = {
     "verify-interval": "20",
     "verify-concurrency": "32",
     "verify-each-batch": "true",
+    "skip-current": "true",
+    "on-failure": "hold",
+    "rollback-tag": "",
     "promote-images": "",
     "promote-tag": "latest",
     "promote-source": "",
@@ -409,6 +414,14 @@ def parse_url(value: str, allow_insecure: bool, credentials: bool = False) -> st
     return value
 
 
+def parse_on_failure(value: str) -> OnFailure:
+    """``hold`` or ``rollback`` (any case): a typo must not silently mean "hold"."""
+    try:
+        return OnFailure(value.lower())
+    except ValueError:
+        raise ValueError(f"expected {' or '.join(OnFailure)}") from None
+
+
 def parse_report_path(value: str) -> str:
     """Relative and inside the workspace: an absolute path or ``..`` could write anywhere the
     container's user can (root, on a self-hosted runner's mounted workspace)."""
@@ -452,13 +465,19 @@ def load(env: Mapping[str, str]) -> Config:
     timeout = inputs.duration("timeout", positive=True)
     report = inputs.parse("report-path", parse_report_path, DEFAULTS["report-path"])
 
-    timeout_ok = not any(error.input_name in ("timeout", "cp-tenant-timeout", "cp-settle-seconds")
+    loaded = Config(stages=stages, sha=sha, http=http, cp=cp, rollout=rollout, verify=verify, promote=promote,
+                    gates=gates, forge=forge, report_path=RunnerEnv.from_env(env).workspace / report, timeout=timeout)
+
+    timeout_ok = not any(error.input_name in ("timeout", "cp-tenant-timeout", "cp-settle-seconds", "verify-budget")
                          for error in inputs.errors)
-    if timeout_ok and "rollout" in stages and not rollout.dry_run and timeout < rollout.call_worst_case:
+    needed = rollout.call_worst_case + loaded.rollback_reserve
+    if timeout_ok and "rollout" in stages and not rollout.dry_run and timeout < needed:
+        kept = (f", plus the {loaded.rollback_reserve:g} s kept for on-failure: rollback (one call's worst case "
+                f"and verify-budget)" if loaded.rollback_reserve else "")
         inputs.fail(
             "timeout",
             f"{timeout:g} s is shorter than one deploy call's worst case (cp-tenant-timeout + "
-            f"cp-settle-seconds = {rollout.call_worst_case:g} s): no batch could ever start",
+            f"cp-settle-seconds = {rollout.call_worst_case:g} s){kept}: no batch could ever start",
         )
 
     if "verify" in stages and not verify.url_template and promote.images and "promote" in stages:
@@ -473,19 +492,7 @@ def load(env: Mapping[str, str]) -> Config:
         inputs.fail("required-checks", "needs github-token to read commit statuses")
     if inputs.errors:
         raise ConfigErrors(inputs.errors)
-    return Config(
-        stages=stages,
-        sha=sha,
-        http=http,
-        cp=cp,
-        rollout=rollout,
-        verify=verify,
-        promote=promote,
-        gates=gates,
-        forge=forge,
-        report_path=RunnerEnv.from_env(env).workspace / report,
-        timeout=timeout,
-    )
+    return loaded
 
 
 def _control_plane(
@@ -546,7 +553,20 @@ def _rollout_settings(inputs: _Inputs, sha: str, cp_worst_case: tuple[float, flo
         cp_tenant_timeout=cp_worst_case[0],
         cp_settle_seconds=cp_worst_case[1],
         dry_run=inputs.boolean("dry-run"),
+        skip_current=inputs.boolean("skip-current"),
+        on_failure=inputs.parse("on-failure", parse_on_failure, OnFailure.HOLD),
+        rollback_tag=_rollback_tag(inputs),
     )
+
+
+def _rollback_tag(inputs: _Inputs) -> str:
+    """rollback-tag, or promote-tag's value when empty (an invalid promote-tag is reported there, once)."""
+    if not inputs.raw("rollback-tag"):
+        return inputs.text("promote-tag")
+    tag = inputs.text("rollback-tag")
+    if not TAG_RE.match(tag):
+        inputs.fail("rollback-tag", f"not a valid image tag (got {inputs.shown('rollback-tag')})")
+    return tag
 
 
 def _verify_settings(inputs: _Inputs, insecure: bool) -> VerifySettings:
@@ -554,8 +574,8 @@ def _verify_settings(inputs: _Inputs, insecure: bool) -> VerifySettings:
     if template:
         if "{slug}" not in template:
             inputs.fail("verify-url", f"must contain {{slug}} (got {inputs.shown('verify-url')})")
-        else:
-            inputs.parse("verify-url", lambda v: parse_url(v.replace("{slug}", "tenant"), insecure, True), "")
+        elif inputs.parse("verify-url", lambda v: parse_url(v.replace("{slug}", "tenant"), insecure, True), ""):
+            template = inputs.parse("verify-url", request_form, template)
     field_path = inputs.text("verify-field")
     if any(not part for part in field_path.split(".")):
         inputs.fail("verify-field", f"expected a dotted JSON path such as git_sha (got {field_path!r})")

@@ -16,19 +16,21 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from typing import NoReturn
 
 from deploy import cancel
 from deploy.clock import Clock, Deadline
 from deploy.context import Context
 from deploy.controlplane import ControlPlaneClient, TenantRow
 from deploy.errors import Abort, DeployFailed, Skip
+from deploy.fleetstate import RollbackResult, Snapshot, roll_back, take_snapshot, to_roll_back
 from deploy.forge import ForgeClient
 from deploy.gates import ChecksResult, live_kill_switch, newer_head, wait_for_required_checks
 from deploy.promote import PromoteResult, check_sources, promote_images, registry_client
 from deploy.proof import Prover
-from deploy.rollout import RolloutResult, StopKind, counted, enumerate_fleet, run_rollout
-from deploy.runner import Runner, listing
-from deploy.settings import Config
+from deploy.rollout import RolloutResult, StopKind, enumerate_fleet, run_rollout
+from deploy.runner import Runner, counted, listing
+from deploy.settings import Config, OnFailure
 from deploy.verify import VerifyResult, failing_listing, verify_tenants
 
 
@@ -64,6 +66,8 @@ class Run:
     rollout: RolloutResult | None = None
     verify: VerifyResult | None = None
     promote: PromoteResult | None = None
+    snapshot: Snapshot | None = None
+    rollback: RollbackResult | None = None
     notes: dict[str, str] = field(default_factory=dict)  # stage → why it did not run
     spans: list[Span] = field(default_factory=list)
     seconds: float = 0.0
@@ -88,6 +92,8 @@ class Run:
             if self.rollout.soak:
                 spans.append(Span("soak", self.rollout.soak.started, self.rollout.soak.seconds))
             spans += [Span(p.label, p.started, p.seconds) for p in self.rollout.proofs if p.label.startswith("proof")]
+        if self.rollback:
+            spans += [Span(c.label, c.started, c.seconds) for c in self.rollback.calls]
         return sorted(spans, key=lambda s: s.started)
 
 
@@ -115,6 +121,8 @@ class _Stages:
 
     def __init__(self, config: Config, run: Run, ctx: Context) -> None:
         self.config, self.record, self.ctx = config, run, ctx
+        # What may end in a rollback (snapshot, rollout, verify) leaves it the end of `timeout`.
+        self.forward = Context(ctx.runner, ctx.deadline.keeping(config.rollback_reserve))
         can_read_forge = config.forge.token and config.forge.repository
         self.forge_client = ForgeClient(config.forge, config.http, ctx) if can_read_forge else None
         self.registry_client = registry_client(config.http, ctx) if config.promote.images else None
@@ -132,38 +140,80 @@ class _Stages:
             self.prover.close()
 
     def run(self) -> None:
-        config, run, ctx = self.config, self.record, self.ctx
+        config, run = self.config, self.record
         dry_run = config.rollout.dry_run
         if not dry_run:
             self.gates()
         cp = None
         if config.wants("rollout") or config.wants("verify"):
-            cp = self.cp_client = ControlPlaneClient(config.cp, config.rollout, config.http, ctx)
+            cp = self.cp_client = ControlPlaneClient(config.cp, config.rollout, config.http, self.forward)
             self.plan(cp)
-        if cp and config.wants("rollout"):
-            self.prover = None if dry_run else self.rollout_prover()
-            with self.stage("Rollout", record=False):
-                run.rollout = run_rollout(config.rollout, cp, run.fleet, ctx, prover=self.prover,
-                                          checkpoint=None if dry_run else self.between_calls)
-            if self.prover is not None and self.prover.verdicts:  # what was proven, even if the run stops here
-                run.verify = self.prover.result(run.fleet)
-            if run.rollout.stopped == StopKind.SKIPPED:
-                raise Skip(run.rollout.halted)
-            if run.rollout.stopped == StopKind.ABORTED:
-                raise Abort(run.rollout.halted)
-            if not run.rollout.ok:
-                raise DeployFailed(run.rollout.failure)
-            if not dry_run:  # a plan puts nothing on target: there is no coverage to gate
-                _report_quarantine(run.rollout, ctx.runner)
-        if dry_run:
-            for stage in ("verify", "promote"):
-                if config.wants(stage):
-                    run.notes[stage] = "dry run"
-            return
-        if config.wants("verify"):
-            self.verify()
-        if config.wants("promote"):
+        try:
+            if cp and config.wants("rollout"):
+                self.rollout(cp)
+            if dry_run:
+                for stage in ("verify", "promote"):
+                    if config.wants(stage):
+                        run.notes[stage] = "dry run"
+                return
+            if config.wants("verify"):
+                self.verify()
+        except DeployFailed as failure:
+            self.roll_back_after(failure)  # re-raises, the rollback's outcome added to the reason
+        if config.wants("promote"):  # a promote that fails leaves a verified fleet: never rolled back
             self.promote()
+
+    def rollout(self, cp: ControlPlaneClient) -> None:
+        config, run, ctx = self.config, self.record, self.forward
+        dry_run = config.rollout.dry_run
+        if not dry_run:
+            self.snapshot()
+        current = run.snapshot.current(config.sha) if run.snapshot and config.rollout.skip_current else ()
+        self.prover = None if dry_run else self.rollout_prover()
+        with self.stage("Rollout", record=False):
+            run.rollout = run_rollout(config.rollout, cp, run.fleet, ctx, prover=self.prover,
+                                      checkpoint=None if dry_run else self.between_calls, current=current)
+        if self.prover is not None and self.prover.verdicts:  # what was proven, even if the run stops here
+            run.verify = self.prover.result(run.fleet)
+        if run.rollout.stopped == StopKind.SKIPPED:
+            raise Skip(run.rollout.halted)
+        if run.rollout.stopped == StopKind.ABORTED:
+            raise Abort(run.rollout.halted)
+        if not run.rollout.ok:
+            raise DeployFailed(run.rollout.failure)
+        if not dry_run:  # a plan puts nothing on target: there is no coverage to gate
+            _report_quarantine(run.rollout, ctx.runner)
+
+    def snapshot(self) -> None:
+        """What every tenant runs before anything moves (for resume, rollback and the summary)."""
+        config, run, ctx = self.config, self.record, self.ctx
+        if not config.verify.url_template:
+            ctx.runner.log("snapshot: none, verify-url is empty (skip-current and the rollback's proof need it)")
+            return
+        with self.stage("Snapshot"):
+            run.snapshot = take_snapshot(config.verify, config.http, config.sha, run.fleet, self.forward)
+
+    def roll_back_after(self, failure: DeployFailed) -> NoReturn:
+        """``on-failure: rollback``: put back what this run deployed, then fail as before, saying how it went.
+
+        Not after a cancellation (the run must end now), nor when nothing was moved. The rollback
+        has the whole of ``timeout``, its reserve included."""
+        config, run = self.config, self.record
+        rollout = run.rollout
+        if config.rollout.on_failure != OnFailure.ROLLBACK or rollout is None or cancel.requested():
+            raise failure
+        tenants = to_roll_back(rollout.calls, run.snapshot, config.sha)
+        if not tenants:
+            raise failure
+        try:
+            with self.stage("Rollback"):
+                run.rollback = roll_back(tenants, run.snapshot, config.cp, config.rollout, config.http,
+                                         config.verify, self.ctx)
+            said = (f"rolled back {counted(len(run.rollback.rolled_back), 'tenant')}" if run.rollback.ok
+                    else f"rollback failed: {run.rollback.error}")
+        except DeployFailed as exc:  # cancelled mid-rollback: the failure still comes first
+            said = f"rollback cut short: {exc}"
+        raise (Abort if isinstance(failure, Abort) else DeployFailed)(f"{failure}; {said}") from None
 
     @contextmanager
     def stage(self, title: str, record: bool = True) -> Iterator[None]:
@@ -209,7 +259,7 @@ class _Stages:
         if not verify.url_template:
             self.ctx.runner.log("verify-each-batch: nothing to prove with, verify-url is empty")
             return None
-        return Prover(verify, self.config.http, self.config.sha, self.ctx)
+        return Prover(verify, self.config.http, self.config.sha, self.forward)
 
     def between_calls(self, label: str) -> None:
         """Before every call after the first: a newer commit (skip) or the live kill switch (abort)
@@ -249,7 +299,7 @@ class _Stages:
     def verified(self, rows: list[TenantRow]) -> VerifyResult:
         """Every row's verdict: those proven during the rollout as they were, the rest read now,
         each with the call that shipped it."""
-        config, run, ctx = self.config, self.record, self.ctx
+        config, run, ctx = self.config, self.record, self.forward
         verdicts = dict(self.prover.verdicts) if self.prover else {}
         proven = self.prover.proven() if self.prover else set()
         unproven = [row for row in rows if row.slug not in proven]
@@ -285,9 +335,10 @@ class _Stages:
 
 def _report_quarantine(rollout: RolloutResult, runner: Runner) -> None:
     with runner.group("Coverage"):
+        current = f" ({len(rollout.already_current)} already current)" if rollout.already_current else ""
         runner.log(
-            f"coverage: {len(rollout.shipped)}/{counted(len(rollout.fleet), 'tenant')} on target, "
-            f"{counted(len(rollout.stragglers), 'straggler')}, tolerance {rollout.max_stragglers}"
+            f"coverage: {len(rollout.shipped) + len(rollout.already_current)}/{counted(len(rollout.fleet), 'tenant')} "
+            f"on target{current}, {counted(len(rollout.stragglers), 'straggler')}, tolerance {rollout.max_stragglers}"
         )
         for slug in rollout.quarantined:
             runner.warning(
@@ -300,5 +351,6 @@ def _report_quarantine(rollout: RolloutResult, runner: Runner) -> None:
 def _verify_rows(run: Run) -> list[TenantRow]:
     if run.rollout is None:  # verify-only: every enumerated tenant
         return [TenantRow(slug) for slug in run.fleet]
-    quarantined, rows = set(run.rollout.quarantined), run.rollout.rows
-    return [rows[slug] for slug in run.fleet if slug in rows and slug not in quarantined]
+    quarantined, rows, current = set(run.rollout.quarantined), run.rollout.rows, set(run.rollout.already_current)
+    return [rows.get(slug) or TenantRow(slug) for slug in run.fleet
+            if (slug in rows or slug in current) and slug not in quarantined]

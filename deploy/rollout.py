@@ -18,7 +18,7 @@ from deploy.context import Context
 from deploy.controlplane import CallResult, ControlPlaneClient, TenantRow
 from deploy.errors import Abort, DeadlineExceeded, DeployFailed, Skip
 from deploy.proof import ProofSpan, Prover
-from deploy.runner import Runner, listing
+from deploy.runner import Runner, counted, listing
 from deploy.settings import RolloutSettings
 
 
@@ -48,7 +48,12 @@ class RolloutResult:
     planned: tuple[tuple[str, ...], ...] = ()  # the batches, canary first
     soak: Soak | None = None
     proofs: tuple[ProofSpan, ...] = ()  # each call's proof (verify-each-batch) and the soak watch
+    already_current: tuple[str, ...] = ()  # not redeployed: the snapshot saw them on the build (skip-current)
     dry_run: bool = False
+
+    @cached_property
+    def _current(self) -> frozenset[str]:
+        return frozenset(self.already_current)
 
     @cached_property
     def rows(self) -> dict[str, TenantRow]:
@@ -66,8 +71,9 @@ class RolloutResult:
         """Enumerated tenants with no row, or whose row says they are not on the target."""
         if self.dry_run:
             return ()
-        rows = self.rows
-        return tuple(slug for slug in self.fleet if slug not in rows or not rows[slug].on_target)
+        rows, current = self.rows, self._current
+        return tuple(slug for slug in self.fleet
+                     if slug not in current and (slug not in rows or not rows[slug].on_target))
 
     @cached_property
     def outcome_unknown(self) -> dict[str, str]:
@@ -78,7 +84,7 @@ class RolloutResult:
     @cached_property
     def not_started(self) -> tuple[str, ...]:
         """Tenants no call was made for, because the rollout halted first (stragglers too)."""
-        attempted = {slug for call in self.calls for slug in call.slugs}
+        attempted = {slug for call in self.calls for slug in call.slugs} | self._current
         return () if self.dry_run else tuple(slug for slug in self.fleet if slug not in attempted)
 
     @property
@@ -135,7 +141,7 @@ def plan_batches(fleet: Sequence[str], canary: str, batch_size: int) -> tuple[tu
 
 def run_rollout(
     settings: RolloutSettings, client: ControlPlaneClient, fleet: tuple[str, ...], ctx: Context, *,
-    prover: Prover | None = None, checkpoint: Callable[[str], None] | None = None,
+    prover: Prover | None = None, checkpoint: Callable[[str], None] | None = None, current: Sequence[str] = (),
 ) -> RolloutResult:
     """Canary, soak, then the batches; never raises for what the CP or a tenant does.
 
@@ -143,13 +149,22 @@ def run_rollout(
     canary through its soak. ``checkpoint(label)`` runs before every call after the first and may
     stop the rollout on purpose: :class:`~deploy.errors.Skip` (superseded) or
     :class:`~deploy.errors.Abort` (the live kill switch); the result then says which, and where.
+    ``current`` tenants already run the build (the snapshot saw it): they get no call at all, and
+    a canary among them is no canary (the build is proven on it already).
     """
     if settings.canary and settings.canary not in fleet:
         raise DeployFailed(f"canary {settings.canary!r} is not in the fleet the CP enumerated")
-    batches = plan_batches(fleet, settings.canary, settings.batch_size)
-    result = RolloutResult(fleet=fleet, max_stragglers=settings.max_stragglers, planned=batches,
-                           dry_run=settings.dry_run)
     runner = ctx.runner
+    skip = frozenset(current)
+    if skip:
+        runner.log(f"skip-current: {counted(len(skip), 'tenant')} already on the build, not redeployed: "
+                   f"{listing(tuple(slug for slug in fleet if slug in skip))}")
+    if settings.canary in skip:
+        runner.log(f"canary {settings.canary}: already on the build, no canary call")
+        settings = replace(settings, canary="")
+    batches = plan_batches([slug for slug in fleet if slug not in skip], settings.canary, settings.batch_size)
+    result = RolloutResult(fleet=fleet, max_stragglers=settings.max_stragglers, planned=batches,
+                           dry_run=settings.dry_run, already_current=tuple(slug for slug in fleet if slug in skip))
     if settings.dry_run:
         _log_plan(result, settings, runner)
         return result
@@ -212,7 +227,7 @@ class _Progress:
             fleet=self.start.fleet, max_stragglers=self.start.max_stragglers, calls=tuple(self.calls),
             halted=self.halted, stopped=self.stopped, aborted_at=self.current if self.halted else "",
             planned=self.start.planned, soak=self.soak_span,
-            proofs=tuple(self.prover.spans) if self.prover else (),
+            proofs=tuple(self.prover.spans) if self.prover else (), already_current=self.start.already_current,
         )
         if self.stopped is None:
             return result
@@ -244,10 +259,11 @@ class _Progress:
         A call abandoned mid-deploy loses its per-tenant results, and with them the quarantine
         that depends on them; not starting it leaves the fleet where the report says it is.
         """
-        worst, left = self.settings.call_worst_case, self.ctx.deadline.remaining()
+        worst, left, kept = self.settings.call_worst_case, self.ctx.deadline.remaining(), self.ctx.deadline.reserve
         if left < worst:
+            before = f" before the {kept:g} s kept for a rollback" if kept else ""
             raise DeadlineExceeded(
-                f"overall timeout: {left:.0f} s left, less than the CP's worst case for a call "
+                f"overall timeout: {left:.0f} s left{before}, less than the CP's worst case for a call "
                 f"({worst:g} s = cp-tenant-timeout + cp-settle-seconds); {label} ({', '.join(slugs)}) not started"
             )
         started = self.ctx.clock.now()
@@ -342,13 +358,6 @@ def describe_plan(fleet: Sequence[str], planned: Sequence[Sequence[str]], canary
     """``4 tenants in 2 batches``, or ``5 tenants in a canary and 2 batches``."""
     batches = counted(len(planned) - (1 if canary else 0), "batch")
     return f"{counted(len(fleet), 'tenant')} in {'a canary and ' if canary else ''}{batches}"
-
-
-def counted(number: int, noun: str) -> str:
-    """``1 tenant``, ``2 tenants``, ``1 batch``, ``3 batches``: a count with its noun, plural right."""
-    if number == 1:
-        return f"{number} {noun}"
-    return f"{number} {noun}{'es' if noun.endswith(('s', 'sh', 'ch', 'x')) else 's'}"
 
 
 def _exceed(stragglers: int, tolerance: int) -> str:

@@ -66,6 +66,13 @@ def escape_markdown(text: str) -> str:
     return _AUTOLINK_WWW.sub(r"\1\\.", " ".join(str(text).split()).translate(_MARKDOWN))
 
 
+def counted(number: int, noun: str) -> str:
+    """``1 tenant``, ``2 tenants``, ``1 batch``, ``3 batches``: a count with its noun, plural right."""
+    if number == 1:
+        return f"{number} {noun}"
+    return f"{number} {noun}{'es' if noun.endswith(('s', 'sh', 'ch', 'x')) else 's'}"
+
+
 def listing(names: Sequence[str], limit: int = 20) -> str:
     """``a, b, c`` — or the first ``limit`` and a count, so a message stays one readable line."""
     shown = ", ".join(names[:limit])

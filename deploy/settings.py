@@ -8,12 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from deploy import http
 from deploy.domain import ImageRef
 
 STAGES: tuple[str, ...] = ("rollout", "verify", "promote")
+
+
+class OnFailure(StrEnum):
+    """What a failed run does with what it shipped (``on-failure``)."""
+
+    HOLD = "hold"  # leave the fleet as the failure left it; a person decides
+    ROLLBACK = "rollback"  # redeploy rollback-tag on every tenant this run moved
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,6 +62,9 @@ class RolloutSettings:
     cp_tenant_timeout: float
     cp_settle_seconds: float
     dry_run: bool
+    skip_current: bool = True  # do not redeploy a tenant whose pre-deploy snapshot reports sha (skip-current)
+    on_failure: OnFailure = OnFailure.HOLD
+    rollback_tag: str = ""  # the tag a rollback deploys: rollback-tag, or promote-tag's value when empty
 
     @property
     def call_worst_case(self) -> float:
@@ -125,3 +136,11 @@ class Config:
 
     def wants(self, stage: str) -> bool:
         return stage in self.stages
+
+    @property
+    def rollback_reserve(self) -> float:
+        """Seconds of ``timeout`` the snapshot, rollout and verify leave to a rollback: one call's
+        worst case and the proof after it. None without ``on-failure: rollback``."""
+        if self.rollout.on_failure != OnFailure.ROLLBACK or self.rollout.dry_run:
+            return 0.0
+        return self.rollout.call_worst_case + (self.verify.budget if self.verify.url_template else 0.0)

@@ -14,7 +14,7 @@ the retry: reading one tenant once, and many at a time, is :mod:`deploy.buildinf
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -80,6 +80,7 @@ class _Pending:
 
     slug: str
     url: str
+    expected: str  # the SHA it must report
     running: str = ""
     problem: str = "no time was left to poll it"
 
@@ -89,7 +90,7 @@ class _Stage:
     """The verify stage as it happens; mutable only inside :func:`verify_tenants`."""
 
     settings: VerifySettings
-    sha: str
+    wanted: str  # what the tenants must report, as the log says it
     clock: Clock
     start: float  # clock time the stage began
     end: float  # the one deadline every tenant shares
@@ -103,9 +104,10 @@ class _Stage:
 
     @classmethod
     def begin(cls, settings: VerifySettings, sha: str, rows: Sequence[TenantRow], clock: Clock,
-              deadline: Deadline, label: str) -> _Stage:
+              deadline: Deadline, label: str, expected: Mapping[str, str]) -> _Stage:
         start = clock.now()
-        stage = cls(settings=settings, sha=sha, clock=clock, start=start,
+        wanted = "the SHA it ran before" if expected else sha[:12]
+        stage = cls(settings=settings, wanted=wanted, clock=clock, start=start,
                     end=start + min(settings.budget, deadline.remaining()), started=deadline.elapsed(),
                     order=tuple(dict.fromkeys(row.slug for row in rows)), verdicts={}, pending=[], label=label)
         for row in {row.slug: row for row in rows}.values():  # the latest row of a slug wins
@@ -113,7 +115,8 @@ class _Stage:
                 stage.verdicts[row.slug] = TenantVerdict(slug=row.slug, state=Verdict.UNREACHABLE, running="",
                                                          detail="not a tenant name; not polled", seconds=0.0)
             elif row.healthy:
-                stage.pending.append(_Pending(row.slug, buildinfo_url(settings.url_template, row.slug)))
+                url = buildinfo_url(settings.url_template, row.slug)
+                stage.pending.append(_Pending(row.slug, url, expected.get(row.slug, sha)))
             else:
                 why = "the CP reported healthz_ok: false" + (f" ({one_line(row.error)})" if row.error else "")
                 stage.verdicts[row.slug] = TenantVerdict(slug=row.slug, state=Verdict.UNHEALTHY, running="",
@@ -154,14 +157,14 @@ class _Stage:
                 continue
             if answer.reported:
                 tenant.running = answer.shown
-            if answer.reported and sha_matches(answer.reported, self.sha):
+            if answer.reported and sha_matches(answer.reported, tenant.expected):
                 self.verdicts[tenant.slug] = TenantVerdict(
                     slug=tenant.slug, state=Verdict.VERIFIED, running=tenant.running, detail="",
                     seconds=answer.at - self.start, proven_at=self.started + (answer.at - self.start),
                 )
                 self.verified += 1
                 continue
-            tenant.problem = answer.problem or f"reports {tenant.running[:12]}, not {self.sha[:12]}"
+            tenant.problem = answer.problem or f"reports {tenant.running[:12]}, not {tenant.expected[:12]}"
             still.append(tenant)
         return still
 
@@ -169,7 +172,7 @@ class _Stage:
         elapsed = self.clock.now() - self.start
         verdicts = dict(self.verdicts)
         for tenant in self.pending:
-            verdicts[tenant.slug] = _give_up(tenant, self.sha, self.rounds, elapsed)
+            verdicts[tenant.slug] = _give_up(tenant, self.rounds, elapsed)
         return VerifyResult(verdicts=tuple(verdicts[slug] for slug in self.order), rounds=self.rounds,
                             started=self.started, seconds=elapsed)
 
@@ -184,6 +187,7 @@ def verify_tenants(
     *,
     reader: BuildinfoClient | None = None,
     label: str = "verify",
+    expected: Mapping[str, str] | None = None,
 ) -> VerifyResult:
     """Poll every healthy row's ``verify-url`` until it reports ``sha`` or the shared deadline passes.
 
@@ -191,17 +195,18 @@ def verify_tenants(
     ``healthz_ok`` is false is ``unhealthy`` without a request. Never raises for what a tenant
     does; the overall deadline shortens the budget instead of interrupting the stage. ``reader``
     is a client kept open across calls (a rollout proving call after call); ``label`` names the
-    stage or the call being proven in the log.
+    stage or the call being proven in the log. ``expected`` gives tenants a SHA of their own to
+    report instead of ``sha`` (a rollback: each back on its snapshot SHA, all in one stage).
     """
-    if not sha or not settings.url_template:
+    if not (sha or expected) or not settings.url_template:
         raise ValueError("verify needs the sha and a verify-url template")
     runner = ctx.runner
-    stage = _Stage.begin(settings, sha, rows, ctx.clock, ctx.deadline, label)
+    stage = _Stage.begin(settings, sha, rows, ctx.clock, ctx.deadline, label, expected or {})
     cut = " (cut short by the overall timeout)" if stage.budget < settings.budget else ""
     runner.log(
-        f"{label}: {len(stage.pending)} tenants must report {settings.field} = {sha[:12]} at "
-        f"{display_url(settings.url_template)}; polling {settings.concurrency} at a time every {settings.interval:g} s "
-        f"for up to {format_seconds(stage.budget)} s{cut}"
+        f"{label}: {len(stage.pending)} tenants must report {settings.field} = {stage.wanted} at "
+        f"{display_url(settings.url_template)}; polling up to {settings.concurrency} at a time every "
+        f"{settings.interval:g} s for up to {format_seconds(stage.budget)} s{cut}"
     )
     if reader is not None:
         stage.poll_rounds(reader, http_settings.request_timeout, runner)
@@ -209,23 +214,23 @@ def verify_tenants(
         with BuildinfoClient(settings.field, settings.concurrency, ctx, client) as own:
             stage.poll_rounds(own, http_settings.request_timeout, runner)
     result = stage.result()
-    _report(result, sha, runner, label)
+    _report(result, stage.wanted, runner, label, "" if expected else "; latest must not move")
     return result
 
 
-def _give_up(tenant: _Pending, sha: str, rounds: int, elapsed: float) -> TenantVerdict:
+def _give_up(tenant: _Pending, rounds: int, elapsed: float) -> TenantVerdict:
     """Stale if it ever reported a SHA (it runs something else), unreachable if it never did."""
     polls = f"after {rounds} poll{'s' if rounds != 1 else ''} over {format_seconds(elapsed)} s"
     if tenant.running:
         last = "" if tenant.problem.startswith("reports ") else f"; last poll: {tenant.problem}"
-        detail = f"still runs {tenant.running[:40]}, not {sha[:12]}, {polls}{last}"
+        detail = f"still runs {tenant.running[:40]}, not {tenant.expected[:12]}, {polls}{last}"
         return TenantVerdict(slug=tenant.slug, state=Verdict.STALE, running=tenant.running, detail=detail,
                              seconds=elapsed)
     return TenantVerdict(slug=tenant.slug, state=Verdict.UNREACHABLE, running="",
                          detail=f"no usable answer {polls}: {tenant.problem}", seconds=elapsed)
 
 
-def _report(result: VerifyResult, sha: str, runner: Runner, label: str = "verify") -> None:
+def _report(result: VerifyResult, wanted: str, runner: Runner, label: str, consequence: str) -> None:
     """The final lists in the log (Gitea shows no annotations) and one error per failing tenant."""
     counts = ", ".join(f"{len(result.slugs(s))} {s}" for s in STATES if result.slugs(s))
     rounds = f"{result.rounds} round{'s' if result.rounds != 1 else ''}"
@@ -237,4 +242,4 @@ def _report(result: VerifyResult, sha: str, runner: Runner, label: str = "verify
         if verdict.state in FAILING:
             runner.error(f"{verdict.slug} is {verdict.state}: {verdict.detail}", title=f"verify {verdict.slug}")
     if not result.ok:
-        runner.log(f"{label}: not every tenant proved it runs {sha[:12]}; latest must not move")
+        runner.log(f"{label}: not every tenant proved it runs {wanted}{consequence}")

@@ -1,4 +1,4 @@
-"""The fixtures the tests share: a simulated fleet, a simulated forge and the emulated runner.
+"""The fixtures the tests share: a simulated fleet, a simulated forge, a scripted tenant and the emulated runner.
 
 Only fixtures live here; constants and plain helpers are in :mod:`tests.support`.
 """
@@ -17,13 +17,15 @@ from deploy.sim.forge import ForgeSim
 from deploy.sim.server import Component, SimServer
 from tests.actions_runner import ActionResult, run_action
 from tests.support import CP_TOKEN, FORGE_TOKEN, SCALE, SHA, TAG, step_inputs
+from tests.tenant_stub import TenantStub
 
 pytest_plugins = ["tests.registry_fixture"]
 
 
 @pytest.fixture
 def fleet() -> Iterator[Callable[..., tuple[FleetSim, SimServer]]]:
-    """``fleet([TenantSpec, ...], *more_components, **knobs)`` starts a simulated CP with those tenants.
+    """``fleet([TenantSpec, ...], *more_components, **knobs)`` starts a simulated CP with those tenants
+    (``builds`` defaults to ``{TAG: SHA}``).
 
     More components (a :class:`~deploy.sim.forge.ForgeSim`) share the port; without a forge the
     superseded guard reads a 404 and carries on, as it does when a head is unreadable.
@@ -33,7 +35,8 @@ def fleet() -> Iterator[Callable[..., tuple[FleetSim, SimServer]]]:
     def start(tenants: list[TenantSpec], *more: Component, **knobs: Any) -> tuple[FleetSim, SimServer]:
         knobs.setdefault("time_scale", SCALE)
         knobs.setdefault("token", CP_TOKEN)
-        sim = FleetSim(tenants, builds={TAG: SHA}, **knobs)
+        knobs.setdefault("builds", {TAG: SHA})  # a rollback's CP: builds=builds_for(TAG, SHA) (latest → OLD_SHA)
+        sim = FleetSim(tenants, **knobs)
         server = SimServer([sim, *more]).start()
         servers.append(server)
         return sim, server
@@ -68,3 +71,10 @@ def action(tmp_path: Path) -> Callable[..., ActionResult]:
         return run_action(with_, workdir, github, extra_env)
 
     return run
+
+
+@pytest.fixture
+def tenant_stub() -> Iterator[TenantStub]:
+    """A scripted tenant on loopback (:mod:`tests.tenant_stub`): real HTTP where requests-mock can't reach."""
+    with TenantStub() as stub:
+        yield stub

@@ -7,7 +7,9 @@ it as a module as well would run it twice.
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from deploy.clock import Deadline, FakeClock
 from deploy.context import Context
@@ -15,9 +17,9 @@ from deploy.forge import ForgeClient
 from deploy.runner import Runner
 from deploy.settings import ForgeSettings, HttpSettings
 from deploy.sim.fleet import TenantSpec
+from deploy.sim.forge import ForgeSim
 
 if TYPE_CHECKING:
-    from deploy.sim.forge import ForgeSim
     from deploy.sim.server import SimServer
     from tests.actions_runner import ActionResult
 
@@ -94,3 +96,41 @@ def sim_client(forge: ForgeSim, server: SimServer, delays: tuple[float, ...] = (
 
 def log_of(runner: Runner) -> str:
     return runner.stream.getvalue()  # type: ignore[attr-defined]
+
+
+def slugs(count: int) -> list[str]:
+    """``t01`` … a fleet of ``count`` tenants named in order."""
+    return [f"t{i:02d}" for i in range(1, count + 1)]
+
+
+def seeded(registry: Any, repository: str) -> tuple[str, str]:
+    """The previous build under latest, the new one under the target tag: (latest's digest, new digest)."""
+    old = registry.seed_index(repository, "latest", variant="previous")
+    new = registry.seed_index(repository, TAG, variant="new")
+    return old.digest, new.digest
+
+
+def deployed(sim: Any, tag: str = TAG) -> list[str]:
+    """Every tenant the simulated CP was asked to deploy ``tag`` on, call after call."""
+    return [slug for call in sim.deploy_calls() if call["target_tag"] == tag for slug in call["only_slugs"]]
+
+
+def poll(read: Callable[[], str], until: str, wait: float = 10.0) -> list[str]:
+    """Read until the answer is ``until`` (for at most ``wait`` real seconds); every answer read, in order."""
+    seen, deadline = [read()], time.monotonic() + wait
+    while seen[-1] != until and time.monotonic() < deadline:
+        time.sleep(0.02)
+        seen.append(read())
+    assert seen[-1] == until, f"never reported {until}: {seen[-5:]}"
+    return seen
+
+
+def forge_for(kind: str = "github") -> ForgeSim:
+    """acme/platform on a simulated forge, main at :data:`SHA`."""
+    forge = ForgeSim(kind, repository="acme/platform", token=JOB_TOKEN)
+    forge.branches["main"] = SHA
+    return forge
+
+
+def github_context(server: SimServer, kind: str = "github") -> dict[str, str]:
+    return {"api_url": f"{server.url}{'/api/v1' if kind == 'gitea' else '/api/v3'}", "repository": "acme/platform"}

@@ -47,6 +47,9 @@ def test_defaults_load_and_target_tag_derives_from_sha():
         ({"verify_budget": "nan"}, "verify-budget", "finite"),
         ({"dry_run": "maybe"}, "dry-run", "true or false"),
         ({"verify_each_batch": "maybe"}, "verify-each-batch", "true or false"),
+        ({"skip_current": "maybe"}, "skip-current", "true or false"),
+        ({"on_failure": "revert"}, "on-failure", "expected hold or rollback"),
+        ({"rollback_tag": "bad tag"}, "rollback-tag", "not a valid image tag"),
         ({"retry_delays": "5,x"}, "retry-delays", "number of seconds"),
         ({"stages": "rollout,deploy"}, "stages", "unknown stage 'deploy'"),
         ({"verify_url": "https://example.com/buildinfo"}, "verify-url", "{slug}"),
@@ -71,6 +74,42 @@ def test_verify_each_batch_is_on_by_default_and_can_be_turned_off():
     assert config.load({**BASE, "FLEET_VERIFY_EACH_BATCH": "false"}).verify.each_batch is False
     assert config.load({**BASE, "FLEET_VERIFY_EACH_BATCH": "No"}).verify.each_batch is False
     assert config.load({**BASE, "FLEET_VERIFY_EACH_BATCH": "on"}).verify.each_batch is True
+
+
+def test_fleet_state_inputs_default_to_resume_hold_and_the_promote_tag():
+    rollout = config.load(BASE).rollout
+    assert rollout.skip_current is True
+    assert rollout.on_failure == "hold"
+    assert rollout.rollback_tag == "latest"  # promote-tag's default: it still names the last promoted build
+
+
+def test_fleet_state_inputs_parse():
+    rollout = config.load({**BASE, "FLEET_SKIP_CURRENT": "false", "FLEET_ON_FAILURE": "rollback",
+                           "FLEET_ROLLBACK_TAG": "v1.4.2"}).rollout
+    assert (rollout.skip_current, rollout.on_failure, rollout.rollback_tag) == (False, "rollback", "v1.4.2")
+    assert config.load({**BASE, "FLEET_SKIP_CURRENT": "No"}).rollout.skip_current is False
+    assert config.load({**BASE, "FLEET_ON_FAILURE": " Rollback "}).rollout.on_failure == "rollback"
+    assert config.load({**BASE, "FLEET_ON_FAILURE": "HOLD"}).rollout.on_failure == "hold"
+
+
+def test_rollback_tag_defaults_to_the_value_of_promote_tag():
+    assert config.load({**BASE, "FLEET_PROMOTE_TAG": "stable"}).rollout.rollback_tag == "stable"
+    assert config.load({**BASE, "FLEET_PROMOTE_TAG": "stable", "FLEET_ROLLBACK_TAG": " "}).rollout.rollback_tag \
+        == "stable"  # blank is "not given"
+    cfg = config.load({**BASE, "FLEET_PROMOTE_TAG": "stable", "FLEET_ROLLBACK_TAG": "last-good"})
+    assert (cfg.rollout.rollback_tag, cfg.promote.tag) == ("last-good", "stable")
+
+
+def test_a_bad_on_failure_names_the_input_the_value_and_both_words():
+    errors = errors_for(on_failure="roll-back")
+    assert set(errors) == {"on-failure"}
+    assert "on-failure" in errors["on-failure"] and "'roll-back'" in errors["on-failure"]
+    assert "hold" in errors["on-failure"] and "rollback" in errors["on-failure"]
+
+
+def test_a_bad_promote_tag_is_one_error_even_when_rollback_tag_defaults_to_it():
+    errors = errors_for(promote_tag="not/a/tag")
+    assert set(errors) == {"promote-tag"}
 
 
 def test_every_bad_input_is_reported_at_once():
@@ -290,3 +329,13 @@ def test_credentials_in_a_promote_image_are_refused_without_echoing_them():
 def test_a_token_that_cannot_travel_in_a_header_is_a_configuration_error(name):
     error = errors_for(**{name: "t\u00f6k\u20ac-with-euro"})[name.replace("_", "-")]
     assert "printable text on one line" in error and "euro" not in error
+
+
+@pytest.mark.parametrize(("given", "sent"), [
+    ("https://t.example/tenants/{slug}/buildinfo", "https://t.example/tenants/{slug}/buildinfo"),
+    ("https://{slug}.t.example/a/../buildinfo?", "https://{slug}.t.example/buildinfo"),
+    ("https://t.example/./%7e/{slug}?token=a%7eb", "https://t.example/~/{slug}?token=a~b"),
+])
+def test_verify_url_is_kept_in_the_form_requests_sends(given: str, sent: str) -> None:
+    """Tenant reads skip requests' own URL preparation: the template is prepared once, here."""
+    assert config.load({**BASE, "FLEET_VERIFY_URL": given}).verify.url_template == sent

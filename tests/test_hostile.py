@@ -815,6 +815,24 @@ def test_sigterm_while_batch_2_is_in_flight_records_the_call_as_unknown(world: W
     assert {"c", "d"} <= set(_outputs_list(result, "stragglers")), result.outputs
 
 
+def test_sigterm_mid_rollout_with_on_failure_rollback_sends_no_rollback_call(world: World, tmp_path: Path) -> None:
+    """README § Fleet state: a cancelled job is never rolled back; it must end within seconds."""
+    world.hostile.add(hang(), method="POST", path=REDEPLOY, when=cp_call(False, ("c", "d")))
+    live = Live(world, tmp_path / "run", {"timeout": "60", "rollout-timeout": "10", "on-failure": "rollback"})
+    try:
+        assert wait_until(lambda: bool(world.cp_posts(dry_run=False, slugs=("c", "d"))), 15), "\n".join(live.lines)
+        live.proc.send_signal(signal.SIGTERM)
+        live.proc.wait(timeout=10)
+    finally:
+        live.kill()
+    result = live.result()
+    assert_common(result, timeout=60, within=60)
+    assert "SIGTERM" in result.outputs["reason"] and "roll" not in result.outputs["reason"], result.outputs["reason"]
+    assert result.report is not None and result.report["rollback"] is None
+    tags = [json.loads(seen.body)["target_tag"] for seen in world.cp_posts(dry_run=False)]
+    assert "latest" not in tags, tags
+
+
 @dataclass(frozen=True)
 class Stage:
     """Where a cancellation lands: how to hold the run there, and how to know it is there."""

@@ -7,6 +7,7 @@ how long it took.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import socket
 import threading
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+import requests.adapters
 
 from deploy import http
 from deploy.clock import Clock, Deadline
@@ -68,9 +70,21 @@ def drip(conn: socket.socket, data: bytes, every: float = 0.05, limit: float = 1
         time.sleep(every)
 
 
+LEAN = {"lean": False}  # set per test by `transport`
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["requests", "urllib3"])
+def transport(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every case runs on both paths of a GET: through requests (CP, forge, registry) and
+    straight through urllib3's pool (a lean client: the tenants' /buildinfo reads)."""
+    LEAN["lean"] = request.param
+    yield
+    LEAN["lean"] = False
+
+
 def client(delays: tuple[float, ...] = (), overall: float = 30.0, cap: int = 1024 * 1024) -> http.Client:
     clock = Clock()
-    return http.Client(http.Policy(delays, cap=cap), clock, Deadline.starting_now(clock, overall))
+    return http.Client(http.Policy(delays, cap=cap, lean=LEAN["lean"]), clock, Deadline.starting_now(clock, overall))
 
 
 @pytest.mark.parametrize("close", [b"", b"Connection: close\r\n"], ids=["keep-alive", "close"])
@@ -115,6 +129,58 @@ def test_behind_a_proxy_a_dripping_answer_is_cut_off_by_the_budget_too(monkeypat
         client().request("GET", "http://tenant.example.test/x", budget=0.5)
     assert caught.value.timed_out
     assert str(caught.value) == "tenant.example.test: no complete answer within 0.5 s"
+
+
+def test_behind_an_https_proxy_a_dripped_tunnel_is_cut_off_by_the_budget_too(monkeypatch) -> None:
+    """The CONNECT and the tenant's TLS handshake come before the request: one attempt with it."""
+    def handler(conn: socket.socket, request: bytes) -> None:
+        assert request.startswith(b"CONNECT tenant.example.test:443 ")
+        drip(conn, b"HTTP/1.1 200 Connection established\r\nX-Slow: " + b"a" * 500)
+
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    with raw_server(handler) as url, pytest.raises(http.TransportError) as caught:
+        monkeypatch.setenv("HTTPS_PROXY", url)
+        client().request("GET", "https://tenant.example.test/x", budget=0.5)
+    assert caught.value.timed_out, caught.value
+
+
+def test_the_watchdog_never_shuts_a_connection_another_exchange_has_taken(monkeypatch) -> None:
+    """urllib3 returns a connection to its pool as its body is read. The first exchange is held
+    just after (its expiry passes meanwhile) while a second one takes the same connection: the
+    watchdog must cut the first attempt, not the second exchange."""
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+
+    def handler(conn: socket.socket, request: bytes) -> None:
+        time.sleep(0.25)  # the first answer comes just before its 0.3 s budget ends
+        conn.sendall(answer)
+        while conn.recv(65536):
+            time.sleep(0.4)  # the second, on the same connection, past the first one's expiry
+            conn.sendall(answer)
+
+    end_attempt, held = http._Exchange.end_attempt, threading.Event()
+
+    def held_after_the_body(self: http._Exchange) -> None:
+        if self.url.endswith("/first") and self.attempt is not None and not held.is_set():
+            held.set()
+            time.sleep(0.4)
+        end_attempt(self)
+
+    monkeypatch.setattr(http._Exchange, "end_attempt", held_after_the_body)
+    shared, outcomes = client(), []
+
+    def first() -> None:
+        with contextlib.suppress(http.TransportError):
+            shared.request("GET", url + "/first", budget=0.3)
+
+    with raw_server(handler) as url:
+        thread = threading.Thread(target=first)
+        thread.start()
+        assert held.wait(5)
+        outcomes.append(shared.request("GET", url + "/second", budget=5).status)
+        thread.join(5)
+    assert outcomes == [200]
 
 
 def test_the_overall_deadline_cuts_an_attempt_whose_own_budget_is_longer() -> None:
@@ -286,3 +352,49 @@ def test_once_cancelled_a_request_is_not_retried_after_a_wait() -> None:
                 client(delays=(30.0,)).request("GET", url, budget=5)
         finally:
             watchdog.aborted_at = None
+
+
+def test_a_lean_get_asks_for_the_path_and_query_without_the_fragment() -> None:
+    def handler(conn: socket.socket, _: bytes) -> None:
+        conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}')
+
+    with raw_server(handler) as url:
+        client().request("GET", f"{url}?token=t1#part")
+        client().request("GET", f"{url}/a//b?x=1")
+    first, second = (request.split(b"\r\n")[0] for request in raw_server.seen)  # type: ignore[attr-defined]
+    assert (first, second) == (b"GET /?token=t1 HTTP/1.1", b"GET /a//b?x=1 HTTP/1.1")
+
+
+def test_a_credential_in_the_url_is_sent_as_requests_sends_it() -> None:
+    """A lean client leaves a URL with userinfo to requests, which turns it into Basic auth."""
+
+    def handler(conn: socket.socket, _: bytes) -> None:
+        conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}')
+
+    with raw_server(handler) as url:
+        client().request("GET", url.replace("http://", "http://robot:pw@") + "/x")
+    assert b"\r\nAuthorization: Basic cm9ib3Q6cHc=\r\n" in raw_server.seen[0]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("bundle", [None, "/etc/ssl/certs/ca-certificates.crt"])
+def test_a_lean_get_verifies_tls_with_the_ca_bundle_requests_would_use(monkeypatch, bundle: str | None) -> None:
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    if bundle:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", bundle)
+    clock = Clock()
+    lean = http.Client(http.Policy(lean=True), clock, Deadline.starting_now(clock, 30))
+    pool, absolute = lean._route("https://t1.example.test/buildinfo", "https://t1.example.test")
+    assert (pool.cert_reqs, pool.ca_certs, absolute) == (
+        "CERT_REQUIRED", bundle or requests.adapters.DEFAULT_CA_BUNDLE_PATH, False)
+
+
+def test_a_refused_connection_is_reported_as_refused_not_as_a_timeout() -> None:
+    """urllib3 2 derives NewConnectionError from ConnectTimeoutError; a refusal is not a timeout."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    with pytest.raises(http.TransportError) as caught:
+        client().request("GET", f"http://127.0.0.1:{port}/x", budget=5)
+    assert (caught.value.cause, caught.value.timed_out) == ("connection refused", False)

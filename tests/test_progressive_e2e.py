@@ -11,18 +11,7 @@ import pytest
 
 from deploy.sim.fleet import OLD_SHA, TenantSpec, specs
 from deploy.sim.forge import ForgeSim
-from tests.support import JOB_TOKEN, NEWER_SHA, SHA, TAG, buildinfo
-
-
-def slugs(count: int) -> list[str]:
-    return [f"t{i:02d}" for i in range(1, count + 1)]
-
-
-def seeded(registry, repository):
-    """The previous build under latest, the new one under the target tag: (latest's digest, new digest)."""
-    old = registry.seed_index(repository, "latest", variant="previous")
-    new = registry.seed_index(repository, TAG, variant="new")
-    return old.digest, new.digest
+from tests.support import JOB_TOKEN, NEWER_SHA, SHA, TAG, buildinfo, seeded, slugs
 
 
 def deployed(sim) -> list[list[str]]:

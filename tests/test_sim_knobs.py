@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import time
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,7 +15,7 @@ import pytest
 from deploy.sim.fleet import OLD_SHA, Fault, FleetSim, TenantSpec
 from deploy.sim.forge import ForgeSim
 from deploy.sim.server import SimServer
-from tests.support import CP_TOKEN, NEWER_SHA, SHA, TAG
+from tests.support import CP_TOKEN, NEWER_SHA, SHA, TAG, poll
 
 PREVIOUS_SHA = "1" * 40  # the build the fleet ran before this one
 PREVIOUS_TAG = f"staging-{PREVIOUS_SHA[:7]}"
@@ -53,16 +51,6 @@ def reports(server: SimServer, slug: str) -> str:
     status, answer = call(server, "GET", f"/tenants/{slug}/buildinfo")
     assert status == 200, answer
     return str(answer["git_sha"])
-
-
-def poll(read: Callable[[], str], until: str) -> list[str]:
-    """Read until the answer is ``until`` (bounded by :data:`WAIT`); every answer read, in order."""
-    seen, deadline = [read()], time.monotonic() + WAIT
-    while seen[-1] != until and time.monotonic() < deadline:
-        time.sleep(0.02)
-        seen.append(read())
-    assert seen[-1] == until, f"never reported {until}: {seen[-5:]}"
-    return seen
 
 
 def start(tenants: list[TenantSpec], *more: Any, **knobs: Any) -> tuple[FleetSim, SimServer]:

@@ -1,9 +1,11 @@
 """Verify: every tenant that shipped must itself report the build, polled in concurrent rounds.
 
 Edge cases of one answer (match rule, field path, malformed or oversized bodies, redirects,
-quoting) are pinned with requests-mock and a FakeClock, so rounds and waits are exact. What users
-meet — tenants draining the old container, stale, dead, flapping, a whole fleet settling — runs
-against the simulator's real /buildinfo endpoints.
+quoting, resets and timeouts) run against a scripted real server on loopback
+(:mod:`tests.tenant_stub`) with a FakeClock, so rounds and waits are exact: the reader talks to
+urllib3's connection pool directly, where requests-mock cannot see, so these tests only speak
+HTTP. What users meet — tenants draining the old container, stale, dead, flapping, a whole fleet
+settling — runs against the simulator's real /buildinfo endpoints.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from typing import Any
 
 import pytest
 import requests
 
+from deploy import http
 from deploy.buildinfo import BODY_LIMIT, Answer, BuildinfoClient, buildinfo_session, buildinfo_url, read_field
 from deploy.clock import Clock, Deadline, FakeClock
 from deploy.context import Context
@@ -29,14 +33,54 @@ from deploy.sim.fleet import OLD_SHA, FleetSim, TenantSpec
 from deploy.sim.server import SimServer
 from deploy.verify import verify_tenants
 from tests.support import SHA, buildinfo
+from tests.tenant_stub import ANY, Seen, TenantStub, closed_port
 
-TEMPLATE = "https://{slug}.tenants.example.test/buildinfo"
-SETTINGS = VerifySettings(url_template=TEMPLATE, field="git_sha", budget=60.0, interval=10.0, concurrency=4)
+PATH = "/{slug}/buildinfo"  # each tenant's /buildinfo on the stub: ``tenant_stub.url(PATH)`` is the verify-url
+SETTINGS = VerifySettings(url_template="", field="git_sha", budget=60.0, interval=10.0, concurrency=4)
 HTTP = HttpSettings(request_timeout=5.0, retry_delays=())
 
 
-def url(slug: str) -> str:
-    return buildinfo_url(TEMPLATE, slug)
+def path(slug: str) -> str:
+    return buildinfo_url(PATH, slug)
+
+
+def url(stub: TenantStub, slug: str) -> str:
+    return stub.url(path(slug))
+
+
+def on(stub: TenantStub, **changes: Any) -> VerifySettings:
+    """:data:`SETTINGS` polling the tenants scripted on ``stub``, with ``changes``."""
+    return replace(SETTINGS, url_template=stub.url(PATH), **changes)
+
+
+@pytest.fixture
+def read_budgets(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The budget each /buildinfo read gives the HTTP layer, in order (requests-mock showed it as the
+    request's timeout)."""
+    budgets: list[float] = []
+    request = http.Client.request
+
+    def spy(self: http.Client, method: str, url: str, **kwargs: Any) -> http.Reply:
+        budgets.append(kwargs["budget"])
+        return request(self, method, url, **kwargs)
+
+    monkeypatch.setattr(http.Client, "request", spy)
+    return budgets
+
+
+def stalled_reads_give_up_after(monkeypatch: pytest.MonkeyPatch, stalled_url: str | set[str], seconds: float) -> None:
+    """A read of ``stalled_url`` (or of any of a set) really times out after ``seconds`` of wall time,
+    whatever its budget: the reader still words the timeout with the budget it gave, without
+    waiting it out in every round."""
+    request = http.Client.request
+    stalled = {stalled_url} if isinstance(stalled_url, str) else stalled_url
+
+    def shortened(self: http.Client, method: str, url: str, **kwargs: Any) -> http.Reply:
+        if url in stalled:
+            kwargs["budget"] = min(kwargs["budget"], seconds)
+        return request(self, method, url, **kwargs)
+
+    monkeypatch.setattr(http.Client, "request", shortened)
 
 
 def rows(*slugs: str, healthz_ok: bool | None = True) -> list[TenantRow]:
@@ -90,83 +134,83 @@ def test_a_short_configured_sha_proves_a_full_reported_one() -> None:
     assert not sha_matches(SHA, SHA[:6])
 
 
-# -- one answer, pinned with requests-mock ---------------------------------------------------
+# -- one answer, scripted on a real server on loopback ---------------------------------------
 
 
-def test_tenant_reporting_a_short_prefix_in_upper_case_is_verified(requests_mock) -> None:
-    requests_mock.get(url("t1"), json={"git_sha": SHA[:9].upper()})
-    result = Run()(rows("t1"))
+def test_tenant_reporting_a_short_prefix_in_upper_case_is_verified(tenant_stub) -> None:
+    tenant_stub.get(path("t1"), json={"git_sha": SHA[:9].upper()})
+    result = Run(on(tenant_stub))(rows("t1"))
     assert result.ok and result.slugs("verified") == ("t1",)
     assert result.verdicts[0].running == SHA[:9].upper()
     assert result.rounds == 1
 
 
-def test_a_six_character_prefix_is_not_proof_and_ends_stale(requests_mock) -> None:
-    requests_mock.get(url("t1"), json={"git_sha": SHA[:6]})
-    result = Run()(rows("t1"))
+def test_a_six_character_prefix_is_not_proof_and_ends_stale(tenant_stub) -> None:
+    tenant_stub.get(path("t1"), json={"git_sha": SHA[:6]})
+    result = Run(on(tenant_stub))(rows("t1"))
     assert not result.ok
     assert result.slugs("stale") == ("t1",)
     assert result.verdicts[0].running == SHA[:6]
 
 
-def test_dotted_field_path_reads_a_nested_sha(requests_mock) -> None:
-    requests_mock.get(url("t1"), json={"git_sha": OLD_SHA, "build": {"commit": {"sha": SHA}}})
-    result = Run(replace(SETTINGS, field="build.commit.sha"))(rows("t1"))
+def test_dotted_field_path_reads_a_nested_sha(tenant_stub) -> None:
+    tenant_stub.get(path("t1"), json={"git_sha": OLD_SHA, "build": {"commit": {"sha": SHA}}})
+    result = Run(on(tenant_stub, field="build.commit.sha"))(rows("t1"))
     assert result.slugs("verified") == ("t1",)
 
 
-def test_dotted_field_path_through_a_non_object_is_a_missing_field(requests_mock) -> None:
-    requests_mock.get(url("t1"), json={"build": "v1.2.3"})
-    result = Run(replace(SETTINGS, field="build.commit.sha"))(rows("t1"))
+def test_dotted_field_path_through_a_non_object_is_a_missing_field(tenant_stub) -> None:
+    tenant_stub.get(path("t1"), json={"build": "v1.2.3"})
+    result = Run(on(tenant_stub, field="build.commit.sha"))(rows("t1"))
     assert result.slugs("unreachable") == ("t1",)
     assert "without the field 'build.commit.sha'" in result.verdicts[0].detail
 
 
-def test_non_json_answer_is_no_answer_yet_and_polled_every_round(requests_mock) -> None:
-    requests_mock.get(url("t1"), text="<html><title>Welcome to nginx!</title></html>")
-    run = Run()
+def test_non_json_answer_is_no_answer_yet_and_polled_every_round(tenant_stub) -> None:
+    tenant_stub.get(path("t1"), text="<html><title>Welcome to nginx!</title></html>")
+    run = Run(on(tenant_stub))
     result = run(rows("t1"))
     assert result.slugs("unreachable") == ("t1",)
     assert "not JSON" in result.verdicts[0].detail
     assert result.rounds == 6  # ticks at 0, 10, ..., 50 of a 60 s budget
-    assert requests_mock.call_count == 6
+    assert tenant_stub.call_count == 6
     assert run.clock.slept == [10.0] * 5
 
 
-def test_missing_field_is_no_answer_yet(requests_mock) -> None:
-    requests_mock.get(url("t1"), json={"version": "1.4.2"})
-    result = Run()(rows("t1"))
+def test_missing_field_is_no_answer_yet(tenant_stub) -> None:
+    tenant_stub.get(path("t1"), json={"version": "1.4.2"})
+    result = Run(on(tenant_stub))(rows("t1"))
     verdict = result.verdicts[0]
     assert (verdict.state, verdict.running) == ("unreachable", "")
     assert "without the field 'git_sha'" in verdict.detail
 
 
-def test_a_non_string_field_is_no_answer_yet(requests_mock) -> None:
-    requests_mock.get(url("t1"), json={"git_sha": 3786850})
-    result = Run()(rows("t1"))
+def test_a_non_string_field_is_no_answer_yet(tenant_stub) -> None:
+    tenant_stub.get(path("t1"), json={"git_sha": 3786850})
+    result = Run(on(tenant_stub))(rows("t1"))
     assert result.slugs("unreachable") == ("t1",)
     assert "is not a SHA" in result.verdicts[0].detail
 
 
-def test_oversized_body_is_not_read_and_not_trusted(requests_mock) -> None:
+def test_oversized_body_is_not_read_and_not_trusted(tenant_stub) -> None:
     padded = json.dumps({"git_sha": SHA, "padding": "x" * BODY_LIMIT}).encode()
-    requests_mock.get(url("t1"), content=padded)  # no Content-Length: the cap must stop the read
-    result = Run()(rows("t1"))
+    tenant_stub.get(path("t1"), content=padded, close_delimited=True)  # no Content-Length: the cap must stop the read
+    result = Run(on(tenant_stub))(rows("t1"))
     assert result.slugs("unreachable") == ("t1",)
     assert "over 64 KiB" in result.verdicts[0].detail
 
 
-def test_oversized_declared_length_is_not_trusted(requests_mock) -> None:
+def test_oversized_declared_length_is_not_trusted(tenant_stub) -> None:
     body = json.dumps({"git_sha": SHA}).encode()
-    requests_mock.get(url("t1"), content=body, headers={"Content-Length": str(BODY_LIMIT + 1)})
-    result = Run()(rows("t1"))
+    tenant_stub.get(path("t1"), content=body, headers={"Content-Length": str(BODY_LIMIT + 1)})
+    result = Run(on(tenant_stub))(rows("t1"))
     assert result.slugs("unreachable") == ("t1",)
 
 
-def test_5xx_then_the_new_sha_is_verified_in_the_next_round(requests_mock) -> None:
-    requests_mock.get(url("t1"), [{"status_code": 503, "text": "upstream connect error"},
-                                  {"json": {"git_sha": SHA}}])
-    run = Run()
+def test_5xx_then_the_new_sha_is_verified_in_the_next_round(tenant_stub) -> None:
+    tenant_stub.get(path("t1"), [{"status_code": 503, "text": "upstream connect error"},
+                                 {"json": {"git_sha": SHA}}])
+    run = Run(on(tenant_stub))
     result = run(rows("t1"))
     assert result.ok
     assert result.rounds == 2
@@ -174,17 +218,17 @@ def test_5xx_then_the_new_sha_is_verified_in_the_next_round(requests_mock) -> No
     assert result.verdicts[0].seconds == pytest.approx(10.0)
 
 
-def test_old_sha_while_draining_then_new_sha_is_verified(requests_mock) -> None:
-    requests_mock.get(url("t1"), [{"json": {"git_sha": OLD_SHA}}] * 3 + [{"json": {"git_sha": SHA}}])
-    result = Run()(rows("t1"))
+def test_old_sha_while_draining_then_new_sha_is_verified(tenant_stub) -> None:
+    tenant_stub.get(path("t1"), [{"json": {"git_sha": OLD_SHA}}] * 3 + [{"json": {"git_sha": SHA}}])
+    result = Run(on(tenant_stub))(rows("t1"))
     assert result.slugs("verified") == ("t1",)
     assert result.rounds == 4
 
 
-def test_tenant_still_on_the_old_sha_at_the_deadline_is_stale_naming_what_it_runs(requests_mock) -> None:
-    requests_mock.get(url("t1"), json={"git_sha": SHA})
-    requests_mock.get(url("t2"), json={"git_sha": OLD_SHA})
-    run = Run()
+def test_tenant_still_on_the_old_sha_at_the_deadline_is_stale_naming_what_it_runs(tenant_stub) -> None:
+    tenant_stub.get(path("t1"), json={"git_sha": SHA})
+    tenant_stub.get(path("t2"), json={"git_sha": OLD_SHA})
+    run = Run(on(tenant_stub))
     result = run(rows("t1", "t2"))
     assert not result.ok
     assert result.slugs("verified") == ("t1",)
@@ -196,53 +240,53 @@ def test_tenant_still_on_the_old_sha_at_the_deadline_is_stale_naming_what_it_run
     assert "::error title=verify t1" not in run.output
 
 
-def test_stale_wins_over_unreachable_once_a_tenant_reported_a_sha(requests_mock) -> None:
-    requests_mock.get(url("t1"), [{"json": {"git_sha": OLD_SHA}}, {"status_code": 502}])
-    result = Run()(rows("t1"))
+def test_stale_wins_over_unreachable_once_a_tenant_reported_a_sha(tenant_stub) -> None:
+    tenant_stub.get(path("t1"), [{"json": {"git_sha": OLD_SHA}}, {"status_code": 502}])
+    result = Run(on(tenant_stub))(rows("t1"))
     verdict = result.verdicts[0]
     assert (verdict.state, verdict.running) == ("stale", OLD_SHA)
     assert "last poll: HTTP 502" in verdict.detail
 
 
-def test_redirect_loop_is_bounded_and_reported(requests_mock) -> None:
-    requests_mock.get(url("t1"), status_code=302, headers={"Location": url("t1")})
-    result = Run(replace(SETTINGS, budget=10.0))(rows("t1"))
+def test_redirect_loop_is_bounded_and_reported(tenant_stub) -> None:
+    tenant_stub.get(path("t1"), status_code=302, headers={"Location": url(tenant_stub, "t1")})
+    result = Run(on(tenant_stub, budget=10.0))(rows("t1"))
     assert result.slugs("unreachable") == ("t1",)
     assert "more than 3 redirects" in result.verdicts[0].detail
-    assert requests_mock.call_count == 4  # one round: the request and three redirects
+    assert tenant_stub.call_count == 4  # one round: the request and three redirects
 
 
 @pytest.mark.parametrize("slug", ["acme eu/2?x=1", "..", ".", "a/../b", "[x](https://evil.test)", "b\n"])
-def test_a_slug_that_cannot_be_a_tenant_name_is_reported_not_polled(requests_mock, slug) -> None:
+def test_a_slug_that_cannot_be_a_tenant_name_is_reported_not_polled(tenant_stub, slug) -> None:
     """SECURITY.md § Parsing: `..` must never become a path segment of verify-url."""
-    template = "https://fleet.example.test/tenants/{slug}/buildinfo"
-    requests_mock.get(requests_mock_any := __import__("requests_mock").ANY, json={"git_sha": SHA})
+    template = tenant_stub.url("/tenants/{slug}/buildinfo")
+    tenant_stub.get(ANY, json={"git_sha": SHA})
     result = Run(replace(SETTINGS, url_template=template))(rows(slug, "ok-1"))
     assert result.slugs("unreachable") == (slug,)
     assert result.verdicts[0].detail == "not a tenant name; not polled"
-    assert [r.path for r in requests_mock.request_history] == ["/tenants/ok-1/buildinfo"]
-    assert requests_mock_any is not None
+    assert [r.path for r in tenant_stub.request_history] == ["/tenants/ok-1/buildinfo"]
 
 
-def test_timeouts_and_connection_errors_are_polled_again_then_unreachable(requests_mock) -> None:
-    requests_mock.get(url("t1"), exc=requests.ConnectTimeout)
-    requests_mock.get(url("t2"), exc=requests.ConnectionError("Connection reset by peer"))
-    result = Run()(rows("t1", "t2"))
+def test_timeouts_and_connection_errors_are_polled_again_then_unreachable(tenant_stub, monkeypatch) -> None:
+    tenant_stub.get(path("t1"), fault="stall")  # never answers: each read times out
+    tenant_stub.get(path("t2"), fault="reset")  # RST instead of an answer
+    stalled_reads_give_up_after(monkeypatch, url(tenant_stub, "t1"), 0.1)  # 5 s of budget, 0.1 s of wall time
+    result = Run(on(tenant_stub))(rows("t1", "t2"))
     assert result.slugs("unreachable") == ("t1", "t2")
     assert result.verdicts[0].detail.endswith("no answer within 5 s")
     assert result.verdicts[1].detail.endswith("connection reset")
-    assert requests_mock.call_count == 2 * 6
+    assert tenant_stub.call_count == 2 * 6
 
 
-def test_request_timeout_is_capped_by_interval_and_time_left(requests_mock) -> None:
-    requests_mock.get(url("t1"), json={"git_sha": OLD_SHA})
-    Run(replace(SETTINGS, budget=25.0, interval=10.0), http_settings=replace(HTTP, request_timeout=30.0))(rows("t1"))
-    assert [r.timeout.budget for r in requests_mock.request_history] == [10.0, 10.0, 5.0]
+def test_request_timeout_is_capped_by_interval_and_time_left(tenant_stub, read_budgets) -> None:
+    tenant_stub.get(path("t1"), json={"git_sha": OLD_SHA})
+    Run(on(tenant_stub, budget=25.0, interval=10.0), http_settings=replace(HTTP, request_timeout=30.0))(rows("t1"))
+    assert read_budgets == [10.0, 10.0, 5.0]
 
 
-def test_overall_deadline_shortens_the_budget(requests_mock) -> None:
-    requests_mock.get(url("t1"), json={"git_sha": OLD_SHA})
-    run = Run(overall=15.0)
+def test_overall_deadline_shortens_the_budget(tenant_stub) -> None:
+    tenant_stub.get(path("t1"), json={"git_sha": OLD_SHA})
+    run = Run(on(tenant_stub), overall=15.0)
     run.clock.sleep(3.0)  # earlier stages used part of the run's time
     result = run(rows("t1"))
     assert result.rounds == 2  # ticks at 0 and 10 of the 12 s the run has left
@@ -251,72 +295,72 @@ def test_overall_deadline_shortens_the_budget(requests_mock) -> None:
     assert "cut short by the overall timeout" in run.output
 
 
-def test_tenants_queued_for_a_worker_are_not_polled_past_the_deadline(requests_mock) -> None:
-    run = Run(replace(SETTINGS, budget=10.0, concurrency=1))
+def test_tenants_queued_for_a_worker_are_not_polled_past_the_deadline(tenant_stub, read_budgets) -> None:
+    run = Run(on(tenant_stub, budget=10.0, concurrency=1))
 
-    def slow_old_sha(request, context):  # each answer takes 4 s of the shared 10 s
+    def slow_old_sha(request: Seen) -> dict[str, str]:  # each answer takes 4 s of the shared 10 s
         run.clock.sleep(4.0)
         return {"git_sha": OLD_SHA}
 
     slugs = [f"t{i}" for i in range(5)]
     for slug in slugs:
-        requests_mock.get(url(slug), json=slow_old_sha)
+        tenant_stub.get(path(slug), json=slow_old_sha)
     result = run(rows(*slugs))
     assert result.rounds == 1
-    assert [r.timeout.budget for r in requests_mock.request_history] == [5.0, 5.0, 2.0]  # the third gets what is left
+    assert read_budgets == [5.0, 5.0, 2.0]  # the third gets what is left
     assert result.slugs("stale") == ("t0", "t1")
     assert result.slugs("unreachable") == ("t2", "t3", "t4")
     assert "answer took longer than 2 s" in result.verdicts[2].detail
     assert "no time was left to poll it" in result.verdicts[3].detail
 
 
-def test_an_error_status_with_a_huge_page_still_reports_the_status(requests_mock) -> None:
-    requests_mock.get(url("t1"), status_code=503, reason="Service Unavailable", text="<html>" + "x" * (2 * BODY_LIMIT))
-    result = Run(replace(SETTINGS, budget=10.0))(rows("t1"))
+def test_an_error_status_with_a_huge_page_still_reports_the_status(tenant_stub) -> None:
+    tenant_stub.get(path("t1"), status_code=503, reason="Service Unavailable", text="<html>" + "x" * (2 * BODY_LIMIT))
+    result = Run(on(tenant_stub, budget=10.0))(rows("t1"))
     assert result.verdicts[0].detail.endswith("HTTP 503: HTML page (not JSON)")
 
 
-def test_no_time_left_means_no_poll_and_no_proof(requests_mock) -> None:
-    run = Run(overall=5.0)
+def test_no_time_left_means_no_poll_and_no_proof(tenant_stub) -> None:
+    run = Run(on(tenant_stub), overall=5.0)
     run.clock.sleep(5.0)
     result = run(rows("t1"))
-    assert result.rounds == 0 and requests_mock.call_count == 0
+    assert result.rounds == 0 and tenant_stub.call_count == 0
     assert result.slugs("unreachable") == ("t1",)
 
 
-def test_unhealthy_row_is_not_polled_and_fails_verify(requests_mock) -> None:
-    requests_mock.get(url("t1"), json={"git_sha": SHA})
+def test_unhealthy_row_is_not_polled_and_fails_verify(tenant_stub) -> None:
+    tenant_stub.get(path("t1"), json={"git_sha": SHA})
     unhealthy = TenantRow("t2", healthz_ok=False, error="/healthz answered 500")
     legacy = TenantRow("t3")  # an older CP without healthz_ok: /buildinfo decides
-    requests_mock.get(url("t3"), json={"git_sha": SHA})
-    result = Run()([*rows("t1"), unhealthy, legacy])
+    tenant_stub.get(path("t3"), json={"git_sha": SHA})
+    result = Run(on(tenant_stub))([*rows("t1"), unhealthy, legacy])
     assert not result.ok
     assert result.slugs("verified") == ("t1", "t3")
     assert result.slugs("unhealthy") == ("t2",)
     assert "/healthz answered 500" in result.verdicts[1].detail
-    polled = sorted(r.hostname for r in requests_mock.request_history)
-    assert polled == ["t1.tenants.example.test", "t3.tenants.example.test"]
+    polled = sorted(r.path for r in tenant_stub.request_history)
+    assert polled == ["/t1/buildinfo", "/t3/buildinfo"]
 
 
-def test_each_round_polls_every_pending_tenant_once_and_logs_one_progress_line(requests_mock) -> None:
+def test_each_round_polls_every_pending_tenant_once_and_logs_one_progress_line(tenant_stub) -> None:
     slugs = [f"t{i}" for i in range(10)]
     for slug in slugs[:7]:
-        requests_mock.get(url(slug), json={"git_sha": SHA})
+        tenant_stub.get(path(slug), json={"git_sha": SHA})
     for slug in slugs[7:]:
-        requests_mock.get(url(slug), [{"json": {"git_sha": OLD_SHA}}, {"json": {"git_sha": SHA}}])
-    run = Run(replace(SETTINGS, concurrency=3))
+        tenant_stub.get(path(slug), [{"json": {"git_sha": OLD_SHA}}, {"json": {"git_sha": SHA}}])
+    run = Run(on(tenant_stub, concurrency=3))
     result = run(rows(*slugs))
     assert result.ok and result.rounds == 2
-    assert requests_mock.call_count == 10 + 3
+    assert tenant_stub.call_count == 10 + 3
     progress = [line for line in run.output.splitlines() if "on target" in line]
     assert progress == ["verify: 7/10 on target, 3 waiting, 60 s left", "verify: 10/10 on target, 0 waiting, 50 s left"]
 
 
-def test_final_lists_are_logged_and_in_the_result(requests_mock) -> None:
-    requests_mock.get(url("ok"), json={"git_sha": SHA})
-    requests_mock.get(url("old"), json={"git_sha": OLD_SHA})
-    requests_mock.get(url("down"), status_code=503)
-    run = Run(replace(SETTINGS, budget=20.0))
+def test_final_lists_are_logged_and_in_the_result(tenant_stub) -> None:
+    tenant_stub.get(path("ok"), json={"git_sha": SHA})
+    tenant_stub.get(path("old"), json={"git_sha": OLD_SHA})
+    tenant_stub.get(path("down"), status_code=503)
+    run = Run(on(tenant_stub, budget=20.0))
     result = run([*rows("ok", "old", "down"), TenantRow("sick", healthz_ok=False)])
     doc = as_json(result)
     assert doc["ok"] is False
@@ -330,10 +374,9 @@ def test_final_lists_are_logged_and_in_the_result(requests_mock) -> None:
     assert run.runner.annotation_count("error") == 3
 
 
-def test_a_token_in_the_verify_url_never_reaches_the_log_or_result(requests_mock) -> None:
+def test_a_token_in_the_verify_url_never_reaches_the_log_or_result() -> None:
     token = "s3cr3t-buildinfo-token"
-    template = f"https://reader:{token}@{{slug}}.tenants.example.test/buildinfo?token={token}"
-    requests_mock.get(buildinfo_url(template, "t1"), exc=requests.ConnectionError("Connection refused"))
+    template = f"http://reader:{token}@127.0.0.1:{closed_port()}/{{slug}}/buildinfo?token={token}"  # refused
     run = Run(replace(SETTINGS, url_template=template, budget=10.0))
     result = run(rows("t1"))
     assert result.slugs("unreachable") == ("t1",)
@@ -341,14 +384,14 @@ def test_a_token_in_the_verify_url_never_reaches_the_log_or_result(requests_mock
     assert token not in json.dumps(as_json(result))
 
 
-def test_injected_client_is_used_and_left_open(requests_mock) -> None:
-    requests_mock.get(url("t1"), json={"git_sha": SHA})
+def test_injected_client_is_used_and_left_open(tenant_stub) -> None:
+    tenant_stub.get(path("t1"), json={"git_sha": SHA})
     clock = FakeClock()
-    client = buildinfo_session(4, Context(Runner(io.StringIO()), Deadline.starting_now(clock, 3600)))
-    client.session.headers["X-Probe"] = "verify"
-    Run()(rows("t1"), client=client)
-    assert requests_mock.last_request.headers["X-Probe"] == "verify"
-    assert client.session.adapters  # close() would have cleared the mounted adapters
+    ctx = Context(Runner(io.StringIO()), Deadline.starting_now(clock, 3600))
+    client = ctx.client(http.Policy((), pool_size=4, headers={"X-Probe": "verify"}, lean=True))
+    Run(on(tenant_stub))(rows("t1"), client=client)
+    assert tenant_stub.last_request.headers["X-Probe"] == "verify"
+    assert client._routes, "verify closed the client it was given (close() forgets every route)"
 
 
 def test_default_client_verifies_tls_does_not_retry_and_pools_per_worker() -> None:
@@ -360,8 +403,8 @@ def test_default_client_verifies_tls_does_not_retry_and_pools_per_worker() -> No
     assert adapter._pool_maxsize == 16
 
 
-def test_no_tenants_is_vacuously_ok_with_no_rounds(requests_mock) -> None:
-    result = Run()([])
+def test_no_tenants_is_vacuously_ok_with_no_rounds(tenant_stub) -> None:
+    result = Run(on(tenant_stub))([])
     assert result.ok and result.rounds == 0 and result.verdicts == ()
 
 
@@ -372,30 +415,46 @@ def reader_for(clock: FakeClock, concurrency: int = 4) -> BuildinfoClient:
     return BuildinfoClient("git_sha", concurrency, Context(Runner(io.StringIO()), Deadline.starting_now(clock, 3600)))
 
 
-def test_one_read_is_one_get_returning_the_sha_or_why_not(requests_mock) -> None:
-    requests_mock.get(url("t1"), json={"git_sha": f"  {SHA}\n"})
-    requests_mock.get(url("t2"), status_code=503, text="upstream connect error")
+def test_one_read_is_one_get_returning_the_sha_or_why_not(tenant_stub) -> None:
+    tenant_stub.get(path("t1"), json={"git_sha": f"  {SHA}\n"})
+    tenant_stub.get(path("t2"), status_code=503, text="upstream connect error")
     clock = FakeClock()
     with reader_for(clock) as reader:
         deadline = Deadline.starting_now(clock, 30.0)
-        assert reader.read(url("t1"), 5.0, deadline) == Answer(reported=SHA, problem="", at=clock.now())
-        assert reader.read(url("t2"), 5.0, deadline) == Answer.unusable("HTTP 503: upstream connect error", clock.now())
+        t1, t2 = url(tenant_stub, "t1"), url(tenant_stub, "t2")
+        assert reader.read(t1, 5.0, deadline) == Answer(reported=SHA, problem="", at=clock.now())
+        assert reader.read(t2, 5.0, deadline) == Answer.unusable("HTTP 503: upstream connect error", clock.now())
         clock.sleep(30.0)
-        assert reader.read(url("t1"), 5.0, deadline) is None  # the deadline passed: no request at all
-    assert requests_mock.call_count == 2
+        assert reader.read(t1, 5.0, deadline) is None  # the deadline passed: no request at all
+    assert tenant_stub.call_count == 2
 
 
 @pytest.mark.parametrize("count", [7, 301], ids=["one-read-per-job", "chunks"])
-def test_read_all_keeps_the_order_of_the_urls_and_never_retries(requests_mock, count) -> None:
+def test_read_all_keeps_the_order_of_the_urls_and_never_retries(tenant_stub, count) -> None:
     slugs = [f"t{i}" for i in range(count)]
     for i, slug in enumerate(slugs):
-        requests_mock.get(url(slug), json={"git_sha": f"{i:07d}"} if i % 2 else {"version": "1"})
+        tenant_stub.get(path(slug), json={"git_sha": f"{i:07d}"} if i % 2 else {"version": "1"})
     clock = FakeClock()
     with reader_for(clock, concurrency=3) as reader:
-        answers = reader.read_all([url(s) for s in slugs], 5.0, Deadline.starting_now(clock, 30.0))
+        answers = reader.read_all([url(tenant_stub, s) for s in slugs], 5.0, Deadline.starting_now(clock, 30.0))
     assert [a.reported if a else None for a in answers] == [f"{i:07d}" if i % 2 else "" for i in range(count)]
     assert answers[0] is not None and answers[0].problem == "answered 200 without the field 'git_sha'"
-    assert requests_mock.call_count == len(slugs)
+    assert tenant_stub.call_count == len(slugs)
+
+
+def test_the_pool_grows_to_its_concurrency_while_every_worker_waits_on_a_tenant(tenant_stub, monkeypatch) -> None:
+    """Tenants that hang must not queue behind the first workers: the pool starts small (a fast
+    fleet is read cheaper by a few threads) and doubles whenever no chunk finishes for a while."""
+    slugs = [f"t{i}" for i in range(12)]
+    for slug in slugs:
+        tenant_stub.get(path(slug), fault="stall")
+    stalled_reads_give_up_after(monkeypatch, {url(tenant_stub, slug) for slug in slugs}, 1.0)
+    clock = FakeClock()
+    with reader_for(clock, concurrency=12) as reader:
+        assert reader._workers == 0
+        answers = reader.read_all([url(tenant_stub, s) for s in slugs], 5.0, Deadline.starting_now(clock, 30.0))
+        assert reader._workers == 12  # 4, then 8, then 12 while the first reads hung
+    assert [a.problem if a else None for a in answers] == ["no answer within 5 s"] * 12
 
 
 def test_what_a_tenant_reports_is_shown_on_one_short_line() -> None:
@@ -405,7 +464,7 @@ def test_what_a_tenant_reports_is_shown_on_one_short_line() -> None:
 
 def test_only_a_tenant_name_gets_a_url_and_field_paths_stop_at_a_missing_step() -> None:
     with pytest.raises(ValueError, match="cannot be a tenant name"):
-        buildinfo_url(TEMPLATE, "..")
+        buildinfo_url(PATH, "..")
     assert read_field({"build": {"sha": SHA}}, "build.sha") == SHA
     assert read_field({"build": "v1"}, "build.sha") is None
 

@@ -8,10 +8,12 @@ its row says ``verified_on_target: false``, and the CP answers ``ok: false`` onl
 failed tenants outnumber its ``max_stragglers``.
 
 Knobs per tenant (:class:`TenantSpec`) cover dead, slow, stale, unhealthy, flapping, settling and
-reverting tenants, rows missing or in an older CP's shape; ``FleetSim.bad_builds`` makes a build
-bad fleet-wide (the CP says on target, ``/buildinfo`` keeps the previous build); :class:`Fault`
-scripts CP failures (502 JSON, 503 HTML, a hang past the read budget, a dropped connection,
-``ok: false``) for successive calls.
+reverting tenants, tenants that start on a given build or refuse a tag (a rollback), rows missing or
+in an older CP's shape; ``FleetSim.bad_builds`` makes a build bad fleet-wide (the CP says on target,
+``/buildinfo`` keeps the previous build); ``builds`` maps every tag the CP can deploy, ``latest``
+included (:func:`builds_for`: ``latest`` still names the previous build, for rollbacks);
+:class:`Fault` scripts CP failures (502 JSON, 503 HTML, a hang past the read budget, a dropped
+connection, ``ok: false``) for successive calls.
 """
 
 from __future__ import annotations
@@ -35,14 +37,21 @@ class TenantSpec:
     slug: str
     dead: bool = False  # the redeploy never finishes; /buildinfo drops connections
     deploy_seconds: float = 5.0  # how long the CP's redeploy of this tenant takes
-    settle_seconds: float = 0.0  # /buildinfo keeps reporting OLD_SHA this long after the deploy call's wait
-    stale: bool = False  # /buildinfo never reports the new SHA, whatever the CP says
+    settle_seconds: float = 0.0  # /buildinfo keeps reporting its initial build this long after the deploy call's wait
+    stale: bool = False  # /buildinfo never reports the new SHA (keeps its initial build), whatever the CP says
     unhealthy: bool = False  # the CP row says healthz_ok: false
     flapping: bool = False  # /buildinfo alternates a 503 with a good answer
     reverts_after: float | None = None  # this long after a deploy call's wait, /buildinfo reports the previous build
     slow_buildinfo: float = 0.0  # /buildinfo takes this long to answer
     omit_row: bool = False  # the CP answers without a row for this tenant
     legacy_row: bool = False  # the row lacks verified_on_target and healthz_ok (an older CP)
+    running: str | None = None  # what /buildinfo reports before any deploy; None: OLD_SHA
+    refuses: set[str] = field(default_factory=set)  # target tags whose deploy fails here: row failed, build kept
+
+    @property
+    def initial(self) -> str:
+        """The build the tenant runs before its first deploy."""
+        return OLD_SHA if self.running is None else self.running
 
 
 @dataclass
@@ -59,23 +68,25 @@ class Fault:
 
 @dataclass(frozen=True)
 class _Deployed:
-    """What a tenant's last deploy left: the build, when /buildinfo starts reporting it, and when
-    (``reverts_at``, monotonic) it falls back to ``previous``, the build it ran before."""
+    """What a tenant's last deploy left: the build, when /buildinfo starts reporting it (``initial``,
+    the build the tenant started on, until then), and when (``reverts_at``, monotonic) it falls back
+    to ``previous``, the build it ran before."""
 
     sha: str
     ready_at: float
     previous: str = OLD_SHA
     reverts_at: float | None = None
+    initial: str = OLD_SHA
 
     def build(self, now: float) -> str:
         """The build the tenant runs at ``now``, settled or not."""
         return self.previous if self.reverts_at is not None and now >= self.reverts_at else self.sha
 
     def reports(self, now: float) -> str:
-        """What /buildinfo reports at ``now``: ``OLD_SHA`` while settling, ``previous`` once reverted."""
+        """What /buildinfo reports at ``now``: ``initial`` while settling, ``previous`` once reverted."""
         if self.reverts_at is not None and now >= self.reverts_at:
             return self.previous
-        return self.sha if now >= self.ready_at else OLD_SHA
+        return self.sha if now >= self.ready_at else self.initial
 
 
 @dataclass
@@ -105,13 +116,19 @@ class FleetSim:
         self.by_slug = {t.slug: t for t in self.tenants}
 
     def running_sha(self, slug: str) -> str:
-        """What the tenant's /buildinfo reports right now (``stale`` aside)."""
+        """What the tenant's /buildinfo reports right now (``stale`` aside): its ``running`` knob
+        (``OLD_SHA`` by default) until its first deploy."""
         deployed = self._running.get(slug)
-        return deployed.reports(time.monotonic()) if deployed else OLD_SHA
+        return deployed.reports(time.monotonic()) if deployed else self._initial(slug)
 
     def mark_deployed(self, slug: str, sha: str) -> None:
         """The tenant already runs ``sha`` (as after an earlier rollout): for verify-only drills."""
-        self._running[slug] = _Deployed(sha, 0.0)
+        initial = self._initial(slug)
+        self._running[slug] = _Deployed(sha, 0.0, initial, initial=initial)
+
+    def _initial(self, slug: str) -> str:
+        tenant = self.by_slug.get(slug)
+        return tenant.initial if tenant else OLD_SHA
 
     def deploy_calls(self) -> list[dict[str, Any]]:
         return [c for c in self.calls if not c.get("dry_run")]
@@ -163,7 +180,7 @@ class FleetSim:
         swaps = body["target_tag"] not in self.bad_builds  # a bad build: the CP's word, no new container
         rows = []
         for tenant in targets:
-            if swaps and not tenant.dead:
+            if swaps and not tenant.dead and body["target_tag"] not in tenant.refuses:
                 self._running[tenant.slug] = self._swap(tenant, sha, now)
             if not tenant.omit_row:
                 rows.append(self._deploy_row(tenant, body["target_tag"]))
@@ -181,9 +198,9 @@ class FleetSim:
         """The tenant now runs ``sha`` (reported after its settle), and falls back to the build it
         ran before ``reverts_after`` sim seconds from ``now``, when set."""
         before = self._running.get(tenant.slug)
-        previous = before.build(now) if before else OLD_SHA
+        previous = before.build(now) if before else tenant.initial
         reverts = None if tenant.reverts_after is None else now + tenant.reverts_after * self.time_scale
-        return _Deployed(sha, now + tenant.settle_seconds * self.time_scale, previous, reverts)
+        return _Deployed(sha, now + tenant.settle_seconds * self.time_scale, previous, reverts, tenant.initial)
 
     def _deploy_seconds(self, tenant: TenantSpec) -> float:
         return self.cp_tenant_timeout + self.cp_settle_seconds if tenant.dead else tenant.deploy_seconds
@@ -194,6 +211,13 @@ class FleetSim:
                 "slug": tenant.slug, "phase": "failed", "ssm_status": "TimedOut", "ssm_exit_code": None,
                 "healthz_ok": False, "verified_on_target": False, "running_image": "",
                 "error": f"SSM command timed out after {self.cp_tenant_timeout:g} s; /healthz never answered",
+            }
+        if tag in tenant.refuses:
+            return {
+                "slug": tenant.slug, "phase": "failed", "ssm_status": "Failed", "ssm_exit_code": 1,
+                "healthz_ok": True, "verified_on_target": False, "running_image": "",
+                "error": f"redeploy with image tag {tag!r} failed: container exited 1 on start; "
+                         "the previous container keeps serving",
             }
         row = {
             "slug": tenant.slug, "phase": "done", "ssm_status": "Success", "ssm_exit_code": 0,
@@ -242,7 +266,7 @@ class FleetSim:
             return Response.text(HTML_503, 503, "text/html")
         if tenant.slow_buildinfo:
             time.sleep(tenant.slow_buildinfo * self.time_scale)
-        sha = OLD_SHA if tenant.stale else self.running_sha(slug)
+        sha = tenant.initial if tenant.stale else self.running_sha(slug)
         return Response.json({"git_sha": sha, "service": "tenant", "slug": slug})
 
 
@@ -267,6 +291,13 @@ def _body_problem(body: Any, known: dict[str, TenantSpec]) -> str:
         if key in body and not isinstance(body[key], int):
             return f"{key} must be an integer"
     return ""
+
+
+def builds_for(target_tag: str, sha: str, latest: str = OLD_SHA) -> dict[str, str]:
+    """``FleetSim.builds`` of a CP that deploys ``target_tag`` as ``sha`` and whose ``latest`` still
+    names the previous build (``OLD_SHA``, what an untouched tenant reports, unless given), so that
+    a rollback with ``target_tag: latest`` puts a tenant back where it started."""
+    return {target_tag: sha, "latest": latest}
 
 
 def healthy_fleet(count: int, prefix: str = "tenant") -> list[TenantSpec]:

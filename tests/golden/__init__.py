@@ -14,6 +14,7 @@ from typing import Any
 
 from deploy.config import load
 from deploy.controlplane import CallResult, CallState, TenantRow
+from deploy.fleetstate import RollbackResult, Snapshot, TenantBefore
 from deploy.gates import ChecksResult
 from deploy.pipeline import Outcome, Run, Span
 from deploy.promote import PromoteResult, Promotion, PromotionState
@@ -46,7 +47,7 @@ def representative_runs() -> dict[str, Run]:
                          seconds=6.0, error="HTTP 504 (synthetic): no answer", state=CallState.UNKNOWN)
     rollout = RolloutResult(fleet=fleet, max_stragglers=3, calls=(canary, batch, unknown),
                             planned=(("a",), ("b", "c"), ("d", "e")), soak=Soak(started=1.6, seconds=0.5),
-                            stopped=StopKind.ABORTED, aborted_at="batch 2/2",
+                            stopped=StopKind.ABORTED, aborted_at="batch 2/2", already_current=("x",),
                             proofs=(ProofSpan(label="proof canary", started=1.5, seconds=0.1, ok=True),))
     verdicts = (
         TenantVerdict(slug="a", state=Verdict.VERIFIED, running=SHA, detail="", seconds=0.25, call="canary",
@@ -65,6 +66,14 @@ def representative_runs() -> dict[str, Run]:
     full = Run(config=config, outcome=Outcome.FAILED, reason="promote failed", exit_code=1, fleet=fleet,
                checks=ChecksResult(states=(("ci/build", "success"),), seconds=12.5), rollout=rollout,
                verify=VerifyResult(verdicts=verdicts, rounds=3, started=11.4, seconds=4.0), promote=promote,
+               snapshot=Snapshot(tenants=(TenantBefore(slug="a", sha="0123456", problem=""),
+                                          TenantBefore(slug="b", sha="", problem="HTTP 503")),
+                                 started=0.1, seconds=0.2),
+               rollback=RollbackResult(tag="latest", tenants=("a", "c"), calls=(batch,), rolled_back=("a",),
+                                       not_rolled_back=("c",),
+                                       error="not back on their previous build: c",
+                                       verify=VerifyResult(verdicts=verdicts[:1], rounds=1, started=16.0,
+                                                           seconds=0.5)),
                notes={"plan": "the CP listed 1 name that cannot be tenants"},
                spans=[Span("gates", 0.0, 0.05), Span("plan", 0.05, 0.05), Span("verify", 11.4, 4.0),
                       Span("promote", 15.4, 1.0)],
