@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 
 from deploy import cancel
-from deploy.buildinfo import BuildinfoClient, buildinfo_url, format_seconds
+from deploy.buildinfo import SHOWN_CHARS, BuildinfoClient, buildinfo_url, format_seconds
 from deploy.clock import Deadline
 from deploy.context import Context
 from deploy.controlplane import CallResult, ControlPlaneClient, TenantRow
@@ -34,7 +34,7 @@ class TenantBefore:
     """One tenant before the run: the SHA its verify-url reported, or why it could not be read."""
 
     slug: str
-    sha: str  # '' when unreadable
+    sha: str  # as reported, its first SHOWN_CHARS characters (still a prefix a rollback can prove); '' when unreadable
     problem: str  # '' when read
 
 
@@ -72,7 +72,7 @@ def take_snapshot(settings: VerifySettings, http_settings: HttpSettings, sha: st
         answers = reader.read_all(urls, http_settings.request_timeout, round_end)
     late = f"not read within the round's {format_seconds(round_end.seconds)} s"
     tenants = tuple(
-        TenantBefore(slug=slug, sha=answer.shown if answer and answer.reported else "",
+        TenantBefore(slug=slug, sha=answer.reported[:SHOWN_CHARS] if answer and answer.reported else "",
                      problem="" if answer and answer.reported else (answer.problem if answer else late))
         for slug, answer in zip(fleet, answers, strict=True)
     )
@@ -136,7 +136,12 @@ def roll_back(tenants: Sequence[str], snapshot: Snapshot | None, cp: ControlPlan
         client.http.close()
     asked = set(tenants)
     returned = [row for call in calls for row in call.rows if row.on_target and row.slug in asked]
-    result_verify = None if cancel.requested() else _verify_back(returned, snapshot, http_settings, verify, ctx)
+    result_verify = None
+    if not cancel.requested():
+        try:
+            result_verify = _verify_back(returned, snapshot, http_settings, verify, ctx)
+        except DeployFailed as exc:  # cancelled while proving: what the calls did is still reported
+            errors.append(f"rollback verify cut short: {exc}")
     back = {v.slug for v in result_verify.verdicts if v.state == Verdict.VERIFIED} if result_verify else set()
     back |= {row.slug for row in returned if not (snapshot and snapshot.sha_of(row.slug))}  # the CP's word
     rolled_back = tuple(slug for slug in tenants if slug in back)
@@ -152,17 +157,19 @@ def roll_back(tenants: Sequence[str], snapshot: Snapshot | None, cp: ControlPlan
 
 def _redeploy_back(tenants: tuple[str, ...], client: ControlPlaneClient, rollout: RolloutSettings,
                    ctx: Context) -> tuple[list[CallResult], list[str]]:
-    """The rollback's CP calls, and what went wrong in a few words (the tenants are listed once, later)."""
+    """The rollback's CP calls, and what went wrong in a few words (the tenants are listed once, later):
+    the first failed call and how many failed, then why the rollback stopped early, if it did."""
     batches = [tenants[i:i + rollout.batch_size] for i in range(0, len(tenants), rollout.batch_size)]
     calls: list[CallResult] = []
-    errors: list[str] = []
+    failed: list[str] = []
+    stopped = ""
     for number, slugs in enumerate(batches, start=1):
         label = f"rollback {number}/{len(batches)}"
         left = ctx.deadline.remaining()
         if left < rollout.call_worst_case:
-            errors.append(f"could not start {label}: {left:.0f} s left of timeout, less than one call's worst "
-                          f"case ({rollout.call_worst_case:g} s)")
-            ctx.runner.error(f"{errors[-1]}; roll back by hand: {listing(tenants[(number - 1) * rollout.batch_size:])}",
+            stopped = (f"could not start {label}: {left:.0f} s left of timeout, less than one call's worst case "
+                       f"({rollout.call_worst_case:g} s)")
+            ctx.runner.error(f"{stopped}; roll back by hand: {listing(tenants[(number - 1) * rollout.batch_size:])}",
                              title="rollback")
             break
         ctx.runner.log(f"{label}: redeploying {', '.join(slugs)} with {rollout.rollback_tag}")
@@ -171,15 +178,14 @@ def _redeploy_back(tenants: tuple[str, ...], client: ControlPlaneClient, rollout
             call = client.redeploy(label, slugs, max_stragglers=len(slugs))  # put back all it can
         except DeployFailed as exc:  # cut short in flight: the CP may have moved these tenants
             calls.append(client.unanswered(label, slugs, started, str(exc)))
-            errors.append(f"{label} cut short: {exc}")
+            stopped = f"{label} cut short: {exc}"
             break
         calls.append(call)
         if not call.ok:
-            errors.append(f"{label} failed: {call.error}")
-    failed = len(errors)
-    if failed > 1:  # one line per failed call would bury the list of tenants left to put back
-        errors = [f"{failed} rollback calls went wrong, the first: {errors[0]}"]
-    return calls, errors
+            failed.append(f"{label} failed: {call.error}")
+    errors = [failed[0] if len(failed) == 1 else f"{len(failed)} rollback calls failed, the first: {failed[0]}"
+              ] if failed else []
+    return calls, errors + ([stopped] if stopped else [])
 
 
 def _verify_back(rows: Sequence[TenantRow], snapshot: Snapshot | None, http_settings: HttpSettings,

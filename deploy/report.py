@@ -327,7 +327,8 @@ def _facts(run: Run, cell: _Cell) -> list[str]:
     return ["| | |", "| --- | --- |", *[f"| {k} | {cell(v)} |" for k, v in rows], ""]
 
 
-SECTIONS = {"gates": "Gates", "plan": "Plan", "verify": "Verify", "promote": "Promote"}
+SECTIONS = {"gates": "Gates", "plan": "Plan", "snapshot": "Snapshot", "verify": "Verify", "promote": "Promote",
+            "rollback": "Rollback"}  # a span's first word → its section; the rest (calls, proofs) is Rollout
 TIMELINE_BARS = 40  # batch bars in the summary's timeline; more batches are merged into this many
 CELL_CHARS = 300  # of one summary cell: a CP's long error text must not make the table megabytes (the report keeps it)
 TABLE_ROWS = 300  # rows of the summary's tenant table: about 40 KiB, far below the runner's 1 MiB
@@ -342,7 +343,7 @@ def _timeline(run: Run) -> list[str]:
     lines = ["### Timeline", "", "```mermaid", "gantt", "    dateFormat x", "    axisFormat %M:%S"]
     section = ""
     for span in spans:
-        name = SECTIONS.get(span.name, "Rollout")
+        name = SECTIONS.get(span.name.split(" ")[0], "Rollout")
         if name != section:
             section = name
             lines.append(f"    section {name}")
@@ -419,8 +420,9 @@ def _tenant_rows(run: Run) -> Iterator[tuple[tuple[str, ...], str]]:
     current = set(rollout.already_current) if rollout else set()
     verdicts = {v.slug: v for v in run.verify.verdicts} if run.verify else {}
     before = run.snapshot.by_slug if run.snapshot else {}
-    back = {v.slug: v for v in run.rollback.verify.verdicts} if run.rollback and run.rollback.verify else {}
-    rolled_back = set(run.rollback.rolled_back) if run.rollback else set()
+    rollback = run.rollback
+    back = {v.slug: v for v in rollback.verify.verdicts} if rollback and rollback.verify else {}
+    rolled_back, tag = (set(rollback.rolled_back), rollback.tag) if rollback else (set(), "")
     for slug in run.fleet:
         row, verdict = rows.get(slug), verdicts.get(slug)
         verify = Verdict.QUARANTINED if slug in quarantined else (verdict.state if verdict else "")
@@ -431,8 +433,10 @@ def _tenant_rows(run: Run) -> Iterator[tuple[tuple[str, ...], str]]:
         proven = "" if verdict is None or verdict.proven_at is None else f"{verdict.proven_at:.1f} s"
         shipped_in = "already current" if slug in current else (verdict.call if verdict else "") or calls.get(slug, "")
         was, now = before.get(slug), back.get(slug) or verdict  # after a rollback: where it went back to
-        rolled = " (rolled back)" if slug in rolled_back else ""
-        change = f"{(was.sha[:12] or 'unreadable') if was else ''} → {now.running[:12] if now else ''}{rolled}"
+        after = now.running[:12] if now else ""
+        if slug in rolled_back:  # proven back on its snapshot SHA, or taken on the CP's word (no SHA to prove)
+            after = f"{after} (rolled back)" if slug in back else f"{tag} (rolled back, CP's word)"
+        change = f"{(was.sha[:12] or 'unreadable') if was else ''} → {after}"
         fields = (slug, row.phase if row else "", row.ssm_status if row else "", _flag(row.healthz_ok if row else None),
                   _flag(row.verified_on_target if row else None), verify, shipped_in, proven,
                   change if was or now else "", error)
@@ -460,7 +464,7 @@ def _rollback_section(run: Run, cell: _Cell) -> list[str]:
     proven = len(rollback.verify.slugs(Verdict.VERIFIED)) if rollback.verify else 0
     word = len(rollback.rolled_back) - proven
     taken = f" ({word} on the CP's word: their snapshot had no SHA)" if word else ""
-    lines = [f"### Rollback to `{cell(rollback.tag)}`", "",
+    lines = [f"### Rollback to `{rollback.tag}`", "",  # a tag (TAG_RE): nothing to escape in a code span
              f"{len(rollback.rolled_back)} of {counted(len(rollback.tenants), 'tenant')} this run moved are back on "
              f"the build they ran before{taken}."]
     if rollback.error:

@@ -140,7 +140,8 @@ class Config:
     @property
     def rollback_reserve(self) -> float:
         """Seconds of ``timeout`` the snapshot, rollout and verify leave to a rollback: one call's
-        worst case and the proof after it. None without ``on-failure: rollback``."""
-        if self.rollout.on_failure != OnFailure.ROLLBACK or self.rollout.dry_run:
+        worst case and the proof after it. None without ``on-failure: rollback``, nor for a run
+        that deploys nothing (a dry run, ``stages`` without rollout): it cannot roll back."""
+        if self.rollout.on_failure != OnFailure.ROLLBACK or self.rollout.dry_run or not self.wants("rollout"):
             return 0.0
         return self.rollout.call_worst_case + (self.verify.budget if self.verify.url_template else 0.0)

@@ -202,7 +202,8 @@ def verify_tenants(
         raise ValueError("verify needs the sha and a verify-url template")
     runner = ctx.runner
     stage = _Stage.begin(settings, sha, rows, ctx.clock, ctx.deadline, label, expected or {})
-    cut = " (cut short by the overall timeout)" if stage.budget < settings.budget else ""
+    kept = f", its last {ctx.deadline.reserve:g} s kept for a rollback" if ctx.deadline.reserve else ""
+    cut = f" (cut short by the overall timeout{kept})" if stage.budget < settings.budget else ""
     runner.log(
         f"{label}: {len(stage.pending)} tenants must report {settings.field} = {stage.wanted} at "
         f"{display_url(settings.url_template)}; polling up to {settings.concurrency} at a time every "

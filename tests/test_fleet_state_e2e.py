@@ -6,9 +6,15 @@ Runner emulation, the simulated CP and tenants, and Debian's docker-registry for
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
+from deploy.runner import parse_output_file
 from deploy.sim.fleet import OLD_SHA, Fault, TenantSpec, builds_for, specs
-from tests.support import SHA, TAG, buildinfo, deployed, seeded, slugs
+from tests.actions_runner import ROOT, container_env
+from tests.support import CP_TOKEN, FAST_INPUTS, SHA, TAG, buildinfo, deployed, seeded, slugs
 
 
 def test_tenants_already_on_the_build_are_not_redeployed_but_verified(fleet, action, registry, repository):
@@ -216,3 +222,43 @@ def test_the_snapshot_is_one_round_of_request_timeout_and_the_unread_are_deploye
     assert problems.count("no answer within 1 s") <= 2, problems
     assert problems.count("not read within the round's 1 s") >= 18, problems
     assert deployed(sim) == slugs(20)
+
+
+def test_a_tenant_rolled_back_on_the_cps_word_shows_the_tag_not_the_build_it_left(fleet, action):
+    """t01's snapshot read failed (a 503), so nothing proves where it went: the summary says so."""
+    tenants = specs(slugs(4), deploy_seconds=1)
+    tenants[0].flapping = True  # the snapshot's read (the first) is a 503
+    tenants[3].stale = True
+    sim, server = fleet(tenants, builds=builds_for(TAG, SHA))
+    result = action(server, batch_size="2", verify_url=buildinfo(server), verify_budget="1", on_failure="rollback")
+
+    row = next(line for line in result.summary.splitlines() if line.startswith("| t01 "))
+    assert sim.running_sha("t01") == OLD_SHA and "t01" in json.loads(result.outputs["rolled-back"])
+    assert "unreadable → latest \\(rolled back, CP's word\\)" in row, row
+    assert "1 on the CP's word: their snapshot had no SHA" in result.summary
+
+
+def test_a_cancel_while_the_rollback_proves_its_tenants_keeps_what_it_did(fleet, tmp_path):
+    """SIGTERM during the rollback's verify: the calls already made (tenants moved back) stay in
+    the report and the outputs, and the failure still leads the reason."""
+    tenants = specs(slugs(4), deploy_seconds=1)
+    tenants[0].running = "1" * 40  # latest is not the build t01 ran: its proof polls until cancelled
+    tenants[3].dead = True  # batch 2/2 has a straggler over max-stragglers 0: a rollback of t01-t03
+    sim, server = fleet(tenants, builds=builds_for(TAG, SHA))
+    with_ = {**FAST_INPUTS, "cp-url": server.url, "cp-token": CP_TOKEN, "verify-url": buildinfo(server),
+             "batch-size": "2", "max-stragglers": "0", "verify-budget": "20", "on-failure": "rollback"}
+    env = container_env(with_, {"sha": SHA}, tmp_path)
+    proc = subprocess.Popen([sys.executable, "entrypoint.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("rollback verify: 3 tenants must report"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    proc.communicate(timeout=30)
+
+    outputs = parse_output_file(Path(env["GITHUB_OUTPUT"]).read_text())
+    report = json.loads((Path(env["GITHUB_WORKSPACE"]) / "fleet-rollout-report.json").read_text())
+    assert outputs["reason"].startswith("1 straggler exceeds max-stragglers 0: t04"), outputs["reason"]
+    assert "rollback verify cut short: cancelled by signal SIGTERM" in outputs["reason"], outputs["reason"]
+    assert [call["label"] for call in report["rollback"]["calls"]] == ["rollback 1/2", "rollback 2/2"]
+    assert sim.running_sha("t02") == OLD_SHA
