@@ -25,6 +25,7 @@ failure are then the same wherever a tenant is asked.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import queue
 import threading
@@ -110,8 +111,8 @@ def buildinfo_session(concurrency: int, ctx: Context) -> http.Client:
 
 MAX_CHUNK = 16  # reads a worker takes at once from a long list: fewer hand-offs between threads
 FIRST_WORKERS = 4  # the pool starts this small and grows while its reads wait on tenants (read_all)
-SLOW_READ = 0.002  # seconds: a read slower than this waited on its tenant, not on the client's CPU
-STALLED = 0.2  # seconds without a finished chunk: every worker waits on a tenant (or the client stalled)
+GROW_WINDOW = 0.05  # seconds over which the client's use of the CPU is judged
+IDLE = 0.5  # below this share of one CPU, the client waits on tenants: more readers would help
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ class _Job:
     urls: Sequence[str]
     timeout: float
     deadline: Deadline
-    done: queue.SimpleQueue[tuple[int, list[Answer | None], float]]  # (first, answers, seconds)
+    done: queue.SimpleQueue[tuple[int, list[Answer | None]]]  # (first, answers)
 
 
 class BuildinfoClient:
@@ -180,30 +181,40 @@ class BuildinfoClient:
         workers in chunks (at most :data:`MAX_CHUNK`, and never so large that workers would
         idle): a hand-off between threads per read cost more CPU than the read's own HTTP work.
 
-        The pool starts at :data:`FIRST_WORKERS` and doubles, up to ``concurrency``, whenever its
-        reads wait on tenants: a chunk averaging over :data:`SLOW_READ` a read, or none finished
-        for :data:`STALLED` (tenants that hang). Tenants that answer at once are read faster by a
-        few threads than by many, which only contend for the interpreter: measured at 10,000
-        tenants on loopback, 32 threads cost 0.31 ms of CPU a read and took longer than 4 (0.25 ms).
+        The pool starts at :data:`FIRST_WORKERS` and doubles, up to ``concurrency``, while reads
+        are queued and the client is idle (under :data:`IDLE` of a CPU over a :data:`GROW_WINDOW`):
+        its readers then wait on tenants, slow or hanging, and more of them read more at once.
+        Tenants that answer at once keep the client busy instead, and more threads would only
+        contend for the interpreter: measured at 10,000 tenants on loopback, 32 threads cost
+        0.31 ms of CPU a read and took longer than 4 (0.25 ms).
         """
         chunk = max(1, min(MAX_CHUNK, len(urls) // (4 * max(min(self.concurrency, len(urls)), 1))))
-        done: queue.SimpleQueue[tuple[int, list[Answer | None], float]] = queue.SimpleQueue()
+        done: queue.SimpleQueue[tuple[int, list[Answer | None]]] = queue.SimpleQueue()
         for first in range(0, len(urls), chunk):
             self._jobs.put(_Job(first, urls[first:first + chunk], timeout, deadline, done))
         jobs = -(-len(urls) // chunk)
         self._grow(min(FIRST_WORKERS, jobs))
         answers: list[Answer | None] = [None] * len(urls)
+        window = (time.monotonic(), time.process_time())
         for _ in range(jobs):
-            while True:
-                try:
-                    first, part, seconds = done.get(timeout=STALLED)
-                    break
-                except queue.Empty:
-                    self._grow(min(2 * self._workers, jobs))
+            got = None
+            while got is None:
+                window = self._grow_if_idle(window, jobs)
+                with contextlib.suppress(queue.Empty):
+                    got = done.get(timeout=GROW_WINDOW)
+            first, part = got
             answers[first:first + len(part)] = part
-            if seconds > SLOW_READ * len(part):
-                self._grow(min(2 * self._workers, jobs))
         return answers
+
+    def _grow_if_idle(self, window: tuple[float, float], jobs: int) -> tuple[float, float]:
+        """Double the pool if reads wait in the queue while the client used little CPU since
+        ``window`` began (its wall and CPU clocks); the window that runs from now on."""
+        wall, cpu = time.monotonic(), time.process_time()
+        if wall - window[0] < GROW_WINDOW:
+            return window
+        if self._jobs.qsize() and (cpu - window[1]) < IDLE * (wall - window[0]):
+            self._grow(min(2 * self._workers, jobs))
+        return wall, cpu
 
     def _grow(self, workers: int) -> None:
         while self._workers < min(workers, self.concurrency):
@@ -221,7 +232,6 @@ class BuildinfoClient:
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
-            started = time.monotonic()
             answers: list[Answer | None] = []
             for url in job.urls:
                 try:
@@ -229,7 +239,7 @@ class BuildinfoClient:
                 except Exception as exc:  # noqa: BLE001 - a bug in one read must not hang the caller
                     answers.append(Answer.unusable(f"internal error probing it: {type(exc).__name__}",
                                                    self.clock.now()))
-            job.done.put((job.first, answers, time.monotonic() - started))
+            job.done.put((job.first, answers))
 
 
 def _parse(body: bytes, field: str, at: float) -> Answer:
