@@ -1,14 +1,14 @@
 """Fleet state: what every tenant ran before this run, and putting back what the run shipped.
 
 - **Snapshot.** Right after enumeration, before the first deploy call, one concurrent round reads
-  every tenant's ``verify-url`` (``request-timeout`` each, ``verify-concurrency`` at a time): the
-  SHA it runs, or why it could not be read. One request per tenant, one round of time.
+  every tenant's ``verify-url`` (``verify-concurrency`` at a time, over at most one
+  ``request-timeout``): the SHA it runs, or why it could not be read. One request per tenant.
 - **Resume** (``skip-current``). A tenant whose snapshot already reports ``sha`` is not redeployed:
   re-running a failed job redeploys only what is missing (:meth:`Snapshot.current`).
-- **Rollback** (``on-failure: rollback``). When a run fails after it deployed, every tenant it
-  deployed is redeployed with ``rollback-tag`` through the same batched, retried, budgeted CP calls,
-  then verified back on its snapshot SHA (:func:`roll_back`). Tenants already current were not
-  touched, and a straggler whose redeploy never completed still runs what it ran.
+- **Rollback** (``on-failure: rollback``). When a run fails after it deployed, every tenant it may
+  have moved (:func:`to_roll_back`) is redeployed with ``rollback-tag`` through the same batched,
+  retried, budgeted CP calls, then verified back on its snapshot SHA (:func:`roll_back`). The
+  stages before it leave it the end of ``timeout`` (:attr:`deploy.settings.Config.rollback_reserve`).
 """
 
 from __future__ import annotations
