@@ -249,7 +249,6 @@ def _exchanging(exchange: _Exchange) -> Iterator[_Exchange]:
     try:
         yield exchange
     finally:
-        exchange.end_attempt()
         _current.exchange = None
 
 
@@ -543,14 +542,11 @@ class Client:
             return Reply(response.status, response.reason or "", response.headers, body, url,
                          max(exchange.attempts, 1))
 
-
     def _send(self, method: str, url: str, timeout: Any, kwargs: dict[str, Any]) -> Any:
         """The urllib3 response (headers read, body in the exchange): through requests, or for a
         lean client's plain GET straight through the pool (:meth:`_urlopen`)."""
-        if self.policy.lean and method == "GET" and not kwargs:
-            origin = _scheme_and_host(url)
-            if "@" not in origin:  # a credential in the URL is requests' to turn into a header
-                return self._urlopen(url, origin, timeout)
+        if self.policy.lean and method == "GET" and not kwargs and "@" not in url:
+            return self._urlopen(url, _scheme_and_host(url), timeout)  # (a credential in a URL is requests')
         return self._send_prepared(method, url, timeout, kwargs).raw
 
     def _send_prepared(self, method: str, url: str, timeout: Any, kwargs: dict[str, Any]) -> requests.Response:

@@ -78,3 +78,11 @@ def tenant_stub() -> Iterator[TenantStub]:
     """A scripted tenant on loopback (:mod:`tests.tenant_stub`): real HTTP where requests-mock can't reach."""
     with TenantStub() as stub:
         yield stub
+
+
+@pytest.fixture
+def no_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test's own proxy settings only: urllib lets a lower-case name win over the upper-case one."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)

@@ -111,7 +111,8 @@ def test_a_dripping_server_is_cut_off_by_the_attempt_budget(what: str, close: by
 
 
 @pytest.mark.parametrize("what", ["headers", "body"])
-def test_behind_a_proxy_a_dripping_answer_is_cut_off_by_the_budget_too(monkeypatch, what: str) -> None:
+def test_behind_a_proxy_a_dripping_answer_is_cut_off_by_the_budget_too(monkeypatch, no_proxy_settings,
+                                                                        what: str) -> None:
     """SECURITY.md § Deadlines: requests builds its own pools for a proxy; they are watched as well."""
     def handler(conn: socket.socket, request: bytes) -> None:
         assert request.startswith(b"GET http://tenant.example.test/x ")  # asked of the proxy
@@ -121,9 +122,6 @@ def test_behind_a_proxy_a_dripping_answer_is_cut_off_by_the_budget_too(monkeypat
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n")
             drip(conn, b"x" * 500)
 
-    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
     with raw_server(handler) as url, pytest.raises(http.TransportError) as caught:
         monkeypatch.setenv("HTTP_PROXY", url)
         client().request("GET", "http://tenant.example.test/x", budget=0.5)
@@ -131,15 +129,12 @@ def test_behind_a_proxy_a_dripping_answer_is_cut_off_by_the_budget_too(monkeypat
     assert str(caught.value) == "tenant.example.test: no complete answer within 0.5 s"
 
 
-def test_behind_an_https_proxy_a_dripped_tunnel_is_cut_off_by_the_budget_too(monkeypatch) -> None:
+def test_behind_an_https_proxy_a_dripped_tunnel_is_cut_off_by_the_budget_too(monkeypatch, no_proxy_settings) -> None:
     """The CONNECT and the tenant's TLS handshake come before the request: one attempt with it."""
     def handler(conn: socket.socket, request: bytes) -> None:
         assert request.startswith(b"CONNECT tenant.example.test:443 ")
         drip(conn, b"HTTP/1.1 200 Connection established\r\nX-Slow: " + b"a" * 500)
 
-    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
     with raw_server(handler) as url, pytest.raises(http.TransportError) as caught:
         monkeypatch.setenv("HTTPS_PROXY", url)
         client().request("GET", "https://tenant.example.test/x", budget=0.5)

@@ -175,14 +175,6 @@ def client() -> http.Client:
     return http.Client(http.Policy(), clock, Deadline.starting_now(clock, 30))
 
 
-@pytest.fixture
-def no_proxy_settings(monkeypatch):
-    """The test's own proxy settings only: urllib lets a lower-case name win over the upper-case one."""
-    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
-
-
 def test_without_a_proxy_in_the_environment_no_proxy_is_used(no_proxy_settings):
     assert client()._proxies_for("https://t1.example.com/buildinfo") == {}
 
