@@ -56,10 +56,11 @@ class Answer:
     reported: str  # as sent, stripped: compare this, show :attr:`shown`
     problem: str  # one line; '' when it reported a SHA
     at: float  # clock time of the answer
+    held: tuple[str, ...] | None = None  # a 200 without the field: the keys it held where the path broke off
 
     @classmethod
-    def unusable(cls, problem: str, at: float) -> Answer:
-        return cls(reported="", problem=problem, at=at)
+    def unusable(cls, problem: str, at: float, held: tuple[str, ...] | None = None) -> Answer:
+        return cls(reported="", problem=problem, at=at, held=held)
 
     @property
     def shown(self) -> str:
@@ -94,6 +95,21 @@ def read_field(doc: Any, path: str) -> Any:
             return None
         doc = doc[key]
     return doc
+
+
+HELD_KEYS = 12  # keys of an answer without the field named in the error: enough to spot a typo
+
+
+def held_keys(doc: Any, path: str) -> tuple[str, ...]:
+    """The keys of the object where ``path`` broke off (``()`` when that is not an object): what a
+    tenant's answer held instead of the field, to name in the error about a mistyped verify-field."""
+    for key in path.split("."):
+        if not isinstance(doc, dict) or key not in doc:
+            break
+        doc = doc[key]
+    if not isinstance(doc, dict):
+        return ()
+    return tuple(one_line(str(key))[:40] for key in list(doc)[:HELD_KEYS])
 
 
 def buildinfo_session(concurrency: int, ctx: Context) -> http.Client:
@@ -249,7 +265,7 @@ def _parse(body: bytes, field: str, at: float) -> Answer:
         return Answer.unusable(f"answered 200 with a body that is {exc}: {http.error_text(body, 120)}", at)
     value = read_field(doc, field)
     if value is None:
-        return Answer.unusable(f"answered 200 without the field {field!r}", at)
+        return Answer.unusable(f"answered 200 without the field {field!r}", at, held_keys(doc, field))
     if not isinstance(value, str) or not value.strip():
         return Answer.unusable(f"answered 200 but {field!r} is not a SHA: {http.compact_json(value, 60)}", at)
     return Answer(reported=value.strip(), problem="", at=at)

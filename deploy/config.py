@@ -37,6 +37,7 @@ from deploy.domain import (
     is_loopback,
     parse_image,
     parse_kill_switch,
+    sha_matches,
     url_parts,
 )
 from deploy.errors import ConfigError, ConfigErrors
@@ -68,6 +69,7 @@ DEFAULTS: dict[str, str] = {
     "canary": "",
     "soak-seconds": "60",
     "batch-size": "3",
+    "batch-soak-seconds": "0",
     "max-stragglers": "1",
     "rollout-timeout": "600",
     "request-timeout": "120",
@@ -544,11 +546,16 @@ def _rollout_settings(inputs: _Inputs, sha: str, cp_worst_case: tuple[float, flo
     tag = inputs.text("target-tag") or (f"staging-{sha[:7]}" if sha else "")
     if tag and not TAG_RE.match(tag):
         inputs.fail("target-tag", f"not a valid image tag (got {tag!r})")
+    elif tag and sha and (named := tag_sha(tag)) and not sha_matches(named, sha):
+        inputs.fail("target-tag", f"{tag!r} names commit {named}, not sha {sha[:12]}: the fleet would be told to run "
+                                  "one build and verified against another. Set target-tag to the image built from sha "
+                                  "(or sha to the commit the tag was built from)")
     return RolloutSettings(
         target_tag=tag,
         canary=inputs.text("canary"),
         soak_seconds=inputs.duration("soak-seconds"),
         batch_size=inputs.count("batch-size", 1, MAX_BATCH_SIZE),
+        batch_soak_seconds=inputs.duration("batch-soak-seconds"),
         max_stragglers=inputs.count("max-stragglers", 0, MAX_STRAGGLERS),
         cp_tenant_timeout=cp_worst_case[0],
         cp_settle_seconds=cp_worst_case[1],
@@ -557,6 +564,19 @@ def _rollout_settings(inputs: _Inputs, sha: str, cp_worst_case: tuple[float, flo
         on_failure=inputs.parse("on-failure", parse_on_failure, OnFailure.HOLD),
         rollback_tag=_rollback_tag(inputs),
     )
+
+
+TAG_SHA_RE = re.compile(r"-([0-9a-f]{7,40})\Z")
+
+
+def tag_sha(tag: str) -> str:
+    """The commit a tag names by its ``-<hex>`` suffix (``staging-8ddce85``, ``sha-8ddce85f``), or ''.
+
+    Only a suffix of 7 to 40 lower-case hex characters with at least one letter counts: an
+    all-digit suffix is more often a date or a build number (``release-20241101``) than a SHA.
+    """
+    match = TAG_SHA_RE.search(tag)
+    return match.group(1) if match and not match.group(1).isdigit() else ""
 
 
 def _rollback_tag(inputs: _Inputs) -> str:

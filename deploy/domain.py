@@ -31,10 +31,17 @@ LIVE_WORDS = FALSE_WORDS | {"enabled", ""}
 API_HOSTS = {"docker.io": "registry-1.docker.io", "index.docker.io": "registry-1.docker.io"}
 
 
+HEX_RE = re.compile(r"[0-9a-f]+\Z")
+
+
 def sha_matches(reported: str, sha: str) -> bool:
-    """Equal, or one a prefix of the other of at least :data:`MIN_PREFIX` characters; any case."""
+    """Both hex, and equal or one a prefix of the other of at least :data:`MIN_PREFIX` characters; any case.
+
+    ``<sha>-dirty`` or ``<sha>+local`` is another build (a working tree with changes), not this one:
+    only a commit SHA, whole or shortened, names the build.
+    """
     reported, sha = reported.strip().lower(), sha.strip().lower()
-    if not reported or not sha:
+    if not HEX_RE.match(reported) or not HEX_RE.match(sha):
         return False
     if reported == sha:
         return True

@@ -13,17 +13,18 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 
 from deploy import cancel
-from deploy.buildinfo import SHOWN_CHARS, BuildinfoClient, buildinfo_url, format_seconds
+from deploy.buildinfo import HELD_KEYS, SHOWN_CHARS, Answer, BuildinfoClient, buildinfo_url, format_seconds
 from deploy.clock import Deadline
 from deploy.context import Context
 from deploy.controlplane import CallResult, ControlPlaneClient, TenantRow
 from deploy.domain import sha_matches
-from deploy.errors import DeployFailed
+from deploy.errors import ConfigError, ConfigErrors, DeployFailed
 from deploy.runner import counted, listing
 from deploy.settings import ControlPlaneSettings, HttpSettings, RolloutSettings, VerifySettings
 from deploy.verify import Verdict, VerifyResult, verify_tenants
@@ -53,6 +54,8 @@ class Snapshot:
         return tuple(before.slug for before in self.tenants if before.sha and sha_matches(before.sha, sha))
 
     def sha_of(self, slug: str) -> str:
+        """What the tenant reported before the run ('' when it could not be read): a tenant that
+        ran a build before and fails on the new one is evidence against the build, not a dead box."""
         before = self.by_slug.get(slug)
         return before.sha if before else ""
 
@@ -64,12 +67,18 @@ def take_snapshot(settings: VerifySettings, http_settings: HttpSettings, sha: st
     The round ends after one ``request-timeout``: tenants that hang take a worker each for that
     long, and a tenant still queued behind them then is unreadable (and simply deployed), so a
     fleet of dead tenants cannot stretch the snapshot to its size over the concurrency.
+
+    It is also the preflight of ``verify-field``: when every tenant that answered answered 200
+    without the field, the field name is wrong (a proof could only ever wait out its budget and
+    call healthy tenants unreachable), so the run stops here with a configuration error, before
+    the first deploy call.
     """
     started, start = ctx.deadline.elapsed(), ctx.clock.now()
     round_end = Deadline(ctx.clock, start, min(http_settings.request_timeout, ctx.deadline.remaining()))
     urls = [buildinfo_url(settings.url_template, slug) for slug in fleet]
     with BuildinfoClient(settings.field, settings.concurrency, ctx) as reader:
         answers = reader.read_all(urls, http_settings.request_timeout, round_end)
+    _check_field(settings.field, answers)
     late = f"not read within the round's {format_seconds(round_end.seconds)} s"
     tenants = tuple(
         TenantBefore(slug=slug, sha=answer.reported[:SHOWN_CHARS] if answer and answer.reported else "",
@@ -78,10 +87,36 @@ def take_snapshot(settings: VerifySettings, http_settings: HttpSettings, sha: st
     )
     snapshot = Snapshot(tenants=tenants, started=started, seconds=ctx.clock.now() - start)
     current = len(snapshot.current(sha))
-    unreadable = sum(1 for before in tenants if not before.sha)
+    reasons = Counter(_reason(before.problem) for before in tenants if not before.sha)
+    unreadable = sum(reasons.values())
+    why = "; ".join(f"{count} {reason}" for reason, count in reasons.most_common(SHOWN_REASONS))
+    why += f"; {len(reasons) - SHOWN_REASONS} other reasons" if len(reasons) > SHOWN_REASONS else ""
     ctx.runner.log(f"snapshot: {len(tenants)} tenants read in {format_seconds(snapshot.seconds)} s: {current} already "
-                   f"on {sha[:12]}, {len(tenants) - current - unreadable} on another build, {unreadable} unreadable")
+                   f"on {sha[:12]}, {len(tenants) - current - unreadable} on another build, {unreadable} unreadable"
+                   + (f" ({why})" if why else ""))
     return snapshot
+
+
+SHOWN_REASONS = 4  # reasons for unreadable tenants counted in the snapshot's log line; the rest are summed up
+
+
+def _reason(problem: str) -> str:
+    """What kind of problem a tenant's read had, without the details that make each one unique
+    (``HTTP 503: <page title>`` → ``HTTP 503``), so a thousand unreadable tenants make a few counts."""
+    return problem.split(": ", 1)[0][:60] or "no answer"
+
+
+def _check_field(field: str, answers: Sequence[Answer | None]) -> None:
+    """A configuration error when tenants answered 200 but not one answer held ``field``."""
+    answered = [answer for answer in answers if answer is not None and (answer.reported or answer.held is not None)]
+    if not answered or any(answer.reported for answer in answered):
+        return
+    keys = list(dict.fromkeys(key for answer in answered for key in answer.held or ()))[:HELD_KEYS]
+    held = f"they hold {', '.join(keys)}" if keys else "none is a JSON object at that path"
+    raise ConfigErrors([ConfigError(
+        "verify-field", f"{field!r} is in no tenant's answer: {counted(len(answered), 'tenant')} answered 200 without "
+                        f"it before anything was deployed ({held}); name the field that holds the running commit SHA "
+                        "(a dotted path such as build.git_sha)")])
 
 
 @dataclass(frozen=True, kw_only=True)

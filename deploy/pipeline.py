@@ -4,10 +4,16 @@
 cancellation or even a bug still leaves a complete picture for :mod:`deploy.report`: every
 per-tenant result that was received is reported, whatever ends the run.
 
-Order: gates (required checks, superseded, live kill switch) → enumerate → canary/soak/batches
-→ coverage gate → verify → promote. Gates come before enumeration so that a red check or a
-frozen repository means zero CP requests. A dry run skips the gates (it waits for nothing and
-changes nothing), verify and promote.
+Order: gates (required checks, superseded, live kill switch) → plan (enumerate, read the images
+to promote, snapshot every tenant) → canary/soak/batches → coverage gate → verify → the final
+check → promote. Gates come before enumeration so that a red check or a frozen repository means
+zero CP requests. A dry run skips the gates (it waits for nothing and changes nothing), verify and
+promote; it plans from the same snapshot the run would take, so it prints the calls the run makes.
+
+The final check is what makes a proof last until ``latest`` moves: right before promote (after
+the superseded guard and the kill switch are read again) one concurrent round re-reads every
+tenant counted as verified — proven during the rollout, already current, or read by verify. A
+tenant that went back to another build since its proof fails the run there.
 """
 
 from __future__ import annotations
@@ -28,10 +34,11 @@ from deploy.forge import ForgeClient
 from deploy.gates import ChecksResult, live_kill_switch, newer_head, wait_for_required_checks
 from deploy.promote import PromoteResult, check_sources, promote_images, registry_client
 from deploy.proof import Prover
+from deploy.registry import Manifest
 from deploy.rollout import RolloutResult, StopKind, enumerate_fleet, run_rollout
 from deploy.runner import Runner, counted, listing
 from deploy.settings import Config, OnFailure
-from deploy.verify import VerifyResult, failing_listing, verify_tenants
+from deploy.verify import Verdict, VerifyResult, described_failures, failing_listing, verify_tenants
 
 
 class Outcome(StrEnum):
@@ -91,7 +98,8 @@ class Run:
             spans += [Span(c.label, c.started, c.seconds) for c in self.rollout.calls]
             if self.rollout.soak:
                 spans.append(Span("soak", self.rollout.soak.started, self.rollout.soak.seconds))
-            spans += [Span(p.label, p.started, p.seconds) for p in self.rollout.proofs if p.label.startswith("proof")]
+            spans += [Span(p.label, p.started, p.seconds) for p in self.rollout.proofs
+                      if p.label.startswith(("proof", "bake"))]
         if self.rollback:
             spans += [Span(c.label, c.started, c.seconds) for c in self.rollback.calls]
         return sorted(spans, key=lambda s: s.started)
@@ -128,6 +136,8 @@ class _Stages:
         self.registry_client = registry_client(config.http, ctx) if config.promote.images else None
         self.cp_client: ControlPlaneClient | None = None
         self.prover: Prover | None = None
+        self.pinned: dict[str, Manifest] = {}  # image → the source manifest the preflight read: what promote moves
+        self.guarded = False  # the superseded guard and kill switch were read right before promote
         self.guard_off = False  # the superseded guard could not read the head once: warned, then logged
 
     def close(self) -> None:
@@ -144,6 +154,7 @@ class _Stages:
         dry_run = config.rollout.dry_run
         if not dry_run:
             self.gates()
+        self.proof_off_warning()
         cp = None
         if config.wants("rollout") or config.wants("verify"):
             cp = self.cp_client = ControlPlaneClient(config.cp, config.rollout, config.http, self.forward)
@@ -158,6 +169,10 @@ class _Stages:
                 return
             if config.wants("verify"):
                 self.verify()
+            if config.wants("promote") and self.registry_client is not None:
+                self.before_promote()
+            if run.verify is not None and config.wants("verify"):
+                self.final_check()
         except DeployFailed as failure:
             self.roll_back_after(failure)  # re-raises, the rollback's outcome added to the reason
         if config.wants("promote"):  # a promote that fails leaves a verified fleet: never rolled back
@@ -166,13 +181,12 @@ class _Stages:
     def rollout(self, cp: ControlPlaneClient) -> None:
         config, run, ctx = self.config, self.record, self.forward
         dry_run = config.rollout.dry_run
-        if not dry_run:
-            self.snapshot()
         current = run.snapshot.current(config.sha) if run.snapshot and config.rollout.skip_current else ()
         self.prover = None if dry_run else self.rollout_prover()
         with self.stage("Rollout", record=False):
             run.rollout = run_rollout(config.rollout, cp, run.fleet, ctx, prover=self.prover,
-                                      checkpoint=None if dry_run else self.between_calls, current=current)
+                                      checkpoint=None if dry_run else self.between_calls, current=current,
+                                      before=run.snapshot)
         if self.prover is not None and self.prover.verdicts:  # what was proven, even if the run stops here
             run.verify = self.prover.result(run.fleet)
         if run.rollout.stopped == StopKind.SKIPPED:
@@ -185,7 +199,7 @@ class _Stages:
             _report_quarantine(run.rollout, ctx.runner)
 
     def snapshot(self) -> None:
-        """What every tenant runs before anything moves (for resume, rollback and the summary)."""
+        """What every tenant runs before anything moves (for resume, rollback, the plan and the summary)."""
         config, run, ctx = self.config, self.record, self.ctx
         if not config.verify.url_template:
             ctx.runner.log("snapshot: none, verify-url is empty (skip-current and the rollback's proof need it)")
@@ -242,6 +256,7 @@ class _Stages:
                 raise Skip(f"kill switch: repository variable {gates.disabled_variable} is set")
 
     def plan(self, cp: ControlPlaneClient) -> None:
+        """The fleet, the images to promote and what every tenant runs: read only, before anything moves."""
         config, run = self.config, self.record
         with self.stage("Plan"):
             run.fleet, rejected = enumerate_fleet(cp, self.ctx.runner)
@@ -249,7 +264,19 @@ class _Stages:
                 run.notes["plan"] = f"the CP listed {counted(len(rejected), 'name')} that cannot be tenants: " \
                                     f"{listing(rejected)}"
             if config.wants("rollout") and config.wants("promote") and self.registry_client is not None:
-                check_sources(config.promote, self.registry_client, self.ctx)
+                self.pinned = check_sources(config.promote, self.registry_client, self.ctx, config.sha)
+        if config.wants("rollout"):
+            self.snapshot()
+
+    def proof_off_warning(self) -> None:
+        """A verify-url with no verify stage proves nothing: say so once, rather than silently."""
+        config = self.config
+        if not config.verify.url_template or config.wants("verify") or not config.wants("rollout"):
+            return
+        moves = "; latest moves on the CP's word" if config.wants("promote") and config.promote.images else ""
+        self.record.notes["verify"] = "not verified: stages has no verify"
+        self.ctx.runner.warning(f"verify-url is set but stages has no verify: nothing is proven (no per-call proof, "
+                                f"no verify stage, no final check){moves}", title="proof off")
 
     def rollout_prover(self) -> Prover | None:
         """The per-call proof (verify-each-batch), when the run verifies and there is a verify-url."""
@@ -316,21 +343,63 @@ class _Stages:
                         for row in rows)
         return VerifyResult(verdicts=ordered, rounds=rounds, started=started, seconds=ctx.deadline.elapsed() - started)
 
+    def before_promote(self) -> None:
+        """The superseded guard and the live kill switch, read again right before the final check and promote."""
+        config, run = self.config, self.record
+        self.guarded = True
+        self.superseded("before promote")
+        gates = config.gates
+        if run.rollout is not None and live_kill_switch(gates, self.forge_client, self.ctx.runner):
+            raise Skip(f"kill switch: repository variable {gates.disabled_variable} was set during the run; "
+                       "latest not promoted")
+
+    def final_check(self) -> None:
+        """Proof that holds until latest moves: one concurrent round re-reads every tenant counted as
+        verified. A tenant that reports another build now (it crashed back into the old container,
+        or half its instances still serve the old one) fails the run; one that gives no usable
+        answer is asked again every verify-interval within verify-budget."""
+        config, run = self.config, self.record
+        assert run.verify is not None
+        counted_as_verified = [verdict for verdict in run.verify.verdicts if verdict.state == Verdict.VERIFIED]
+        if not counted_as_verified or not config.verify.url_template:
+            return
+        rows = [TenantRow(verdict.slug) for verdict in counted_as_verified]
+        with self.stage("Final check"):
+            fresh = verify_tenants(config.verify, config.http, config.sha, rows, self.forward, label="final check",
+                                   reader=self.prover.reader if self.prover else None, decisive=True)
+        run.verify = _after_final_check(run.verify, fresh)
+        if not fresh.ok:
+            raise DeployFailed(f"final check before promote: {described_failures(run.verify)}; latest not promoted")
+
     def promote(self) -> None:
         config, run, runner = self.config, self.record, self.ctx.runner
         if self.registry_client is None:
             run.notes["promote"] = "no promote-images"
             runner.log("promote: skipped, promote-images is empty")
             return
-        self.superseded("before promote")
-        gates = config.gates
-        if run.rollout is not None and live_kill_switch(gates, self.forge_client, runner):
-            raise Skip(f"kill switch: repository variable {gates.disabled_variable} was set during the run; "
-                       "latest not promoted")
+        if not self.guarded:
+            self.before_promote()
         with self.stage("Promote"), cancel.deferred():  # a put-back is never cut in half
-            run.promote = promote_images(config.promote, self.registry_client, self.ctx)
+            run.promote = promote_images(config.promote, self.registry_client, self.ctx, self.pinned)
         if not run.promote.ok:
             raise DeployFailed(f"promote failed: {run.promote.error}")
+
+
+def _after_final_check(verify: VerifyResult, fresh: VerifyResult) -> VerifyResult:
+    """The verify result with the final check's verdicts: a tenant that failed it says what it
+    reports now, and that it had been proven (and when) — it reverted after its proof."""
+    failed = {verdict.slug: verdict for verdict in fresh.verdicts if verdict.state != Verdict.VERIFIED}
+    if not failed:
+        return verify
+    verdicts = []
+    for verdict in verify.verdicts:
+        now = failed.get(verdict.slug)
+        if now is None:
+            verdicts.append(verdict)
+            continue
+        proven = f" at {verdict.proven_at:.1f} s" if verdict.proven_at is not None else ""
+        verdicts.append(replace(now, call=verdict.call, detail=f"reverted after its proof{proven}: {now.detail}"))
+    return replace(verify, verdicts=tuple(verdicts))
 
 
 def _report_quarantine(rollout: RolloutResult, runner: Runner) -> None:

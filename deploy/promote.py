@@ -16,15 +16,16 @@ second. Whatever it achieves, each image's state and both digests are recorded.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
 from deploy import http
 from deploy.clock import Deadline
 from deploy.context import Context
-from deploy.domain import ImageRef
+from deploy.domain import ImageRef, sha_matches
 from deploy.errors import DeployFailed
-from deploy.registry import MANIFEST_CAP, Manifest, RegistryError, Repository
+from deploy.registry import MANIFEST_CAP, REVISION_LABEL, Manifest, RegistryError, Repository
 from deploy.runner import Runner
 from deploy.settings import HttpSettings, PromoteSettings
 
@@ -97,32 +98,56 @@ def registry_client(http_settings: HttpSettings, ctx: Context) -> http.Client:
     return ctx.client(http_settings.policy(cap=MANIFEST_CAP), on_retry=ctx.runner.log)
 
 
-def check_sources(settings: PromoteSettings, client: http.Client, ctx: Context) -> None:
-    """Before the fleet moves, read every image's source: read-only, and it fails fast.
+def check_sources(settings: PromoteSettings, client: http.Client, ctx: Context, sha: str) -> dict[str, Manifest]:
+    """Before the fleet moves, read every image's source: read-only, and it fails fast. Returns
+    each image's source manifest, by image: what promote moves ``latest`` to (:func:`promote_images`).
 
     A wrong registry password or a build pushed under another tag would otherwise surface only
-    after the whole fleet was rolled out and verified, with ``latest`` left behind.
+    after the whole fleet was rolled out and verified, with ``latest`` left behind. An image whose
+    :data:`~deploy.registry.REVISION_LABEL` names another commit than ``sha`` stops the run here:
+    the fleet would be proven on one build and ``latest`` moved to another.
     """
+    pinned: dict[str, Manifest] = {}
+    unlabelled = []
     for image in settings.images:
+        repository = _repository(image, settings, client, ctx.runner)
         try:
-            source = _repository(image, settings, client, ctx.runner).find_manifest(settings.source, ctx.deadline)
+            source = repository.find_manifest(settings.source, ctx.deadline)
+            revision = repository.revision(source, ctx.deadline) if source else None
         except RegistryError as exc:
             raise DeployFailed(f"promote preflight, before any deploy: {exc}") from None
         if source is None:
             raise DeployFailed(f"promote preflight, before any deploy: {image} has no {settings.source} "
                                "(was the build pushed under that name?)")
-        ctx.runner.log(f"promote preflight: {image}:{settings.source} is {source.digest} ({source.describe()})")
+        if revision is not None and not sha_matches(revision, sha):
+            raise DeployFailed(
+                f"promote preflight, before any deploy: {image}:{settings.source} was built from "
+                f"{http.compact_json(revision, 60)} (its {REVISION_LABEL} label), not sha {sha[:12]}: the fleet would "
+                "be proven on one build and latest moved to another. Point target-tag at the image built from sha")
+        unlabelled += [] if revision else [str(image)]
+        built = f", built from {revision[:12]}" if revision else ""
+        ctx.runner.log(f"promote preflight: {image}:{settings.source} is {source.digest} ({source.describe()}{built})")
+        pinned[str(image)] = source
+    if unlabelled:
+        ctx.runner.log(f"promote preflight: no {REVISION_LABEL} label on {', '.join(unlabelled)}: only the tag ties "
+                       f"the image to {sha[:12]} (docker/metadata-action sets the label)")
+    return pinned
 
 
-def promote_images(settings: PromoteSettings, client: http.Client, ctx: Context) -> PromoteResult:
-    """Move ``settings.tag`` to ``settings.source`` in every image, or in none of them."""
+def promote_images(settings: PromoteSettings, client: http.Client, ctx: Context,
+                   pinned: Mapping[str, Manifest] | None = None) -> PromoteResult:
+    """Move ``settings.tag`` to ``settings.source`` in every image, or in none of them.
+
+    ``pinned``: each image's source as the preflight read it, before the fleet moved — the build
+    the tenants were proven on. It is what moves; a source tag that has moved since fails the image.
+    """
     attempts: list[_Attempt] = []
     runner, deadline = ctx.runner, ctx.deadline
     for image in settings.images:
         attempt = _Attempt(_repository(image, settings, client, runner))
         attempts.append(attempt)
         try:
-            _promote(attempt, settings, runner, deadline)
+            _promote(attempt, settings, runner, deadline, (pinned or {}).get(str(image)))
         except Exception as exc:  # noqa: BLE001 - whatever broke (a cancellation too), moved tags go back
             error = str(exc) if isinstance(exc, RegistryError) else f"{image}: {type(exc).__name__}: {exc}"
             runner.log(f"FAILED: {error}")  # the error names the image
@@ -137,12 +162,17 @@ def _repository(image: ImageRef, settings: PromoteSettings, client: http.Client,
                       mask=runner.mask)
 
 
-def _promote(attempt: _Attempt, settings: PromoteSettings, runner: Runner, deadline: Deadline) -> None:
+def _promote(attempt: _Attempt, settings: PromoteSettings, runner: Runner, deadline: Deadline,
+             pinned: Manifest | None) -> None:
     repository, image, tag = attempt.repository, attempt.image, settings.tag
     source = repository.find_manifest(settings.source, deadline)
     if source is None:
         raise RegistryError(f"{image}: source {settings.source} not found (was the build pushed under that name?)")
-    attempt.source = source
+    if pinned is not None and source.digest != pinned.digest:
+        raise RegistryError(f"{image}: {settings.source} moved during the run: it was {pinned.digest} before the fleet "
+                            f"was deployed (the build the tenants were proven on) and is {source.digest} now; "
+                            f"{tag} moves to neither")
+    source = attempt.source = pinned or source
     runner.log(f"{image}: source {settings.source} is {source.digest} ({source.describe()})")
     previous = attempt.previous = repository.find_manifest(tag, deadline)
     runner.log(f"{image}: {tag} was {previous.digest} ({previous.describe()})" if previous

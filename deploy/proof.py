@@ -6,7 +6,8 @@ by the verify stage's own rule and classification (:func:`deploy.verify.verify_t
 ``verify-budget`` counted from that return. A build that passes the CP's health check but serves
 the wrong thing therefore stops at the canary, or at the first batch, instead of reaching every
 tenant. During the soak the canary is watched: losing ``sha``, or going silent for longer than one
-``verify-interval``, stops the run before any batch.
+``verify-interval``, stops the run before any batch; with ``batch-soak-seconds`` each batch's
+tenants are watched the same way after their proof (its bake), before the next call.
 
 One :class:`~deploy.buildinfo.BuildinfoClient` serves the whole rollout, so its connections are
 reused from call to call; the verify stage afterwards re-reads only what was not proven here.
@@ -22,9 +23,7 @@ from deploy.context import Context
 from deploy.controlplane import TenantRow
 from deploy.domain import sha_matches
 from deploy.settings import HttpSettings, VerifySettings
-from deploy.verify import FAILING, TenantVerdict, Verdict, VerifyResult, failing_listing, verify_tenants
-
-SHOWN_DETAILS = 3  # failing tenants described one by one in a halt's reason; more are listed by state
+from deploy.verify import SHOWN_DETAILS, TenantVerdict, Verdict, VerifyResult, described_failures, verify_tenants
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,42 +57,50 @@ class Prover:
         for verdict in result.verdicts:
             self.verdicts[verdict.slug] = replace(verdict, call=label)
         self.spans.append(ProofSpan(label=f"proof {label}", started=started, seconds=result.seconds, ok=result.ok))
-        return "" if result.ok else f"{label} not proven: {_failures(result)}"
+        return "" if result.ok else f"{label} not proven: {described_failures(result)}"
 
-    def watch(self, slug: str, seconds: float) -> str:
-        """Poll the canary every ``verify-interval`` for ``seconds``: '' when it kept reporting the
-        build, else what was seen.
+    def watch(self, label: str, slugs: Sequence[str], seconds: float, during: str) -> str:
+        """Poll ``slugs`` together every ``verify-interval`` for ``seconds``: '' when each kept
+        reporting the build, else what was seen (the canary's soak, a batch's bake).
 
-        Another SHA fails at once (it went back). Silence fails when it lasts longer than one
-        interval: two polls in a row without an answer, or no answer at the soak's last poll (the
-        canary must still be answering when the batches start). On failure the canary's verdict
-        becomes what was seen, so the outputs and the summary agree with the reason.
+        Another SHA fails at once (the tenant went back). Silence fails when it lasts longer than
+        one interval: two polls in a row without an answer, or no answer at the last poll (the
+        tenants must still be answering when the next call starts). On failure each failing
+        tenant's verdict becomes what was seen, so the outputs and the summary agree with the reason.
         """
         interval, clock, deadline = self.settings.interval, self.ctx.clock, self.ctx.deadline
-        url = buildinfo_url(self.settings.url_template, slug)
+        urls = [buildinfo_url(self.settings.url_template, slug) for slug in slugs]
         started, start = deadline.elapsed(), clock.now()
         end = start + seconds
-        problem, silent, why, running = "", 0, "", ""
-        while not problem and clock.now() < end:
-            deadline.sleep(min(interval, end - clock.now()), "soaking the canary")
-            answer = self.reader.read(url, min(self.http_settings.request_timeout, interval), deadline)
-            into = f"{format_seconds(clock.now() - start)} s into the soak"
-            if answer is not None and answer.reported and sha_matches(answer.reported, self.sha):
-                silent = 0
-            elif answer is not None and answer.reported:
-                running = answer.shown
-                problem = f"canary {slug} went back to {running[:12]}, not {self.sha[:12]}, {into}"
-            else:
-                silent += 1
-                why = answer.problem if answer is not None else "no time was left to ask"
-                if silent > 1 or clock.now() >= end:
-                    problem = f"canary {slug} stopped answering for more than verify-interval, {into}: {why}"
-        self.spans.append(ProofSpan(label="soak watch", started=started, seconds=clock.now() - start, ok=not problem))
-        if problem:
+        silent = dict.fromkeys(slugs, 0)
+        seen: dict[str, tuple[str, str]] = {}  # slug → (what it runs, why it failed)
+        while not seen and clock.now() < end:
+            deadline.sleep(min(interval, end - clock.now()), during)
+            answers = self.reader.read_all(urls, min(self.http_settings.request_timeout, interval), deadline)
+            into = f"{format_seconds(clock.now() - start)} s into {during}"
+            last = clock.now() >= end
+            for slug, answer in zip(slugs, answers, strict=True):
+                if answer is not None and answer.reported and sha_matches(answer.reported, self.sha):
+                    silent[slug] = 0
+                elif answer is not None and answer.reported:
+                    seen[slug] = (answer.shown, f"{slug} went back to {answer.shown[:12]}, not {self.sha[:12]}, {into}")
+                else:
+                    silent[slug] += 1
+                    why = answer.problem if answer is not None else "no time was left to ask"
+                    if silent[slug] > 1 or last:
+                        seen[slug] = ("", f"{slug} stopped answering for more than verify-interval, {into}: {why}")
+        name = "soak watch" if label == "canary" else f"bake {label}"
+        self.spans.append(ProofSpan(label=name, started=started, seconds=clock.now() - start, ok=not seen))
+        for slug, (running, detail) in seen.items():
             self.verdicts[slug] = TenantVerdict(slug=slug, state=Verdict.STALE if running else Verdict.UNREACHABLE,
-                                                running=running, detail=problem, seconds=clock.now() - start,
-                                                call="canary")
-        return problem
+                                                running=running, detail=detail, seconds=clock.now() - start,
+                                                call=label)
+        if not seen:
+            return ""
+        details = [detail for _running, detail in seen.values()]
+        shown = "; ".join(details[:SHOWN_DETAILS])
+        more = f"; and {len(details) - SHOWN_DETAILS} more" if len(details) > SHOWN_DETAILS else ""
+        return f"{label} {shown}{more}" if label == "canary" else f"{label}: {shown}{more}"
 
     def result(self, order: Sequence[str]) -> VerifyResult:
         """The verdicts reached during the rollout, in ``order``, as the verify stage reports them:
@@ -106,12 +113,3 @@ class Prover:
 
     def proven(self) -> set[str]:
         return {slug for slug, verdict in self.verdicts.items() if verdict.state == Verdict.VERIFIED}
-
-
-def _failures(result: VerifyResult) -> str:
-    """``stale a, b; unreachable c``: each failing state with its tenants, and with what each was
-    seen doing when there are only a few (a canary's proof names its one tenant)."""
-    failing = [verdict for verdict in result.verdicts if verdict.state in FAILING]
-    if len(failing) <= SHOWN_DETAILS:
-        return "; ".join(f"{verdict.slug} is {verdict.state} ({verdict.detail})" for verdict in failing)
-    return failing_listing(result)

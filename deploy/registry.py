@@ -20,11 +20,11 @@ import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 from deploy import http
 from deploy.clock import Deadline
-from deploy.domain import ImageRef
+from deploy.domain import DIGEST_RE, ImageRef
 from deploy.errors import DeployFailed
 from deploy.http import error_text
 
@@ -36,6 +36,8 @@ MANIFEST_TYPES = (OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST)
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
 MANIFEST_ACCEPT = ", ".join(MANIFEST_TYPES)
 MANIFEST_CAP = 4 * 1024 * 1024  # registries refuse larger manifests: more is not a manifest
+CONFIG_CAP = 1024 * 1024  # an image config is a few KiB: its history and labels
+REVISION_LABEL = "org.opencontainers.image.revision"  # the commit an image was built from (docker/metadata-action)
 TOKEN_CAP = 64 * 1024  # a token answer: a JWT and a few fields
 MAX_TOKEN = 8 * 1024  # a longer "token" is refused before it is registered as a secret (its forms cost memory)
 
@@ -148,6 +150,32 @@ def registry_error_text(response: http.Reply) -> str:
     return response.error_text()
 
 
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        doc = http.parse_json(body)
+    except http.UnusableBody:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _annotation(doc: dict[str, Any]) -> str | None:
+    annotations = doc.get("annotations")
+    value = annotations.get(REVISION_LABEL) if isinstance(annotations, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _first_image(index: dict[str, Any]) -> str:
+    """The digest of an index's first platform image ('' when there is none)."""
+    entries = index.get("manifests")
+    for entry in entries if isinstance(entries, list) else ():
+        platform = entry.get("platform") if isinstance(entry, dict) else None
+        digest = entry.get("digest") if isinstance(entry, dict) else None
+        unknown = isinstance(platform, dict) and platform.get("os") == "unknown"
+        if isinstance(digest, str) and DIGEST_RE.match(digest) and not unknown:
+            return digest
+    return ""
+
+
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else http.compact_json(value, 200)
 
@@ -185,6 +213,58 @@ class Repository:
         if reference.startswith("sha256:") and manifest.digest != reference:
             raise RegistryError(f"{self.image}: {step}: the bytes served hash to {manifest.digest}")
         return manifest
+
+    def revision(self, manifest: Manifest, deadline: Deadline) -> str | None:
+        """The commit the image was built from: its :data:`REVISION_LABEL`, or ``None`` when it carries none.
+
+        Looked up where builders put it: the index's or the manifest's annotations, then the image
+        config's labels (``docker build --label``, docker/metadata-action). For a multi-arch index
+        the first platform image is read (attestation manifests, platform ``unknown``, are not
+        images); its platforms are one build. A config the registry does not serve counts as no
+        label (:class:`RegistryError` is for what the registry refuses or breaks on the way).
+        """
+        doc = _json_object(manifest.body)
+        found = _annotation(doc)
+        if found is not None:
+            return found
+        if manifest.is_index:
+            child = _first_image(doc)
+            platform = self.find_manifest(child, deadline) if child else None
+            return self.revision(platform, deadline) if platform and not platform.is_index else None
+        config = doc.get("config")
+        digest = config.get("digest") if isinstance(config, dict) else None
+        if not isinstance(digest, str) or not DIGEST_RE.match(digest):
+            return None
+        labels = _json_object(self._blob(digest, deadline)).get("config")
+        labels = labels.get("Labels") if isinstance(labels, dict) else None
+        value = labels.get(REVISION_LABEL) if isinstance(labels, dict) else None
+        return value if isinstance(value, str) else None
+
+    def _blob(self, digest: str, deadline: Deadline) -> bytes:
+        """A small blob (an image config), checked against its digest.
+
+        Registries serve blobs from storage on another host (GHCR, Docker Hub, ECR redirect to a
+        CDN or S3 with a signed URL): that one redirect is followed over https, without our
+        ``Authorization`` — the signed URL is the credential, and ours must not leave the registry.
+        """
+        step = f"GET blob {digest[:19]}…"
+        url = f"{self.base_url}/v2/{self.name}/blobs/{digest}"
+        response = self._request("GET", url, step, deadline, {}, cap=CONFIG_CAP)
+        if response.status == 401 and self._authenticate(response, step, deadline):
+            response = self._request("GET", url, step, deadline, {}, cap=CONFIG_CAP)
+        location = response.headers.get("Location", "") if response.status in http.REDIRECT_STATUSES else ""
+        target = urljoin(url, location)
+        if location and (urlsplit(target).scheme == "https" or not self.base_url.startswith("https://")):
+            try:
+                response = self.client.request("GET", target, headers={}, deadline=deadline, cap=CONFIG_CAP)
+            except http.TransportError as exc:
+                raise RegistryError(f"{self.image}: {step} from storage failed: {exc}") from None
+        if response.status == 404:
+            return b"{}"
+        self._expect_success(response, step)
+        if digest_of(response.body) != digest:
+            raise RegistryError(f"{self.image}: {step}: the bytes served hash to {digest_of(response.body)}")
+        return response.body
 
     def put_manifest(self, tag: str, manifest: Manifest, deadline: Deadline) -> None:
         """Store the same bytes under ``tag``, declaring the manifest's own media type."""

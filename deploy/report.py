@@ -327,8 +327,8 @@ def _facts(run: Run, cell: _Cell) -> list[str]:
     return ["| | |", "| --- | --- |", *[f"| {k} | {cell(v)} |" for k, v in rows], ""]
 
 
-SECTIONS = {"gates": "Gates", "plan": "Plan", "snapshot": "Snapshot", "verify": "Verify", "promote": "Promote",
-            "rollback": "Rollback"}  # a span's first word → its section; the rest (calls, proofs) is Rollout
+SECTIONS = {"gates": "Gates", "plan": "Plan", "snapshot": "Snapshot", "verify": "Verify", "final": "Final check",
+            "promote": "Promote", "rollback": "Rollback"}  # a span's first word → its section; the rest (calls, proofs) is Rollout
 TIMELINE_BARS = 40  # batch bars in the summary's timeline; more batches are merged into this many
 CELL_CHARS = 300  # of one summary cell: a CP's long error text must not make the table megabytes (the report keeps it)
 TABLE_ROWS = 300  # rows of the summary's tenant table: about 40 KiB, far below the runner's 1 MiB
@@ -358,7 +358,7 @@ def _bounded(spans: list[Span]) -> list[Span]:
     """The spans, with runs of consecutive batch calls (and of their proofs) merged into one bar each
     ("batches 1–50/2000") when there are more than :data:`TIMELINE_BARS`: a Mermaid chart of 2,000
     bars shows nothing."""
-    for prefix in ("batch ", "proof batch ", "rollback "):
+    for prefix in ("batch ", "proof batch ", "bake batch ", "rollback "):
         spans = _merged(spans, prefix)
     return spans
 
@@ -494,7 +494,7 @@ def _log_result(run: Run, runner: Runner) -> None:
     r = run.rollout
     if r and r.dry_run:
         canary = run.config.rollout.canary if run.config else ""
-        runner.log(f"plan: {describe_plan(r.fleet, r.planned, canary)}, nothing deployed")
+        runner.log(f"plan: {describe_plan(r.planned, canary)}, nothing deployed")
     elif r:
         runner.log(f"rollout: {len(r.shipped)}/{counted(len(r.fleet), 'tenant')} shipped, "
                    f"{counted(r.result_count, 'result row')}")

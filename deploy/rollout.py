@@ -17,9 +17,10 @@ from functools import cached_property
 from deploy.context import Context
 from deploy.controlplane import CallResult, ControlPlaneClient, TenantRow
 from deploy.errors import Abort, DeadlineExceeded, DeployFailed, Skip
-from deploy.proof import ProofSpan, Prover
+from deploy.fleetstate import Snapshot
+from deploy.proof import SHOWN_DETAILS, ProofSpan, Prover
 from deploy.runner import Runner, counted, listing
-from deploy.settings import RolloutSettings
+from deploy.settings import OnFailure, RolloutSettings
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,33 +143,37 @@ def plan_batches(fleet: Sequence[str], canary: str, batch_size: int) -> tuple[tu
 def run_rollout(
     settings: RolloutSettings, client: ControlPlaneClient, fleet: tuple[str, ...], ctx: Context, *,
     prover: Prover | None = None, checkpoint: Callable[[str], None] | None = None, current: Sequence[str] = (),
+    before: Snapshot | None = None,
 ) -> RolloutResult:
     """Canary, soak, then the batches; never raises for what the CP or a tenant does.
 
-    ``prover`` proves each call's tenants before the next call (verify-each-batch) and watches the
-    canary through its soak. ``checkpoint(label)`` runs before every call after the first and may
-    stop the rollout on purpose: :class:`~deploy.errors.Skip` (superseded) or
-    :class:`~deploy.errors.Abort` (the live kill switch); the result then says which, and where.
-    ``current`` tenants already run the build (the snapshot saw it): they get no call at all, and
-    a canary among them is no canary (the build is proven on it already).
+    ``prover`` proves each call's tenants before the next call (verify-each-batch), watches the
+    canary through its soak and each batch through its bake. ``checkpoint(label)`` runs before
+    every call after the first and may stop the rollout on purpose: :class:`~deploy.errors.Skip`
+    (superseded) or :class:`~deploy.errors.Abort` (the live kill switch); the result then says
+    which, and where. ``current`` tenants already run the build (the snapshot saw it): they get
+    no call at all — except the canary, which is always deployed, proven and soaked, so a re-run
+    exposes one tenant first exactly like a first run. ``before`` is that snapshot: a tenant that
+    ran a build before and fails to start the new one is evidence against the build, and halts.
     """
     if settings.canary and settings.canary not in fleet:
         raise DeployFailed(f"canary {settings.canary!r} is not in the fleet the CP enumerated")
     runner = ctx.runner
-    skip = frozenset(current)
+    skip = frozenset(current) - {settings.canary}
     if skip:
-        runner.log(f"skip-current: {counted(len(skip), 'tenant')} already on the build, not redeployed: "
+        runner.log(f"skip-current: {counted(len(skip), 'tenant')} already report the build's commit, not redeployed "
+                   f"(to ship a rebuild of the same commit, set skip-current: false): "
                    f"{listing(tuple(slug for slug in fleet if slug in skip))}")
-    if settings.canary in skip:
-        runner.log(f"canary {settings.canary}: already on the build, no canary call")
-        settings = replace(settings, canary="")
+    if settings.canary and settings.canary in current:
+        runner.log(f"canary {settings.canary}: already reports the build; redeployed anyway: a re-run starts again "
+                   "from the canary (its proof and soak) before any batch")
     batches = plan_batches([slug for slug in fleet if slug not in skip], settings.canary, settings.batch_size)
     result = RolloutResult(fleet=fleet, max_stragglers=settings.max_stragglers, planned=batches,
                            dry_run=settings.dry_run, already_current=tuple(slug for slug in fleet if slug in skip))
     if settings.dry_run:
         _log_plan(result, settings, runner)
         return result
-    progress = _Progress(result, settings, ctx, prover)
+    progress = _Progress(result, settings, ctx, prover, before)
     try:
         for number, slugs in enumerate(batches, start=1):
             progress.current = _label(number, len(batches), bool(settings.canary))
@@ -212,6 +217,7 @@ class _Progress:
     settings: RolloutSettings
     ctx: Context
     prover: Prover | None
+    before: Snapshot | None = None
     calls: list[CallResult] = field(default_factory=list)
     current: str = ""  # the call being made (or about to be)
     halted: str = ""
@@ -282,7 +288,7 @@ class _Progress:
         if not call.ok:
             self.halted = f"canary {slug} {'outcome unknown' if call.outcome_unknown else 'failed'}: {call.error}"
         elif row is None or not row.on_target or not row.healthy:
-            self.halted = f"canary {slug} did not come back verified: {_row_problem(row)}"
+            self.halted = f"canary {slug} did not come back verified: {_row_problem(row)}{self._ran_before(slug)}"
         if not self.halted:
             runner.log(f"canary {slug}: on target, healthy ({call.seconds:.1f} s)")
             if self.prover is not None and row is not None:
@@ -298,7 +304,7 @@ class _Progress:
         runner.log(f"soak: waiting {seconds:g} s with the canary alone on the new build{watched}")
         started = self.ctx.deadline.elapsed()
         if self.prover is not None:
-            self.halted = self.prover.watch(slug, seconds)
+            self.halted = self.prover.watch("canary", [slug], seconds, "the soak")
         else:
             self.ctx.deadline.sleep(seconds, "soaking the canary")
         self.soak_span = Soak(started=started, seconds=self.ctx.deadline.elapsed() - started)
@@ -315,26 +321,79 @@ class _Progress:
             f"stragglers {', '.join(stragglers) or 'none'} ({call.seconds:.1f} s)"
         )
         rows = {row.slug: row for row in call.rows}
-        for slug in stragglers if call.status == 200 and not call.outcome_unknown else ():
-            runner.warning(f"{slug} did not reach the target: {_row_problem(rows.get(slug))}",
-                           title=f"straggler {slug}")
-        failed = "outcome unknown" if call.outcome_unknown else "failed"
-        cp_error = "" if call.ok else f"{label} ({', '.join(slugs)}) {failed}: {call.error}"
-        if call.ok and call.error:  # ok: true with a message is information, not a halt
-            runner.log(f"{label}: the CP adds: {call.error}")
-        if len(self.straggling) > self.start.max_stragglers:  # name them, whether or not the CP halted too
-            names = listing(tuple(self.straggling))
-            self.halted = f"{_exceed(len(self.straggling), self.start.max_stragglers)}: {names}"
-            self.halted += f" ({cp_error})" if cp_error else ""
-            runner.error(self.halted, title="too many stragglers")
-        elif cp_error:
-            self.halted = cp_error
+        answered = call.status == 200 and not call.outcome_unknown
+        failed_on_build = [slug for slug in stragglers if answered and slug in rows and self._ran(slug)]
+        for slug in stragglers if answered else ():
+            if slug not in failed_on_build:
+                runner.warning(f"{slug} did not reach the target: {_row_problem(rows.get(slug))}",
+                               title=f"straggler {slug}")
+        self.halted = self._batch_halt(call, label, slugs, stragglers, failed_on_build)
+        if self.halted:
             runner.error(self.halted, title=f"{label} failed")
-        elif self.prover is not None:  # the stragglers are the coverage gate's, not the proof's
-            shipped = [rows[slug] for slug in slugs if slug in rows and slug not in self.straggling]
-            self.halted = self.prover.prove(label, shipped) if shipped else ""
+            return
+        if call.error:  # ok: true with a message is information, not a halt
+            runner.log(f"{label}: the CP adds: {call.error}")
+        shipped = [rows[slug] for slug in slugs if slug in rows and slug not in self.straggling]
+        if self.prover is not None and shipped:  # the stragglers are the coverage gate's, not the proof's
+            self.halted = self.prover.prove(label, shipped)
             if self.halted:
                 runner.error(self.halted, title=f"{label} not proven")
+                return
+        self.bake(label, [row.slug for row in shipped], runner)
+
+    def _batch_halt(self, call: CallResult, label: str, slugs: tuple[str, ...], stragglers: list[str],
+                    failed_on_build: list[str]) -> str:
+        """Why the rollout must stop after this call, or ''.
+
+        A tenant that ran a build before (the snapshot read it) and then fails to start this one is
+        evidence against the build, never quarantined: quarantine is for boxes that were dead
+        already. And a call that put none of its tenants on target halts whatever max-stragglers
+        says — a build that crashes on start must not get a second batch — unless every one of them
+        was unreadable before the run (the seed's dead box, alone in its call).
+        """
+        rows = {row.slug: row for row in call.rows}
+        failed = "outcome unknown" if call.outcome_unknown else "failed"
+        cp_error = "" if call.ok else f"{label} ({', '.join(slugs)}) {failed}: {call.error}"
+        if failed_on_build:
+            shown = "; ".join(f"{slug} failed on the new build, ran {self._sha_before(slug)} before: "
+                              f"{_row_problem(rows.get(slug))}" for slug in failed_on_build[:SHOWN_DETAILS])
+            more = f"; and {len(failed_on_build) - SHOWN_DETAILS} more" if len(failed_on_build) > SHOWN_DETAILS else ""
+            return f"{label}: {shown}{more}"
+        if len(self.straggling) > self.start.max_stragglers:  # name them, whether or not the CP halted too
+            names = listing(tuple(self.straggling))
+            return f"{_exceed(len(self.straggling), self.start.max_stragglers)}: {names}" + (
+                f" ({cp_error})" if cp_error else "")
+        if cp_error:
+            return cp_error
+        dead_before = self.before is not None and not any(self._ran(slug) for slug in slugs)
+        if len(stragglers) == len(slugs) and not dead_before:
+            problems = "; ".join(f"{slug}: {_row_problem(rows.get(slug))}" for slug in stragglers[:SHOWN_DETAILS])
+            return f"{label}: no tenant reached the target ({problems}): the build is not started on a second call"
+        return ""
+
+    def bake(self, label: str, slugs: list[str], runner: Runner) -> None:
+        """``batch-soak-seconds``: the batch's tenants watched (or, without a proof, waited on)
+        before the next call, as the canary is during its soak."""
+        seconds = self.settings.batch_soak_seconds
+        if seconds <= 0 or not slugs:
+            return
+        if self.prover is None:
+            runner.log(f"{label}: baking {seconds:g} s before the next call")
+            self.ctx.deadline.sleep(seconds, f"baking {label}")
+            return
+        runner.log(f"{label}: baking {seconds:g} s, its {counted(len(slugs), 'tenant')} watched every verify-interval")
+        self.halted = self.prover.watch(label, slugs, seconds, "its bake")
+        if self.halted:
+            runner.error(self.halted, title=f"{label} not proven")
+
+    def _ran(self, slug: str) -> bool:
+        return bool(self._sha_before(slug))
+
+    def _sha_before(self, slug: str) -> str:
+        return self.before.sha_of(slug)[:12] if self.before else ""
+
+    def _ran_before(self, slug: str) -> str:
+        return f"; it ran {self._sha_before(slug)} before" if self._ran(slug) else ""
 
 
 def _row_problem(row: TenantRow | None) -> str:
@@ -348,16 +407,24 @@ def _row_problem(row: TenantRow | None) -> str:
 
 
 def _log_plan(result: RolloutResult, settings: RolloutSettings, runner: Runner) -> None:
+    """The calls the run would make, in order: the same plan a real run follows."""
     canary = settings.canary
-    runner.log(f"dry run: would deploy {settings.target_tag} to {describe_plan(result.fleet, result.planned, canary)}")
+    runner.log(f"dry run: would deploy {settings.target_tag} to {describe_plan(result.planned, canary)}"
+               + (f"; {len(result.already_current)} already current, not redeployed" if result.already_current else ""))
     for number, slugs in enumerate(result.planned, start=1):
         runner.log(f"  {number}. {_label(number, len(result.planned), bool(canary))}: {', '.join(slugs)}")
+    if settings.on_failure == OnFailure.ROLLBACK:
+        runner.log(f"dry run: on-failure: rollback — a run that fails after a deploy call redeploys "
+                   f"{settings.rollback_tag} on the tenants it moved, then proves each back on its build")
+    else:
+        runner.log("dry run: on-failure: hold — a run that fails leaves the fleet where it stopped, for a person "
+                   "to decide")
 
 
-def describe_plan(fleet: Sequence[str], planned: Sequence[Sequence[str]], canary: str) -> str:
-    """``4 tenants in 2 batches``, or ``5 tenants in a canary and 2 batches``."""
+def describe_plan(planned: Sequence[Sequence[str]], canary: str) -> str:
+    """``4 tenants in 2 batches``, or ``5 tenants in a canary and 2 batches``: the tenants the calls deploy."""
     batches = counted(len(planned) - (1 if canary else 0), "batch")
-    return f"{counted(len(fleet), 'tenant')} in {'a canary and ' if canary else ''}{batches}"
+    return f"{counted(sum(len(call) for call in planned), 'tenant')} in {'a canary and ' if canary else ''}{batches}"
 
 
 def _exceed(stragglers: int, tolerance: int) -> str:

@@ -65,6 +65,7 @@ class RolloutSettings:
     skip_current: bool = True  # do not redeploy a tenant whose pre-deploy snapshot reports sha (skip-current)
     on_failure: OnFailure = OnFailure.HOLD
     rollback_tag: str = ""  # the tag a rollback deploys: rollback-tag, or promote-tag's value when empty
+    batch_soak_seconds: float = 0.0  # each batch's bake: its tenants watched this long after its proof
 
     @property
     def call_worst_case(self) -> float:

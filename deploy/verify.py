@@ -42,9 +42,21 @@ STATES = (Verdict.VERIFIED, Verdict.STALE, Verdict.UNREACHABLE, Verdict.UNHEALTH
 FAILING = (Verdict.STALE, Verdict.UNREACHABLE, Verdict.UNHEALTHY)
 
 
+SHOWN_DETAILS = 3  # failing tenants described one by one in a halt's reason; more are listed by state
+
+
 def failing_listing(result: VerifyResult) -> str:
     """``stale a, b; unreachable c``: each failing state with its tenants (at most 20 named each)."""
     return "; ".join(f"{state} {listing(result.slugs(state))}" for state in FAILING if result.slugs(state))
+
+
+def described_failures(result: VerifyResult) -> str:
+    """``a is stale (why)``, each failing tenant with what was seen when there are only a few
+    (a canary's proof names its one tenant); else :func:`failing_listing`."""
+    failing = [verdict for verdict in result.verdicts if verdict.state in FAILING]
+    if len(failing) <= SHOWN_DETAILS:
+        return "; ".join(f"{verdict.slug} is {verdict.state} ({verdict.detail})" for verdict in failing)
+    return failing_listing(result)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,17 +111,19 @@ class _Stage:
     verdicts: dict[str, TenantVerdict]
     pending: list[_Pending]
     label: str = "verify"  # what the log lines are about: the verify stage, or a call's proof
+    decisive: bool = False  # a SHA reported decides at once: another one is stale, not polled again
     rounds: int = 0
     verified: int = 0  # counted as verdicts come in: a round's progress line costs nothing per tenant
 
     @classmethod
     def begin(cls, settings: VerifySettings, sha: str, rows: Sequence[TenantRow], clock: Clock,
-              deadline: Deadline, label: str, expected: Mapping[str, str]) -> _Stage:
+              deadline: Deadline, label: str, expected: Mapping[str, str], decisive: bool) -> _Stage:
         start = clock.now()
         wanted = "the SHA it ran before" if expected else sha[:12]
         stage = cls(settings=settings, wanted=wanted, clock=clock, start=start,
                     end=start + min(settings.budget, deadline.remaining()), started=deadline.elapsed(),
-                    order=tuple(dict.fromkeys(row.slug for row in rows)), verdicts={}, pending=[], label=label)
+                    order=tuple(dict.fromkeys(row.slug for row in rows)), verdicts={}, pending=[], label=label,
+                    decisive=decisive)
         for row in {row.slug: row for row in rows}.values():  # the latest row of a slug wins
             if not TENANT_RE.match(row.slug):
                 stage.verdicts[row.slug] = TenantVerdict(slug=row.slug, state=Verdict.UNREACHABLE, running="",
@@ -165,6 +179,11 @@ class _Stage:
                 self.verified += 1
                 continue
             tenant.problem = answer.problem or f"reports {tenant.running[:12]}, not {tenant.expected[:12]}"
+            if answer.reported and self.decisive:
+                self.verdicts[tenant.slug] = TenantVerdict(
+                    slug=tenant.slug, state=Verdict.STALE, running=tenant.running, seconds=answer.at - self.start,
+                    detail=f"reports {tenant.running[:40]}, not {tenant.expected[:12]}")
+                continue
             still.append(tenant)
         return still
 
@@ -188,6 +207,7 @@ def verify_tenants(
     reader: BuildinfoClient | None = None,
     label: str = "verify",
     expected: Mapping[str, str] | None = None,
+    decisive: bool = False,
 ) -> VerifyResult:
     """Poll every healthy row's ``verify-url`` until it reports ``sha`` or the shared deadline passes.
 
@@ -197,11 +217,13 @@ def verify_tenants(
     is a client kept open across calls (a rollout proving call after call); ``label`` names the
     stage or the call being proven in the log. ``expected`` gives tenants a SHA of their own to
     report instead of ``sha`` (a rollback: each back on its snapshot SHA, all in one stage).
+    ``decisive``: the first SHA a tenant reports is its verdict — one that went back to another
+    build is not waited for (the final check); only a tenant that gives no usable answer is asked again.
     """
     if not (sha or expected) or not settings.url_template:
         raise ValueError("verify needs the sha and a verify-url template")
     runner = ctx.runner
-    stage = _Stage.begin(settings, sha, rows, ctx.clock, ctx.deadline, label, expected or {})
+    stage = _Stage.begin(settings, sha, rows, ctx.clock, ctx.deadline, label, expected or {}, decisive)
     kept = f", its last {ctx.deadline.reserve:g} s kept for a rollback" if ctx.deadline.reserve else ""
     cut = f" (cut short by the overall timeout{kept})" if stage.budget < settings.budget else ""
     runner.log(

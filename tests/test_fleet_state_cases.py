@@ -105,7 +105,7 @@ def test_a_promote_to_an_unreachable_registry_after_verify_never_rolls_back(flee
     assert all(sim.running_sha(slug) == SHA for slug in slugs(4))
 
 
-def test_a_dry_run_with_on_failure_rollback_reads_no_snapshot_and_rolls_nothing_back(fleet, action):
+def test_a_dry_run_with_on_failure_rollback_reads_only_the_snapshot_and_rolls_nothing_back(fleet, action):
     tenants = specs(slugs(4), deploy_seconds=1)
     tenants[1].dead = tenants[2].stale = True  # a real run would fail here
     sim, server = fleet(tenants, builds=builds_for(TAG, SHA))
@@ -114,8 +114,9 @@ def test_a_dry_run_with_on_failure_rollback_reads_no_snapshot_and_rolls_nothing_
 
     assert result.code == 0 and result.outputs["outcome"] == "planned", result.stdout
     assert [call["dry_run"] for call in sim.calls] == [True]  # the enumeration, nothing else
-    assert server.seen("/tenants/") == []  # no snapshot, no verify
-    assert result.report["snapshot"] is None and "snapshot:" not in result.stdout
+    assert sorted(r.path for r in server.seen("/tenants/")) == [f"/tenants/{s}/buildinfo" for s in slugs(4)]
+    assert [t["slug"] for t in result.report["snapshot"]["tenants"]] == slugs(4)  # one read each: the plan's
+    assert "dry run: on-failure: rollback" in result.stdout
     assert_no_rollback(sim, result)
 
 

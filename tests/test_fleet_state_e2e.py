@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from deploy.runner import parse_output_file
 from deploy.sim.fleet import OLD_SHA, Fault, TenantSpec, builds_for, specs
 from tests.actions_runner import ROOT, container_env
@@ -33,16 +35,17 @@ def test_tenants_already_on_the_build_are_not_redeployed_but_verified(fleet, act
     assert f"{OLD_SHA[:12]} → {SHA[:12]}" in result.summary and "already current" in result.summary
 
 
-def test_a_fleet_already_on_the_build_gets_no_deploy_call_and_is_still_verified_and_promoted(
-        fleet, action, registry, repository):
+@pytest.mark.parametrize("canary", ["t01", ""], ids=["canary", "no-canary"])
+def test_a_fleet_already_on_the_build_gets_no_deploy_call_but_the_canary_and_is_still_verified_and_promoted(
+        fleet, action, registry, repository, canary):
     _old, new = seeded(registry, repository)
     sim, server = fleet(specs(slugs(10), running=SHA))
-    result = action(server, canary="t01", verify_url=buildinfo(server), promote_images=registry.image(repository))
+    result = action(server, canary=canary, verify_url=buildinfo(server), promote_images=registry.image(repository))
 
     assert result.code == 0 and result.outputs["ok"] == "true", result.stdout
-    assert sim.deploy_calls() == []
+    assert [call["only_slugs"] for call in sim.deploy_calls()] == ([["t01"]] if canary else [])
     assert result.outputs["verified"] == "10" and registry.digest(repository, "latest") == new
-    assert len(json.loads(result.outputs["already-current"])) == 10
+    assert len(json.loads(result.outputs["already-current"])) == (9 if canary else 10)
 
 
 def test_re_running_after_two_dead_tenants_were_fixed_deploys_only_those_and_the_never_reached(fleet, action):

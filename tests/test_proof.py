@@ -34,6 +34,9 @@ class ScriptedReader:
             return Answer.unusable("HTTP 503: upstream connect error", self.clock.now())
         return Answer(reported=SHA if kind == "sha" else OTHER, problem="", at=self.clock.now())
 
+    def read_all(self, urls: list[str], timeout: float, deadline: Deadline) -> list[Answer | None]:
+        return [self.read(url, timeout, deadline) for url in urls]
+
     def close(self) -> None:
         pass
 
@@ -45,7 +48,7 @@ def watch(script: list[str], soak: float = 4.0) -> tuple[str, Prover, ScriptedRe
     prover.reader.close()
     reader = ScriptedReader(clock, script)
     prover.reader = reader  # type: ignore[assignment]
-    return prover.watch("canary-1", soak), prover, reader
+    return prover.watch("canary", ["canary-1"], soak, "the soak"), prover, reader
 
 
 def test_a_canary_that_keeps_reporting_the_build_passes_and_is_polled_every_interval():

@@ -118,14 +118,17 @@ class Run:
         (f"  {SHA}\n", True),
         (SHA[:7], True),
         (SHA[:12].upper(), True),
-        (SHA + "-dirty", True),  # the build's SHA is a prefix of what it reports
+        (SHA + "-dirty", False),  # a working tree with changes: another build
+        (SHA[:12] + "+local", False),
+        (f" {SHA} ", True),  # whitespace around it is not part of it
+        ("g" + SHA[1:], False),  # not hex
         (SHA[:6], False),  # too short to prove anything
         (OLD_SHA, False),
         (SHA[:7] + ("1" if SHA[7] == "0" else "0"), False),  # seven right, the eighth wrong
         ("", False),
     ],
 )
-def test_sha_matches_equal_or_a_prefix_of_seven_or_more_in_any_case(reported: str, expected: bool) -> None:
+def test_sha_matches_hex_equal_or_a_prefix_of_seven_or_more_in_any_case(reported: str, expected: bool) -> None:
     assert sha_matches(reported, SHA) is expected
 
 
