@@ -327,8 +327,9 @@ def _facts(run: Run, cell: _Cell) -> list[str]:
     return ["| | |", "| --- | --- |", *[f"| {k} | {cell(v)} |" for k, v in rows], ""]
 
 
+# A span's first word → its section; the rest (calls, proofs, bakes) is Rollout.
 SECTIONS = {"gates": "Gates", "plan": "Plan", "snapshot": "Snapshot", "verify": "Verify", "final": "Final check",
-            "promote": "Promote", "rollback": "Rollback"}  # a span's first word → its section; the rest (calls, proofs) is Rollout
+            "promote": "Promote", "rollback": "Rollback"}
 TIMELINE_BARS = 40  # batch bars in the summary's timeline; more batches are merged into this many
 CELL_CHARS = 300  # of one summary cell: a CP's long error text must not make the table megabytes (the report keeps it)
 TABLE_ROWS = 300  # rows of the summary's tenant table: about 40 KiB, far below the runner's 1 MiB

@@ -18,9 +18,10 @@ from deploy.context import Context
 from deploy.controlplane import CallResult, ControlPlaneClient, TenantRow
 from deploy.errors import Abort, DeadlineExceeded, DeployFailed, Skip
 from deploy.fleetstate import Snapshot
-from deploy.proof import SHOWN_DETAILS, ProofSpan, Prover
+from deploy.proof import ProofSpan, Prover
 from deploy.runner import Runner, counted, listing
 from deploy.settings import OnFailure, RolloutSettings
+from deploy.verify import SHOWN_DETAILS
 
 
 @dataclass(frozen=True, kw_only=True)
