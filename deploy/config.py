@@ -572,11 +572,13 @@ TAG_SHA_RE = re.compile(r"-([0-9a-f]{7,40})\Z")
 def tag_sha(tag: str) -> str:
     """The commit a tag names by its ``-<hex>`` suffix (``staging-8ddce85``, ``sha-8ddce85f``), or ''.
 
-    Only a suffix of 7 to 40 lower-case hex characters with at least one letter counts: an
-    all-digit suffix is more often a date or a build number (``release-20241101``) than a SHA.
+    A suffix of 7 to 40 lower-case hex characters counts; one of digits only, only at the lengths
+    git prints a SHA (7, or 40): ``release-20241101`` or ``build-104233`` is a date or a build
+    number, while ``staging-0000000`` is the short SHA of a commit.
     """
     match = TAG_SHA_RE.search(tag)
-    return match.group(1) if match and not match.group(1).isdigit() else ""
+    named = match.group(1) if match else ""
+    return named if not named.isdigit() or len(named) in (7, 40) else ""
 
 
 def _rollback_tag(inputs: _Inputs) -> str:

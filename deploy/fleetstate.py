@@ -114,9 +114,9 @@ def _check_field(field: str, answers: Sequence[Answer | None]) -> None:
     keys = list(dict.fromkeys(key for answer in answered for key in answer.held or ()))[:HELD_KEYS]
     held = f"they hold {', '.join(keys)}" if keys else "none is a JSON object at that path"
     raise ConfigErrors([ConfigError(
-        "verify-field", f"{field!r} is in no tenant's answer: {counted(len(answered), 'tenant')} answered 200 without "
-                        f"it before anything was deployed ({held}); name the field that holds the running commit SHA "
-                        "(a dotted path such as build.git_sha)")])
+        "verify-field", f"is {field!r}, which no tenant's answer holds: {counted(len(answered), 'tenant')} "
+                        f"answered 200 without it before anything was deployed ({held}); name the field that holds "
+                        "the running commit SHA (a dotted path such as build.git_sha)")])
 
 
 @dataclass(frozen=True, kw_only=True)

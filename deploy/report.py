@@ -318,6 +318,15 @@ def _facts(run: Run, cell: _Cell) -> list[str]:
             rows.append(("Stragglers", listing(r.stragglers)))
         if r.halted and r.not_started:
             rows.append(("Not started", f"{len(r.not_started)} (the rollout halted first)"))
+        if r.already_current:
+            rows.append(("Already current", f"{len(r.already_current)} not redeployed: their verify-url reported sha "
+                                            "before the rollout (to ship a rebuild of the same commit, set "
+                                            "skip-current: false)"))
+        config = run.config
+        canary = config.rollout.canary if config else ""
+        if config and canary and run.snapshot and not r.dry_run and canary in run.snapshot.current(config.sha):
+            rows.append(("Canary", f"{canary} already reported sha and was deployed again: a re-run starts from the "
+                                   "canary, its proof and soak, before any batch"))
     if run.verify:
         counts = ", ".join(f"{s} {len(run.verify.slugs(s))}" for s in STATES)
         rows.append(("Verify", f"{counts} in {run.verify.seconds:.1f} s"))

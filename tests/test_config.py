@@ -44,6 +44,9 @@ def test_defaults_load_and_target_tag_derives_from_sha():
         ({"rollout_timeout": "60"}, "rollout-timeout", "below request-timeout"),
         ({"rollout_timeout": "390"}, "rollout-timeout", "300 + 90 = 390"),
         ({"soak_seconds": "-5"}, "soak-seconds", "must be 0 or more"),
+        ({"batch_soak_seconds": "-1"}, "batch-soak-seconds", "must be 0 or more"),
+        ({"target_tag": "staging-0000000"}, "target-tag", "names commit 0000000, not sha 8ddce85f3b2a"),
+        ({"target_tag": "sha-abcdef12"}, "target-tag", "names commit abcdef12"),
         ({"verify_budget": "nan"}, "verify-budget", "finite"),
         ({"dry_run": "maybe"}, "dry-run", "true or false"),
         ({"verify_each_batch": "maybe"}, "verify-each-batch", "true or false"),
@@ -339,3 +342,22 @@ def test_a_token_that_cannot_travel_in_a_header_is_a_configuration_error(name):
 def test_verify_url_is_kept_in_the_form_requests_sends(given: str, sent: str) -> None:
     """Tenant reads skip requests' own URL preparation: the template is prepared once, here."""
     assert config.load({**BASE, "FLEET_VERIFY_URL": given}).verify.url_template == sent
+
+
+@pytest.mark.parametrize(("tag", "named"), [
+    ("staging-8ddce85", "8ddce85"),
+    ("sha-8ddce85f3b2a", "8ddce85f3b2a"),
+    ("staging-0000000", "0000000"),  # seven digits: git's short SHA
+    ("release-20241101", ""),  # eight digits: a date, not a SHA
+    ("build-104233", ""),  # too short
+    ("v1.2.3", ""),
+    ("latest", ""),
+    ("staging-8DDCE85", ""),  # tags are written in lower case by every builder we know; upper case is a word
+])
+def test_the_commit_a_tag_names_by_its_hex_suffix(tag, named):
+    assert config.tag_sha(tag) == named
+
+
+def test_a_tag_whose_suffix_agrees_with_sha_or_names_no_commit_loads():
+    for tag in ("staging-8ddce85", "sha-8ddce85f3b2a", "release-20241101", "latest-build"):
+        assert config.load({**BASE, "FLEET_TARGET_TAG": tag}).rollout.target_tag == tag

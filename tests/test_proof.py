@@ -82,3 +82,19 @@ def test_going_back_to_another_build_fails_at_once_and_the_verdict_says_stale(sc
     assert reader.reads == len(script)
     assert prover.verdicts["canary-1"].state == Verdict.STALE
     assert prover.verdicts["canary-1"].running == OTHER
+
+
+def test_a_bake_watches_every_tenant_of_the_batch_and_names_the_one_that_went_back():
+    clock = FakeClock()
+    ctx = Context(Runner(io.StringIO()), Deadline.starting_now(clock, 3600))
+    prover = Prover(SETTINGS, HttpSettings(request_timeout=5, retry_delays=()), SHA, ctx)
+    prover.reader.close()
+    reader = ScriptedReader(clock, ["sha", "sha", "sha", "other"])  # read in turn: a, b, a, b
+    prover.reader = reader  # type: ignore[assignment]
+
+    problem = prover.watch("batch 1/2", ["a", "b"], 4.0, "its bake")
+
+    assert problem.startswith(f"batch 1/2: b went back to {OTHER[:12]}, not {SHA[:12]}") and "into its bake" in problem
+    assert reader.reads == 4 and set(prover.verdicts) == {"b"}
+    assert (prover.verdicts["b"].state, prover.verdicts["b"].call) == (Verdict.STALE, "batch 1/2")
+    assert prover.spans[-1].label == "bake batch 1/2" and not prover.spans[-1].ok

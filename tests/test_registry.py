@@ -302,3 +302,71 @@ def test_a_huge_challenge_header_is_parsed_in_linear_time() -> None:
     assert parse_challenge(header).params == {
         "realm": "https://t.example/token", "service": "reg", "scope": "repository:a/b:pull"}
     assert parse_challenge('Basic realm="a \\"quoted\\" name"').params == {"realm": 'a "quoted" name'}
+
+
+# -- the commit an image was built from (org.opencontainers.image.revision) -------------------------
+
+
+def labelled_image(requests_mock, labels: dict, storage: str = "") -> Manifest:
+    """An OCI manifest on ghcr.io whose config carries ``labels``; its blob served from ``storage`` when given."""
+    config = json.dumps({"config": {"Labels": labels}}).encode()
+    config_digest = digest_of(config)
+    body = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                       "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest,
+                                  "size": len(config)}, "layers": []}).encode()
+    blob = f"https://ghcr.io/v2/acme/app/blobs/{config_digest}"
+    if storage:
+        requests_mock.get(blob, status_code=307, headers={"Location": storage})
+        requests_mock.get(storage, content=config)
+    else:
+        requests_mock.get(blob, content=config)
+    return Manifest.of(body, OCI_MANIFEST)
+
+
+def test_the_revision_label_is_read_from_the_image_config(requests_mock):
+    manifest = labelled_image(requests_mock, {"org.opencontainers.image.revision": "8ddce85f3b2a", "other": "x"})
+    assert make_repository().revision(manifest, DEADLINE) == "8ddce85f3b2a"
+
+
+def test_an_image_without_the_label_has_no_revision(requests_mock):
+    manifest = labelled_image(requests_mock, {"org.opencontainers.image.title": "app"})
+    assert make_repository().revision(manifest, DEADLINE) is None
+
+
+def test_a_config_blob_on_storage_elsewhere_is_read_without_the_registrys_credentials(requests_mock):
+    storage = "https://pkg-containers.example.net/blob?signature=abc"
+    manifest = labelled_image(requests_mock, {"org.opencontainers.image.revision": "abc1234"}, storage=storage)
+    repository = make_repository()
+    repository._authorization = "Bearer registry-token-abcdef"  # as after a token exchange
+    assert repository.revision(manifest, DEADLINE) == "abc1234"
+    blob, stored = requests_mock.request_history[-2:]
+    assert blob.headers["Authorization"] == "Bearer registry-token-abcdef"
+    assert stored.url == storage and "Authorization" not in stored.headers
+
+
+def test_a_config_blob_that_does_not_hash_to_its_digest_is_an_error(requests_mock):
+    manifest = labelled_image(requests_mock, {"org.opencontainers.image.revision": "abc1234"})
+    requests_mock.get(manifest_config_url(manifest), content=b'{"other": 1}')
+    with pytest.raises(RegistryError, match="the bytes served hash to"):
+        make_repository().revision(manifest, DEADLINE)
+
+
+def manifest_config_url(manifest: Manifest) -> str:
+    return f"https://ghcr.io/v2/acme/app/blobs/{json.loads(manifest.body)['config']['digest']}"
+
+
+def test_an_index_annotation_wins_and_an_index_without_one_reads_its_first_platform_image(requests_mock):
+    annotated = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [],
+                            "annotations": {"org.opencontainers.image.revision": "fedcba9"}}).encode()
+    assert make_repository().revision(Manifest.of(annotated, OCI_INDEX), DEADLINE) == "fedcba9"
+
+    child = labelled_image(requests_mock, {"org.opencontainers.image.revision": "abc1234"})
+    attestation = "sha256:" + "a" * 64
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": OCI_MANIFEST, "digest": attestation, "size": 1, "platform": {"os": "unknown",
+                                                                                "architecture": "unknown"}},
+        {"mediaType": OCI_MANIFEST, "digest": child.digest, "size": len(child.body),
+         "platform": {"os": "linux", "architecture": "amd64"}}]}).encode()
+    requests_mock.get(f"{BASE}/{child.digest}", **manifest_response(child.body))
+    assert make_repository().revision(Manifest.of(index, OCI_INDEX), DEADLINE) == "abc1234"
+    assert not any(attestation in request.url for request in requests_mock.request_history)

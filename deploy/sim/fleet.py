@@ -7,8 +7,9 @@ slow (the CP's per-tenant timeout plus its health settle, 390 sim seconds by def
 its row says ``verified_on_target: false``, and the CP answers ``ok: false`` only when the call's
 failed tenants outnumber its ``max_stragglers``.
 
-Knobs per tenant (:class:`TenantSpec`) cover dead, slow, stale, unhealthy, flapping, settling and
-reverting tenants, tenants that start on a given build or refuse a tag (a rollback), rows missing or
+Knobs per tenant (:class:`TenantSpec`) cover dead, slow, stale, unhealthy, flapping, settling,
+reverting, silent and half-swapped tenants, tenants that start on a given build or refuse a tag
+(a rollback), rows missing or
 in an older CP's shape; ``FleetSim.bad_builds`` makes a build bad fleet-wide (the CP says on target,
 ``/buildinfo`` keeps the previous build); ``builds`` maps every tag the CP can deploy, ``latest``
 included (:func:`builds_for`: ``latest`` still names the previous build, for rollbacks);
@@ -47,6 +48,9 @@ class TenantSpec:
     legacy_row: bool = False  # the row lacks verified_on_target and healthz_ok (an older CP)
     running: str | None = None  # what /buildinfo reports before any deploy; None: OLD_SHA
     refuses: set[str] = field(default_factory=set)  # target tags whose deploy fails here: row failed, build kept
+    alternates: bool = False  # half-swapped behind a load balancer: after a deploy, every other read is the old build
+    silent_after: float | None = None  # this long after a deploy call's wait, /buildinfo drops connections …
+    silent_for: float | None = None  # … for this long (None: for good, until the next deploy)
 
     @property
     def initial(self) -> str:
@@ -77,6 +81,10 @@ class _Deployed:
     previous: str = OLD_SHA
     reverts_at: float | None = None
     initial: str = OLD_SHA
+    silent: tuple[float, float] | None = None  # (from, until) monotonic: /buildinfo drops connections
+
+    def silent_at(self, now: float) -> bool:
+        return self.silent is not None and self.silent[0] <= now < self.silent[1]
 
     def build(self, now: float) -> str:
         """The build the tenant runs at ``now``, settled or not."""
@@ -200,7 +208,12 @@ class FleetSim:
         before = self._running.get(tenant.slug)
         previous = before.build(now) if before else tenant.initial
         reverts = None if tenant.reverts_after is None else now + tenant.reverts_after * self.time_scale
-        return _Deployed(sha, now + tenant.settle_seconds * self.time_scale, previous, reverts, tenant.initial)
+        silent = None
+        if tenant.silent_after is not None:
+            begins = now + tenant.silent_after * self.time_scale
+            lasts = float("inf") if tenant.silent_for is None else tenant.silent_for * self.time_scale
+            silent = (begins, begins + lasts)
+        return _Deployed(sha, now + tenant.settle_seconds * self.time_scale, previous, reverts, tenant.initial, silent)
 
     def _deploy_seconds(self, tenant: TenantSpec) -> float:
         return self.cp_tenant_timeout + self.cp_settle_seconds if tenant.dead else tenant.deploy_seconds
@@ -258,7 +271,8 @@ class FleetSim:
         tenant = self.by_slug.get(slug)
         if tenant is None:
             return Response.json({"error": "no such tenant"}, 404)
-        if tenant.dead:
+        deployed = self._running.get(slug)
+        if tenant.dead or (deployed is not None and deployed.silent_at(time.monotonic())):
             return Response(reset=True)
         with self._lock:
             hits = self._buildinfo_hits[slug] = self._buildinfo_hits.get(slug, 0) + 1
@@ -267,6 +281,8 @@ class FleetSim:
         if tenant.slow_buildinfo:
             time.sleep(tenant.slow_buildinfo * self.time_scale)
         sha = tenant.initial if tenant.stale else self.running_sha(slug)
+        if tenant.alternates and deployed is not None and hits % 2:
+            sha = deployed.previous  # the instance the load balancer still sends every other request to
         return Response.json({"git_sha": sha, "service": "tenant", "slug": slug})
 
 

@@ -108,10 +108,13 @@ class RunningRegistry:
             assert response.status_code == 201, response.text
         return digest_of(body)
 
-    def seed_image(self, repository: str, tag: str, variant: str = "amd64", media_type: str = OCI_MANIFEST) -> Seeded:
-        """Push a config, a layer and a single-platform manifest; ``variant`` makes the bytes unique."""
+    def seed_image(self, repository: str, tag: str, variant: str = "amd64", media_type: str = OCI_MANIFEST,
+                   labels: dict[str, str] | None = None) -> Seeded:
+        """Push a config, a layer and a single-platform manifest; ``variant`` makes the bytes unique.
+        ``labels`` go in the config (``org.opencontainers.image.revision``: the commit it was built from)."""
         arch = variant.split("-")[0]
         config = json.dumps({"architecture": arch, "os": "linux", "variant_of_test": variant,
+                             "config": {"Labels": labels or {}},
                              "rootfs": {"type": "layers", "diff_ids": []}}).encode()
         layer = f"layer of {repository} {variant}".encode()
         manifest = {
@@ -125,12 +128,13 @@ class RunningRegistry:
         body = json.dumps(manifest, indent=3).encode()  # unusual formatting: re-serialising would change the digest
         return Seeded(self.push_manifest(repository, tag, body, media_type), media_type, body)
 
-    def seed_index(self, repository: str, tag: str, variant: str = "v1", media_type: str = OCI_INDEX) -> Seeded:
-        """Push two platform manifests (amd64, arm64) and an index of them under ``tag``."""
+    def seed_index(self, repository: str, tag: str, variant: str = "v1", media_type: str = OCI_INDEX,
+                   labels: dict[str, str] | None = None) -> Seeded:
+        """Push two platform manifests (amd64, arm64), each with ``labels``, and an index of them under ``tag``."""
         child_type = CHILD_TYPES[media_type]
         entries, children = [], []
         for arch in ("amd64", "arm64"):
-            child = self.seed_image(repository, f"{tag}-{arch}", f"{arch}-{variant}", child_type)
+            child = self.seed_image(repository, f"{tag}-{arch}", f"{arch}-{variant}", child_type, labels)
             children.append(child.digest)
             entries.append({"mediaType": child_type, "digest": child.digest, "size": len(child.body),
                             "platform": {"architecture": arch, "os": "linux"}})
