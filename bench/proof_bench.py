@@ -1,27 +1,36 @@
-"""Progressive proof (verify-each-batch): how far a bad build gets, and what the proof costs a good one.
+"""Progressive proof: how far a bad build gets, and what the proof costs a good one.
 
-The simulator (CP + tenants' ``/buildinfo``) runs in a process of its own, fresh for every run; the
-client runs ``deploy.main.run`` in a fresh process too (interpreter start and imports left out of
-its figures). Two measurements:
+The simulator (CP + tenants' ``/buildinfo``) runs in a process of its own; the client runs
+``deploy.main.run`` in a fresh process too (interpreter start and imports left out of its
+figures). Two measurements:
 
-1. **Blast radius on a bad build.** 100 tenants, batch size 10, ``FleetSim(bad_builds={TAG})``:
-   every CP row says the tenant is on target, ``/buildinfo`` keeps the old SHA. ``verify-url``
-   set, ``verify-budget`` 1 s, ``verify-interval`` 0.2 s, soak 0, stages rollout + verify (no
-   promote). Runs with and without a canary (the first tenant), with ``verify-each-batch: true``
-   and, for contrast, ``false``. Printed per run: the deploy calls the CP took and the tenants
-   they redeployed (counted by the simulator: the slugs of ``fleet.deploy_calls()``, served at
-   ``/_bench/calls``), the client's own count (its ``shipped`` output), the exit code,
-   ``aborted-at`` and the wall time.
-   Targets (``true``): the canary alone with a canary, one batch (10) without.
+1. **Blast radius on a bad build**, a matrix. 100 tenants, batch size 10, each deploy call 0.05 s,
+   ``max-stragglers`` 0, stages rollout + verify (no promote), ``verify-each-batch`` on, soak 1 s
+   with a canary, bake (``batch-soak-seconds``) 1 s, ``verify-interval`` 0.2 s, ``verify-budget``
+   1 s. Four bad builds, each as the simulator plays it:
+
+   - *stale*: every CP row says on target, ``/buildinfo`` keeps the old SHA (``bad_builds``);
+   - *crash on start*: every row says failed, ``/buildinfo`` keeps the old SHA (``refuses``);
+   - *revert after proof*: each tenant reports the build when its call returns, then its old one
+     again 0.2 s later (``reverts_after``);
+   - *half-swapped*: after its deploy, every other ``/buildinfo`` answer is the old build
+     (``alternates``);
+
+   × with and without a canary (the first tenant) × a first run and a re-run on the same fleet
+   right after it failed (the re-run finds a canary that may report the build in its snapshot).
+   Printed per cell: the tenants the CP was asked to deploy by that run (counted by the simulator),
+   the exit code and ``aborted-at``. Target in every cell: the canary alone with a canary, one
+   batch (10) without. A contrast row: the stale build with ``verify-each-batch: false``.
 2. **Cost on a healthy fleet.** 1000 tenants, batch size 25, canary on, soak 0, deploys instant
    (``time_scale=0``, settle 0: every tenant reports the SHA when its call returns), ``verify-url``
    set (interval 1 s, budget 600 s). Promote is off (stages rollout + verify): promote would add the
    same fixed cost to both modes, so leaving it out makes the comparison stricter. Wall time and
    client CPU of the whole run, ``verify-each-batch: true`` vs ``false``, median of 3 runs each
-   (interleaved), and the relative difference. Target: under 5% more wall time with ``true``.
-   Measured twice: with instant deploys (the run is then almost all ``/buildinfo`` reads, and the
-   proof's fixed cost, about 1 ms per call, is a visible share), and with a CP that takes 0.25 s
-   per deploy call (still far faster than a real one).
+   (interleaved), and the relative difference. Target: under 5% more wall time with ``true`` at a
+   CP call of 0.25 s. Measured twice: with instant deploys (the run is then almost all
+   ``/buildinfo`` reads, and the proof's fixed cost, about 1 ms per call, is a visible share), and
+   with a CP that takes 0.25 s per deploy call (still far faster than a real one). Both modes run
+   the final check before the run ends.
 
     python bench/proof_bench.py [--repeat 3] [--tenants 1000] [--batch-size 25] [--call-seconds 0,0.25]
 """
@@ -29,7 +38,6 @@ its figures). Two measurements:
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import statistics
@@ -41,30 +49,40 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from simbench import SHA, TAG, Calls, run_client  # noqa: E402
+from simbench import SHA, TAG, Calls, run_client, run_clients  # noqa: E402
 
 from deploy.sim.fleet import FleetSim, healthy_fleet  # noqa: E402
 from deploy.sim.server import SimServer  # noqa: E402
 
 TOKEN = "bench-token-5d2f8b"
+BAD_BUILDS = ("stale", "crash on start", "revert after proof", "half-swapped")
+SOAK = 1.0  # seconds of the canary's soak and of each batch's bake in the blast-radius runs
 
 
-def serve(tenants: int, bad: bool, call_seconds: float,
+def serve(tenants: int, bad: str, call_seconds: float,
           url_queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
-    specs = healthy_fleet(tenants)  # every deploy takes 5 sim seconds: scaled to call_seconds of real time
-    fleet = FleetSim(specs, builds={TAG: SHA}, token=TOKEN, time_scale=call_seconds / specs[0].deploy_seconds,
-                     bad_builds={TAG} if bad else set())
+    """A fleet whose every deploy takes 5 sim seconds, scaled to ``call_seconds`` of real time,
+    shipping the bad build ``bad`` (one of :data:`BAD_BUILDS`) or, with ``bad`` empty, a good one."""
+    specs = healthy_fleet(tenants)
+    scale = call_seconds / specs[0].deploy_seconds
+    for spec in specs:
+        spec.refuses = {TAG} if bad == "crash on start" else set()
+        spec.reverts_after = 0.2 / scale if bad == "revert after proof" else None
+        spec.alternates = bad == "half-swapped"
+    fleet = FleetSim(specs, builds={TAG: SHA}, token=TOKEN, time_scale=scale,
+                     bad_builds={TAG} if bad == "stale" else set())
     with SimServer([Calls(fleet), fleet], record=False) as server:
         url_queue.put(server.url)
         time.sleep(24 * 3600)
 
 
 def client_env(url: str, workdir: Path, *, tenants: int, batch_size: int, canary: bool, each_batch: bool,
-               budget: float, interval: float) -> dict[str, str]:
+               budget: float, interval: float, soak: float = 0.0) -> dict[str, str]:
     env = {
         "PATH": os.environ.get("PATH", ""),
         "FLEET_CP_URL": url, "FLEET_CP_TOKEN": TOKEN, "FLEET_SHA": SHA, "FLEET_STAGES": "rollout,verify",
-        "FLEET_SOAK_SECONDS": "0", "FLEET_BATCH_SIZE": str(batch_size), "FLEET_MAX_STRAGGLERS": "0",
+        "FLEET_SOAK_SECONDS": f"{soak:g}", "FLEET_BATCH_SOAK_SECONDS": f"{soak:g}",
+        "FLEET_BATCH_SIZE": str(batch_size), "FLEET_MAX_STRAGGLERS": "0",
         "FLEET_VERIFY_URL": f"{url}/tenants/{{slug}}/buildinfo", "FLEET_VERIFY_INTERVAL": f"{interval:g}",
         "FLEET_VERIFY_BUDGET": f"{budget:g}", "FLEET_VERIFY_EACH_BATCH": "true" if each_batch else "false",
         "FLEET_TIMEOUT": "7200",
@@ -76,39 +94,54 @@ def client_env(url: str, workdir: Path, *, tenants: int, batch_size: int, canary
     return env
 
 
-def run_once(*, tenants: int, bad: bool, call_seconds: float = 0.0, **knobs: Any) -> dict[str, Any]:
+def run_once(*, tenants: int, bad: str, call_seconds: float = 0.0, **knobs: Any) -> dict[str, Any]:
     """One client run against a fresh simulator: its figures, outputs and the CP's deploy calls."""
     return run_client(serve, (tenants, bad, call_seconds),
                       lambda url, workdir: client_env(url, workdir, tenants=tenants, **knobs),
                       {"calls": "/_bench/calls"})
 
 
+def run_twice(*, tenants: int, bad: str, call_seconds: float, **knobs: Any) -> list[dict[str, Any]]:
+    """A run and its re-run on the same fleet; each with ``hit``: the tenants its own calls asked for."""
+    env = lambda url, workdir: client_env(url, workdir, tenants=tenants, **knobs)  # noqa: E731
+    runs = run_clients(serve, (tenants, bad, call_seconds), [env, env], {"calls": "/_bench/calls"})
+    before = 0
+    for figures in runs:
+        figures["hit"] = sum(len(slugs) for slugs in figures["calls"][before:])
+        before = len(figures["calls"])
+    return runs
+
+
 def blast_radius(tenants: int, batch_size: int) -> None:
-    print(f"1. blast radius on a bad build: {tenants} tenants, batch size {batch_size}, CP rows all on target, "
-          f"/buildinfo keeps the old SHA; verify-budget 1 s, interval 0.2 s, soak 0, no promote")
-    header = (f"{'verify-each-batch':>17} {'canary':>6} {'deploy calls':>12} {'tenants redeployed':>18} "
-              f"{'shipped output':>14} {'exit':>4} {'aborted-at':>10} {'wall s':>7}  target")
+    print(f"1. blast radius on a bad build: {tenants} tenants, batch size {batch_size}, deploy calls 0.05 s, "
+          f"max-stragglers 0; verify-each-batch on, soak and bake {SOAK:g} s, verify-interval 0.2 s, "
+          f"verify-budget 1 s, no promote")
+    header = (f"{'bad build':>18} {'canary':>6} {'run':>6} {'tenants hit':>11} {'exit':>4} {'aborted-at':>11} "
+              f"{'wall s':>7}  target")
     print(header)
     print("-" * len(header))
-    reasons = []
-    for each_batch in (True, False):
+    reasons, missed = [], 0
+    for bad in BAD_BUILDS:
         for canary in (True, False):
-            f = run_once(tenants=tenants, bad=True, batch_size=batch_size, canary=canary, each_batch=each_batch,
-                         budget=1.0, interval=0.2)
-            redeployed = sum(len(slugs) for slugs in f["calls"])
-            if each_batch:
-                want = 1 if canary else batch_size
-                target = f"{want} ({'met' if redeployed <= want and f['code'] != 0 else 'MISSED'})"
-            else:
-                target = "- (contrast: whole fleet)"
-            aborted_at = f["outputs"].get("aborted-at", "") or "-"
-            shipped = len(json.loads(f["outputs"].get("shipped") or "[]"))
-            print(f"{str(each_batch).lower():>17} {'yes' if canary else 'no':>6} {len(f['calls']):>12} "
-                  f"{redeployed:>18} {shipped:>14} {f['code']:>4} {aborted_at:>10} {f['wall']:>7.2f}  {target}")
-            reasons.append((each_batch, canary, f["report"].get("reason", "")))
-    for each_batch, canary, reason in reasons:
-        cut = reason if len(reason) <= 200 else reason[:197] + "..."
-        print(f"  reason (each-batch {str(each_batch).lower()}, {'canary' if canary else 'no canary'}): {cut}")
+            runs = run_twice(tenants=tenants, bad=bad, call_seconds=0.05, batch_size=batch_size, canary=canary,
+                             each_batch=True, budget=1.0, interval=0.2, soak=SOAK)
+            want = 1 if canary else batch_size
+            for name, f in zip(("first", "re-run"), runs, strict=True):
+                met = f["hit"] <= want and f["code"] != 0
+                missed += not met
+                aborted_at = f["outputs"].get("aborted-at", "") or "-"
+                print(f"{bad:>18} {'yes' if canary else 'no':>6} {name:>6} {f['hit']:>11} {f['code']:>4} "
+                      f"{aborted_at:>11} {f['wall']:>7.2f}  {want} ({'met' if met else 'MISSED'})")
+                reasons.append((bad, canary, name, f["report"].get("reason", "")))
+    contrast = run_once(tenants=tenants, bad="stale", call_seconds=0.05, batch_size=batch_size, canary=True,
+                        each_batch=False, budget=1.0, interval=0.2)
+    hit = sum(len(slugs) for slugs in contrast["calls"])
+    print(f"{'stale, no proof':>18} {'yes':>6} {'first':>6} {hit:>11} {contrast['code']:>4} {'-':>11} "
+          f"{contrast['wall']:>7.2f}  - (contrast: verify-each-batch false)")
+    print(f"cells that missed the target: {missed} of {len(reasons)}")
+    for bad, canary, name, reason in reasons:
+        cut = reason if len(reason) <= 160 else reason[:157] + "..."
+        print(f"  {bad}, {'canary' if canary else 'no canary'}, {name}: {cut}")
 
 
 def healthy_cost(tenants: int, batch_size: int, repeat: int, call_seconds: float) -> None:
@@ -120,7 +153,7 @@ def healthy_cost(tenants: int, batch_size: int, repeat: int, call_seconds: float
     runs: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
     for _ in range(repeat):
         for each_batch in (True, False):
-            f = run_once(tenants=tenants, bad=False, call_seconds=call_seconds, batch_size=batch_size, canary=True,
+            f = run_once(tenants=tenants, bad="", call_seconds=call_seconds, batch_size=batch_size, canary=True,
                          each_batch=each_batch, budget=600.0, interval=1.0)
             if f["code"] != 0:
                 raise SystemExit(f"healthy run failed (each-batch {each_batch}): {f['report'].get('reason')}")

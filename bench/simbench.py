@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,29 +60,43 @@ def run_client(serve: Callable[..., None], serve_args: tuple[Any, ...], env_for:
     in the queue (``env_for(url, workdir)``), and return the client's figures (``code``, ``cpu``,
     ``wall``, ``process_wall``), its ``outputs`` and ``report``, and the JSON of each of
     ``bench_paths`` (name → the simulator's path) read afterwards."""
+    return run_clients(serve, serve_args, [env_for], bench_paths)[0]
+
+
+def run_clients(serve: Callable[..., None], serve_args: tuple[Any, ...],
+                envs: Sequence[Callable[[str, Path], dict[str, str]]], bench_paths: Mapping[str, str],
+                ) -> list[dict[str, Any]]:
+    """:func:`run_client` for several client runs, one after the other, against one simulator (a
+    re-run finds the fleet as the run before left it); the figures of each, ``bench_paths`` read
+    after each."""
     queue: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
     sim = multiprocessing.Process(target=serve, args=(*serve_args, queue), daemon=True)
     sim.start()
     try:
         url = queue.get(timeout=60)
-        with tempfile.TemporaryDirectory() as tmp:
-            workdir = Path(tmp)
-            began = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-c", CLIENT, str(ROOT)], capture_output=True, text=True,
-                                  env=env_for(url, workdir), check=False)
-            process_wall = time.perf_counter() - began
-            lines = proc.stdout.strip().splitlines()
-            if not lines:
-                raise SystemExit(f"client crashed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-            figures = json.loads(lines[-1])
-            figures["process_wall"] = process_wall
-            output = workdir / "output"
-            figures["outputs"] = parse_output_file(output.read_text()) if output.exists() else {}
-            report_path = workdir / "fleet-rollout-report.json"
-            figures["report"] = json.loads(report_path.read_text()) if report_path.exists() else {}
-        for name, path in bench_paths.items():
-            figures[name] = requests.get(f"{url}{path}", timeout=10).json()
-        return figures
+        return [_one_client(url, env_for, bench_paths) for env_for in envs]
     finally:
         sim.terminate()
         sim.join()
+
+
+def _one_client(url: str, env_for: Callable[[str, Path], dict[str, str]],
+                bench_paths: Mapping[str, str]) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        began = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", CLIENT, str(ROOT)], capture_output=True, text=True,
+                              env=env_for(url, workdir), check=False)
+        process_wall = time.perf_counter() - began
+        lines = proc.stdout.strip().splitlines()
+        if not lines:
+            raise SystemExit(f"client crashed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+        figures = json.loads(lines[-1])
+        figures["process_wall"] = process_wall
+        output = workdir / "output"
+        figures["outputs"] = parse_output_file(output.read_text()) if output.exists() else {}
+        report_path = workdir / "fleet-rollout-report.json"
+        figures["report"] = json.loads(report_path.read_text()) if report_path.exists() else {}
+    for name, path in bench_paths.items():
+        figures[name] = requests.get(f"{url}{path}", timeout=10).json()
+    return figures

@@ -48,7 +48,7 @@ class TenantSpec:
     legacy_row: bool = False  # the row lacks verified_on_target and healthz_ok (an older CP)
     running: str | None = None  # what /buildinfo reports before any deploy; None: OLD_SHA
     refuses: set[str] = field(default_factory=set)  # target tags whose deploy fails here: row failed, build kept
-    alternates: bool = False  # half-swapped behind a load balancer: after a deploy, every other read is the old build
+    alternates: bool = False  # half-swapped: after a deploy, every other /buildinfo read is its initial build
     silent_after: float | None = None  # this long after a deploy call's wait, /buildinfo drops connections …
     silent_for: float | None = None  # … for this long (None: for good, until the next deploy)
 
@@ -282,7 +282,7 @@ class FleetSim:
             time.sleep(tenant.slow_buildinfo * self.time_scale)
         sha = tenant.initial if tenant.stale else self.running_sha(slug)
         if tenant.alternates and deployed is not None and hits % 2:
-            sha = deployed.previous  # the instance the load balancer still sends every other request to
+            sha = tenant.initial  # the instance that never swaps, where the load balancer sends every other request
         return Response.json({"git_sha": sha, "service": "tenant", "slug": slug})
 
 
