@@ -7,7 +7,8 @@ behind them is generated, not served: every read advances the tenant's counters 
 seconds since its previous read × its request rate (requests per real second, not scaled by
 ``time_scale``: Prometheus' ``rate()`` divides by real time), split by how the build the tenant
 runs at that moment serves (:class:`Health`). No threads, no randomness: the same reads give the
-same numbers, so a test can say "30 % errors" and a query reads 0.3.
+same numbers, and the counters are exact fractions (floats, which the text format allows), so a
+build with 30 % errors reads 0.3 in any window, not 14/49.
 
 Traffic between two reads is counted for the build running at the second read: a build change
 is seen within one scrape interval. The counters start at zero on a tenant's first read.
@@ -86,23 +87,23 @@ class Traffic:
         with self._lock:
             counters = self._counters.setdefault(slug, _Counters(now))
             counters.advance(now, rate, health)
-            ok, errors, seconds = math.floor(counters.ok), math.floor(counters.errors), counters.seconds
-            total = math.floor(counters.ok + counters.errors)
-            buckets = [min(math.floor(count), total) for count in counters.buckets]
+            ok, errors, seconds = counters.ok, counters.errors, counters.seconds
+            total = counters.ok + counters.errors
+            buckets = [min(count, total) for count in counters.buckets]
         tenant = f'tenant="{_label(slug)}"'
         lines = [
             "# HELP http_requests_total Requests served, by status code.",
             "# TYPE http_requests_total counter",
-            f'http_requests_total{{{tenant},code="200"}} {ok}',
-            f'http_requests_total{{{tenant},code="500"}} {errors}',
+            f'http_requests_total{{{tenant},code="200"}} {ok!r}',
+            f'http_requests_total{{{tenant},code="500"}} {errors!r}',
             "# HELP http_request_duration_seconds How long requests took.",
             "# TYPE http_request_duration_seconds histogram",
         ]
-        lines += [f'http_request_duration_seconds_bucket{{{tenant},le="{bound:g}"}} {count}'
+        lines += [f'http_request_duration_seconds_bucket{{{tenant},le="{bound:g}"}} {count!r}'
                   for bound, count in zip(BUCKETS, buckets, strict=True)]
-        lines += [f'http_request_duration_seconds_bucket{{{tenant},le="+Inf"}} {total}',
-                  f"http_request_duration_seconds_sum{{{tenant}}} {seconds:.6f}",
-                  f"http_request_duration_seconds_count{{{tenant}}} {total}"]
+        lines += [f'http_request_duration_seconds_bucket{{{tenant},le="+Inf"}} {total!r}',
+                  f"http_request_duration_seconds_sum{{{tenant}}} {seconds!r}",
+                  f"http_request_duration_seconds_count{{{tenant}}} {total!r}"]
         return "\n".join(lines) + "\n"
 
 
