@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from deploy import promql
 from deploy.buildinfo import request_form
 from deploy.domain import (
     DIGEST_RE,
@@ -43,11 +44,13 @@ from deploy.domain import (
 from deploy.errors import ConfigError, ConfigErrors
 from deploy.settings import (
     STAGES,
+    AnalysisSettings,
     Config,
     ControlPlaneSettings,
     ForgeSettings,
     GateSettings,
     HttpSettings,
+    Inconclusive,
     OnFailure,
     PromoteSettings,
     RolloutSettings,
@@ -86,6 +89,15 @@ DEFAULTS: dict[str, str] = {
     "skip-current": "true",
     "on-failure": "hold",
     "rollback-tag": "",
+    "analysis-url": "",
+    "analysis-query": "",
+    "analysis-token": "",
+    "analysis-username": "",
+    "analysis-password": "",
+    "analysis-interval": "30",
+    "analysis-failure-limit": "1",
+    "analysis-inconclusive": "hold",
+    "analysis-dry-run": "false",
     "promote-images": "",
     "promote-tag": "latest",
     "promote-source": "",
@@ -103,8 +115,8 @@ DEFAULTS: dict[str, str] = {
     "report-path": "fleet-rollout-report.json",
     "timeout": "3600",
 }
-SECRET_INPUTS = ("cp-token", "registry-password", "github-token")
-URL_INPUTS = ("cp-url", "verify-url", "promote-images")  # may carry a credential in userinfo or query
+SECRET_INPUTS = ("cp-token", "registry-password", "github-token", "analysis-token", "analysis-password")
+URL_INPUTS = ("cp-url", "verify-url", "promote-images", "analysis-url")  # may carry a credential in userinfo or query
 MIN_RELIABLE_SECRET = 8  # shorter, and a secret also matches ordinary words and numbers in the log
 MIN_QUERY_SECRET = 8  # a query value this long in a URL input is treated as a credential (?key=…)
 
@@ -116,6 +128,7 @@ DAY, HOUR = 86400.0, 3600.0
 MAX_BATCH_SIZE = 10_000
 MAX_VERIFY_CONCURRENCY = 256
 MAX_STRAGGLERS = 1_000_000
+MAX_FAILURE_LIMIT = 100
 
 
 def env_name(input_name: str) -> str:
@@ -233,19 +246,21 @@ def kill_switch(env: Mapping[str, str]) -> bool:
 def secrets_in(env: Mapping[str, str]) -> tuple[str, ...]:
     """Secret values, to mask before anything is validated or printed.
 
-    Besides the secret inputs: the ``Basic`` credential a registry token service receives
-    (base64 of ``user:password``, UTF-8 and latin-1 as requests encodes it), and the
+    Besides the secret inputs: the ``Basic`` credential a registry token service or the metrics
+    API receives (base64 of ``user:password``, UTF-8 and latin-1 as requests encodes it), and the
     credentials a URL input may carry — its userinfo password and its long query values.
     """
     def value(name: str) -> str:
         return env.get(env_name(name), "").strip()
 
     found = [value(name) for name in SECRET_INPUTS]
-    username, password = value("registry-username"), value("registry-password")
-    if username and password:
-        for encoding in ("utf-8", "latin-1"):
-            with contextlib.suppress(UnicodeEncodeError):  # latin-1 cannot encode every password
-                found.append(base64.b64encode(f"{username}:{password}".encode(encoding)).decode("ascii"))
+    for user_input, password_input in (("registry-username", "registry-password"),
+                                       ("analysis-username", "analysis-password")):
+        username, password = value(user_input), value(password_input)
+        if username and password:
+            for encoding in ("utf-8", "latin-1"):
+                with contextlib.suppress(UnicodeEncodeError):  # latin-1 cannot encode every password
+                    found.append(base64.b64encode(f"{username}:{password}".encode(encoding)).decode("ascii"))
     for name in URL_INPUTS:
         found += _url_credentials(value(name))
     return tuple(dict.fromkeys(v for v in found if v))
@@ -274,7 +289,7 @@ def short_secret_warnings(env: Mapping[str, str]) -> list[str]:
     for name in SECRET_INPUTS:
         length = len(env.get(env_name(name), "").strip())
         if 0 < length < MIN_RELIABLE_SECRET:
-            kind = "password" if name == "registry-password" else "token"
+            kind = "password" if name.endswith("-password") else "token"
             plural = "s" if length > 1 else ""
             warnings.append(
                 f"{name} is only {length} character{plural}: too short to be redacted reliably from logs; "
@@ -466,9 +481,11 @@ def load(env: Mapping[str, str]) -> Config:
     gates, forge = _gates_and_forge(inputs, env)
     timeout = inputs.duration("timeout", positive=True)
     report = inputs.parse("report-path", parse_report_path, DEFAULTS["report-path"])
+    analysis = _analysis_settings(inputs, insecure)
 
     loaded = Config(stages=stages, sha=sha, http=http, cp=cp, rollout=rollout, verify=verify, promote=promote,
-                    gates=gates, forge=forge, report_path=RunnerEnv.from_env(env).workspace / report, timeout=timeout)
+                    gates=gates, forge=forge, report_path=RunnerEnv.from_env(env).workspace / report, timeout=timeout,
+                    analysis=analysis)
 
     timeout_ok = not any(error.input_name in ("timeout", "cp-tenant-timeout", "cp-settle-seconds", "verify-budget")
                          for error in inputs.errors)
@@ -608,6 +625,59 @@ def _verify_settings(inputs: _Inputs, insecure: bool) -> VerifySettings:
         interval=inputs.duration("verify-interval", positive=True, maximum=HOUR),
         concurrency=inputs.count("verify-concurrency", 1, MAX_VERIFY_CONCURRENCY),
         each_batch=inputs.boolean("verify-each-batch"),
+    )
+
+
+def parse_inconclusive(value: str) -> Inconclusive:
+    """``hold`` or ``fail`` (any case): never a silent "pass"."""
+    try:
+        return Inconclusive(value.lower())
+    except ValueError:
+        raise ValueError(f"expected {' or '.join(Inconclusive)}") from None
+
+
+def parse_analysis_url(value: str, allow_insecure: bool) -> str:
+    """The metrics API's base URL (``/api/v1/query`` is appended): cp-url's rules, and no query,
+    which the appended path would end up behind."""
+    if "@" in value:
+        raise ValueError("must not carry credentials (use analysis-token, or analysis-username and "
+                         "analysis-password)")
+    if "?" in value:
+        raise ValueError("must be the API's base URL, without a query (/api/v1/query is appended)")
+    return parse_url(value, allow_insecure)
+
+
+def _analysis_settings(inputs: _Inputs, insecure: bool) -> AnalysisSettings:
+    """``analysis-*``: on when analysis-url is set, and then it needs at least one query line."""
+    url = inputs.parse("analysis-url", lambda v: parse_analysis_url(v, insecure), "") if \
+        inputs.raw("analysis-url") else ""
+    written = inputs.env.get(env_name("analysis-query"), "")  # unstripped: line numbers as the user wrote them
+    queries, problems = promql.parse_queries(written)
+    for problem in problems:
+        inputs.fail("analysis-query", problem)
+    if url and not queries and not problems:
+        inputs.fail("analysis-query", "is required when analysis-url is set: one NAME: EXPR <op> THRESHOLD per line")
+    if (queries or problems) and not inputs.raw("analysis-url"):
+        inputs.fail("analysis-url", "is required when analysis-query is set (the Prometheus-compatible API to ask)")
+    token = inputs.header_secret("analysis-token")
+    username, password = inputs.text("analysis-username"), inputs.text("analysis-password")
+    if bool(username) != bool(password):
+        missing, given = ("analysis-password", "analysis-username") if username else \
+            ("analysis-username", "analysis-password")
+        inputs.fail(missing, f"is required when {given} is set (they go together)")
+    if token and (username or password):
+        inputs.fail("analysis-token", "cannot be combined with analysis-username/analysis-password: the API gets "
+                                      "one Authorization header (Bearer or Basic)")
+    return AnalysisSettings(
+        url=url,
+        queries=queries,
+        token=token,
+        username=username,
+        password=password,
+        interval=inputs.duration("analysis-interval", positive=True, maximum=HOUR),
+        failure_limit=inputs.count("analysis-failure-limit", 1, MAX_FAILURE_LIMIT),
+        inconclusive=inputs.parse("analysis-inconclusive", parse_inconclusive, Inconclusive.HOLD),
+        dry_run=inputs.boolean("analysis-dry-run"),
     )
 
 

@@ -17,6 +17,47 @@ from deploy.domain import ImageRef
 STAGES: tuple[str, ...] = ("rollout", "verify", "promote")
 
 
+class Comparison(StrEnum):
+    """The comparison an ``analysis-query`` line ends with: the value must satisfy it to pass."""
+
+    LT = "<"
+    LE = "<="
+    GT = ">"
+    GE = ">="
+    EQ = "=="
+    NE = "!="
+
+    def holds(self, value: float, threshold: float) -> bool:
+        """Whether ``value <op> threshold`` (callers judge NaN and infinities before asking)."""
+        if self is Comparison.LT:
+            return value < threshold
+        if self is Comparison.LE:
+            return value <= threshold
+        if self is Comparison.GT:
+            return value > threshold
+        if self is Comparison.GE:
+            return value >= threshold
+        if self is Comparison.EQ:
+            return value == threshold
+        return value != threshold
+
+    def worse(self, a: float, b: float) -> bool:
+        """Whether ``a`` is nearer to failing than ``b``: a passing vector is shown by its worst series."""
+        if self in (Comparison.LT, Comparison.LE):
+            return a > b
+        if self in (Comparison.GT, Comparison.GE):
+            return a < b
+        return False
+
+
+class Inconclusive(StrEnum):
+    """What an inconclusive analysis (no data, NaN, the metrics API down) does to a step
+    (``analysis-inconclusive``). Never "pass": missing evidence is not evidence for the build."""
+
+    HOLD = "hold"  # stop without rollback: an outage of Prometheus is no evidence against the build
+    FAIL = "fail"  # treat it as a failed analysis: halt, and on-failure applies
+
+
 class OnFailure(StrEnum):
     """What a failed run does with what it shipped (``on-failure``)."""
 
@@ -120,6 +161,46 @@ class ForgeSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AnalysisQuery:
+    """One line of ``analysis-query``: ``NAME: EXPR <op> THRESHOLD``, parsed by :mod:`deploy.promql`."""
+
+    name: str
+    expr: str  # PromQL as written, ``{tenants}`` kept (rendered per step: deploy.promql.render)
+    op: Comparison
+    threshold: float
+    line: int  # 1-based line of the input, for errors
+    quotes: tuple[str, ...] = ()  # the quote character around each ``{tenants}``, in order
+
+    @property
+    def condition(self) -> str:
+        """``< 0.01``: what a passing value satisfies."""
+        return f"{self.op} {self.threshold:g}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnalysisSettings:
+    """Metric analysis against a Prometheus-compatible API; the default (no ``url``) is off."""
+
+    url: str = ""  # the API's base URL: queries go to {url}/api/v1/query
+    queries: tuple[AnalysisQuery, ...] = ()
+    token: str = field(default="", repr=False)  # Authorization: Bearer
+    username: str = ""  # Authorization: Basic, with password (never with token)
+    password: str = field(default="", repr=False)
+    interval: float = 30.0  # seconds between evaluations while a step is watched
+    failure_limit: int = 1  # consecutive failed (or inconclusive) evaluations of a query that decide a step
+    inconclusive: Inconclusive = Inconclusive.HOLD
+    dry_run: bool = False  # report only: evaluate and record, never stop a step
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url)
+
+    @property
+    def query_url(self) -> str:
+        return self.url.rstrip("/") + "/api/v1/query"
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """Every validated input of one run, grouped by the stage or client that reads it."""
 
@@ -134,6 +215,7 @@ class Config:
     forge: ForgeSettings
     report_path: Path
     timeout: float
+    analysis: AnalysisSettings = field(default_factory=AnalysisSettings)  # off unless analysis-url is set
 
     def wants(self, stage: str) -> bool:
         return stage in self.stages

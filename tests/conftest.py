@@ -19,7 +19,7 @@ from tests.actions_runner import ActionResult, run_action
 from tests.support import CP_TOKEN, FORGE_TOKEN, SCALE, SHA, TAG, step_inputs
 from tests.tenant_stub import TenantStub
 
-pytest_plugins = ["tests.registry_fixture"]
+pytest_plugins = ["tests.registry_fixture", "tests.prometheus_fixture"]
 
 
 @pytest.fixture

@@ -15,6 +15,11 @@ in an older CP's shape; ``FleetSim.bad_builds`` makes a build bad fleet-wide (th
 included (:func:`builds_for`: ``latest`` still names the previous build, for rollbacks);
 :class:`Fault` scripts CP failures (502 JSON, 503 HTML, a hang past the read budget, a dropped
 connection, ``ok: false``) for successive calls.
+
+Each tenant also serves ``/tenants/{slug}/metrics`` (Prometheus text format) from generated traffic
+(:mod:`deploy.sim.metrics`): ``request_rate`` (fleet-wide, or per tenant; 0 is no traffic), and
+``FleetSim.build_health`` / ``TenantSpec.health`` (target tag → :class:`~deploy.sim.metrics.Health`)
+make a build answer 5xx or slowly once a tenant runs it, on every tenant or on some.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from deploy.sim.metrics import CONTENT_TYPE, Health, Traffic, health_for
 from deploy.sim.server import Request, Response
 
 OLD_SHA = "0" * 40
@@ -51,6 +57,8 @@ class TenantSpec:
     alternates: bool = False  # half-swapped: after a deploy, every other /buildinfo read is its initial build
     silent_after: float | None = None  # this long after a deploy call's wait, /buildinfo drops connections …
     silent_for: float | None = None  # … for this long (None: for good, until the next deploy)
+    request_rate: float | None = None  # requests per real second its /metrics counts; None: the fleet's, 0: no traffic
+    health: dict[str, Health] = field(default_factory=dict)  # target tag → how that build serves here (metrics)
 
     @property
     def initial(self) -> str:
@@ -116,6 +124,9 @@ class FleetSim:
     calls: list[dict[str, Any]] = field(default_factory=list)  # every accepted CP body, in order
     after_deploy: Callable[[dict[str, Any]], None] | None = None  # e.g. a newer commit lands mid-run
     bad_builds: set[str] = field(default_factory=set)  # target tags that never really swap (/buildinfo keeps the old)
+    request_rate: float = 10.0  # requests per real second each tenant's /metrics counts (deploy.sim.metrics)
+    build_health: dict[str, Health] = field(default_factory=dict)  # target tag → how that build serves, fleet-wide
+    _traffic: Traffic = field(default_factory=Traffic, repr=False)
     _running: dict[str, _Deployed] = field(default_factory=dict)  # slug → its last deploy
     _buildinfo_hits: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -149,6 +160,8 @@ class FleetSim:
         parts = request.path.strip("/").split("/")
         if len(parts) == 3 and parts[0] == "tenants" and parts[2] == "buildinfo":
             return self._buildinfo(parts[1])
+        if len(parts) == 3 and parts[0] == "tenants" and parts[2] == "metrics":
+            return self._metrics(parts[1])
         return None
 
     def _redeploy(self, request: Request) -> Response:
@@ -284,6 +297,19 @@ class FleetSim:
         if tenant.alternates and deployed is not None and hits % 2:
             sha = tenant.initial  # the instance that never swaps, where the load balancer sends every other request
         return Response.json({"git_sha": sha, "service": "tenant", "slug": slug})
+
+    def _metrics(self, slug: str) -> Response:
+        """Prometheus text format for the build the tenant serves now (what /buildinfo reports, a
+        ``stale`` tenant's initial build); a dead tenant drops the connection (``up`` 0)."""
+        tenant = self.by_slug.get(slug)
+        if tenant is None:
+            return Response.json({"error": "no such tenant"}, 404)
+        if tenant.dead:
+            return Response(reset=True)
+        sha = tenant.initial if tenant.stale else self.running_sha(slug)
+        rate = self.request_rate if tenant.request_rate is None else tenant.request_rate
+        health = health_for(sha, self.builds, tenant.health, self.build_health)
+        return Response.text(self._traffic.exposition(slug, time.monotonic(), rate, health), 200, CONTENT_TYPE)
 
 
 def _body_problem(body: Any, known: dict[str, TenantSpec]) -> str:
