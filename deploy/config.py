@@ -18,6 +18,7 @@ import base64
 import contextlib
 import difflib
 import re
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -232,6 +233,17 @@ class RunnerEnv:
             return self.workspace / parse_report_path(raw)
         except ValueError:
             return self.workspace / DEFAULTS["report-path"]
+
+
+def run_key(env: Mapping[str, str]) -> str:
+    """What makes this run's ``Idempotency-Key`` values its own (:func:`deploy.redeploy.call_key`):
+    the repository, the workflow run and its attempt — a re-run of the job is a new attempt, and
+    must not get the first attempt's answers replayed — or a random id outside Actions."""
+    run, attempt = env.get("GITHUB_RUN_ID", "").strip(), env.get("GITHUB_RUN_ATTEMPT", "").strip() or "1"
+    if not run.isdigit():
+        return f"fleet-rollout:{uuid.uuid4().hex}"
+    repository = re.sub(r"[^A-Za-z0-9._/-]", "", env.get("GITHUB_REPOSITORY", ""))
+    return f"fleet-rollout:{repository}:{run}.{attempt if attempt.isdigit() else '1'}"
 
 
 def kill_switch(env: Mapping[str, str]) -> bool:
@@ -485,7 +497,7 @@ def load(env: Mapping[str, str]) -> Config:
 
     loaded = Config(stages=stages, sha=sha, http=http, cp=cp, rollout=rollout, verify=verify, promote=promote,
                     gates=gates, forge=forge, report_path=RunnerEnv.from_env(env).workspace / report, timeout=timeout,
-                    analysis=analysis)
+                    analysis=analysis, run_key=run_key(env))
 
     timeout_ok = not any(error.input_name in ("timeout", "cp-tenant-timeout", "cp-settle-seconds", "verify-budget")
                          for error in inputs.errors)

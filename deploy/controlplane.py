@@ -3,10 +3,14 @@
 Two read budgets, because the CP has two speeds: enumeration (a dry run) answers at once and
 gets ``request-timeout``; a real redeploy answers only after its slowest tenant, up to the CP's
 per-tenant timeout plus health settle, and gets ``rollout-timeout``: the fast budget would give
-up before the CP could report a dead tenant, losing every row of the call. Transient failures
-are retried by the session (see :mod:`deploy.http`); what is left is turned into a
-:class:`CallResult` the rollout can reason about, with the CP's own error text. A body of the
-wrong shape is a :class:`CPResponseError`, never a traceback.
+up before the CP could report a dead tenant, losing every row of the call. A body of the wrong
+shape is a :class:`CPResponseError`, never a traceback.
+
+Enumeration is read-only, so its transient failures are retried by the session (see
+:mod:`deploy.http`). A deploy POST is sent once here and classified (:class:`CallState`): what
+may be retried, when, and for which tenants is :mod:`deploy.redeploy`'s decision, because a
+retry sent while the first attempt still runs on the CP would deploy its tenants twice at once.
+Every deploy POST carries the call's ``Idempotency-Key``.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import KW_ONLY, dataclass
+from dataclasses import KW_ONLY, dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -33,9 +37,12 @@ class CPResponseError(DeployFailed):
 
 
 class CallState(StrEnum):
+    """What a deploy call's answer says the CP did."""
+
     ANSWERED = "answered"  # a readable 200: its rows say what happened
-    FAILED = "failed"  # the CP answered with an error (non-200, or ok: false)
-    UNKNOWN = "unknown"  # sent, but no readable answer: the CP may or may not have deployed
+    FAILED = "failed"  # the CP halted the call (ok: false, its rows count) or refused it (3xx, 4xx: nothing done)
+    UNKNOWN = "unknown"  # sent, but no readable answer (a 5xx, a timeout, a cut connection): the tenants decide
+    NOT_SENT = "not-sent"  # it never reached the CP, or the CP said it did not start it (503 ok: false): nothing done
 
 
 @dataclass(frozen=True)
@@ -83,10 +90,31 @@ class CallResult:
     seconds: float
     state: CallState = CallState.ANSWERED
     rejected: tuple[str, ...] = ()  # slugs in the answer that cannot be tenant names (shown escaped)
+    settled: tuple[TenantRow, ...] = ()  # the tenants' own word, read after the CP's answer was lost
+    attempts: int = 1  # POSTs sent for this call (retries included)
+    quiet_at: float = 0.0  # clock time after which no attempt of this call can still run on the CP
 
     @property
     def outcome_unknown(self) -> bool:
         return self.state is CallState.UNKNOWN
+
+    @property
+    def sent(self) -> bool:
+        """Whether the CP may have acted on this call at all."""
+        return self.state is not CallState.NOT_SENT
+
+    @property
+    def failure(self) -> str:
+        """How the call went wrong, in a few words: ``outcome unknown``, ``failed``, or ``never reached the CP``."""
+        if self.outcome_unknown:
+            return "outcome unknown"
+        return "failed" if self.sent else "never reached the CP (nothing was deployed)"
+
+    @property
+    def known(self) -> dict[str, TenantRow]:
+        """What is known of each tenant of the call: the CP's row, or where the CP's answer was
+        lost, what the tenant itself reported (:attr:`settled`)."""
+        return {row.slug: row for row in (*self.settled, *self.rows)}
 
 
 class ControlPlaneClient:
@@ -100,18 +128,25 @@ class ControlPlaneClient:
         self._calling = ""  # which call and tenants a retry line is about
         policy = http_settings.policy(cap=ANSWER_CAP, headers={"Authorization": f"Bearer {cp.token}"})
         self.http = ctx.client(policy, on_retry=self._log_retry)
+        self.deploys = ctx.client(replace(policy, retry_delays=()))  # one POST per attempt: see deploy.redeploy
 
     def enumerate(self) -> CallResult:
         """The live fleet, by dry run: read-only, so it may come before the gates."""
         body = self._body(dry_run=True, max_stragglers=self.rollout.max_stragglers)
         return self._call("enumerate", (), body, self.http.policy.budget)
 
-    def redeploy(self, label: str, slugs: Sequence[str], max_stragglers: int) -> CallResult:
-        """Redeploy ``slugs`` concurrently; ``max_stragglers`` is the fleet-wide tolerance left."""
+    def close(self) -> None:
+        self.http.close()
+        self.deploys.close()
+
+    def redeploy(self, label: str, slugs: Sequence[str], max_stragglers: int, key: str = "") -> CallResult:
+        """One POST redeploying ``slugs`` concurrently, not retried; ``max_stragglers`` is the
+        fleet-wide tolerance left, ``key`` the call's ``Idempotency-Key`` (the same for every attempt)."""
         body = self._body(
             dry_run=False, max_stragglers=max_stragglers, only_slugs=list(slugs), batch_size=len(slugs)
         )
-        return self._call(label, tuple(slugs), body, self.settings.rollout_timeout)
+        headers = {"Idempotency-Key": idempotency_header(key)} if key else {}
+        return self._call(label, tuple(slugs), body, self.settings.rollout_timeout, self.deploys, headers)
 
     def _body(self, dry_run: bool, max_stragglers: int, **scope: Any) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -128,22 +163,23 @@ class ControlPlaneClient:
     def _log_retry(self, line: str) -> None:
         self.ctx.runner.log(f"  ↻ {self._calling}: {line}")
 
-    def _call(self, label: str, slugs: tuple[str, ...], body: dict[str, Any], budget: float) -> CallResult:
-        """One call after retries. A call that got no readable answer is ``UNKNOWN``, never raised:
-        the CP may have deployed its tenants, so the report must say so."""
+    def _call(self, label: str, slugs: tuple[str, ...], body: dict[str, Any], budget: float,
+              client: http.Client | None = None, headers: dict[str, str] | None = None) -> CallResult:
+        """One call. A call that got no readable answer is ``UNKNOWN``, never raised: the CP may
+        have deployed its tenants, so the report must say so."""
         self.ctx.deadline.check(f"starting the {label} call")
         self._calling = f"{label} ({', '.join(slugs)})" if slugs else label
         started = self.ctx.clock.now()
         try:
             with self._heartbeat(label, budget):
-                reply = self.http.request("POST", self.settings.redeploy_url, json=body, budget=budget)
+                reply = (client or self.http).request("POST", self.settings.redeploy_url, json=body, budget=budget,
+                                                      headers=headers or {})
         except http.TransportError as exc:
             why = f"HTTP 504 (synthetic): {exc}" if exc.timed_out else f"no answer: {exc}"
-            return self._result(label, slugs, started, None, why, CallState.UNKNOWN)
+            return self._result(label, slugs, started, None, why, CallState.UNKNOWN if exc.sent else CallState.NOT_SENT)
         if reply.status != 200:
             error = f"HTTP {reply.status}: {reply.error_text()}"
-            state = CallState.UNKNOWN if reply.status in http.TRANSIENT_STATUSES else CallState.FAILED
-            return self._result(label, slugs, started, reply.status, error, state)
+            return self._result(label, slugs, started, reply.status, error, _state_of(reply))
         try:
             ok, rows, error, rejected = parse_answer(reply.body)
         except CPResponseError as exc:
@@ -176,8 +212,37 @@ class ControlPlaneClient:
                           rejected=rejected)
 
     def unanswered(self, label: str, slugs: tuple[str, ...], started: float, why: str) -> CallResult:
-        """A call interrupted in flight (the deadline during a retry wait, a cancellation)."""
-        return self._result(label, slugs, started, None, f"interrupted in flight: {why}", CallState.UNKNOWN)
+        """A call interrupted in flight (the deadline during a retry wait, a cancellation): it may
+        still run on the CP for one worst case."""
+        result = self._result(label, slugs, started, None, f"interrupted in flight: {why}", CallState.UNKNOWN)
+        return replace(result, quiet_at=self.ctx.clock.now() + self.rollout.call_worst_case)
+
+
+def _state_of(reply: http.Reply) -> CallState:
+    """What a non-200 says the CP did: a 3xx or 4xx refused the call (nothing done), except a 409,
+    the draft's "a request with this key is still in progress" (this one did nothing; wait and ask
+    again); a 503 whose JSON says ``ok: false`` is the CP itself saying it did not start (busy,
+    locked); any other
+    answer — a 500 from the CP, a gateway's 502 or 504, an HTML page — may come after some
+    tenants were deployed: the outcome is unknown."""
+    if reply.status == 409:  # the IETF draft's answer to a key whose first request is still in progress
+        return CallState.NOT_SENT
+    if reply.status < 500:
+        return CallState.FAILED
+    if reply.status == 503:
+        try:
+            doc = reply.json()
+        except http.UnusableBody:
+            doc = None
+        if isinstance(doc, dict) and doc.get("ok") is False:
+            return CallState.NOT_SENT
+    return CallState.UNKNOWN
+
+
+def idempotency_header(key: str) -> str:
+    """``key`` as the Idempotency-Key header's value: a Structured Field string (RFC 8941), as
+    the IETF httpapi draft specifies: quoted, with ``"`` and ``\\`` escaped."""
+    return '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 PROOF_FIELDS = ("healthz_ok", "verified_on_target")

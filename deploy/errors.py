@@ -42,7 +42,15 @@ class Skip(Exception):
 
 
 class Abort(DeployFailed):
-    """Stop on purpose mid-rollout (the live kill switch): the fleet is mixed, so exit 1."""
+    """Stop on purpose mid-rollout (the live kill switch): the fleet is mixed, so exit 1.
+
+    Never a reason to roll back: a person set the switch to make the fleet hold still."""
+
+
+class Inconclusive(DeployFailed):
+    """A party the run must hear from could not be read (the forge's kill switch, a registry, a
+    metrics API): the run stops and holds, exit 1. It is no evidence against the build, so
+    ``on-failure: rollback`` does not fire."""
 
 
 class DeadlineExceeded(DeployFailed):

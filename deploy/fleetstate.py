@@ -5,16 +5,17 @@
   ``request-timeout``): the SHA it runs, or why it could not be read. One request per tenant.
 - **Resume** (``skip-current``). A tenant whose snapshot already reports ``sha`` is not redeployed:
   re-running a failed job redeploys only what is missing (:meth:`Snapshot.current`).
-- **Rollback** (``on-failure: rollback``). When a run fails after it deployed, every tenant it may
-  have moved (:func:`to_roll_back`) is redeployed with ``rollback-tag`` through the same batched,
-  retried, budgeted CP calls, then verified back on its snapshot SHA (:func:`roll_back`). The
-  stages before it leave it the end of ``timeout`` (:attr:`deploy.settings.Config.rollback_reserve`).
+- **Rollback** (``on-failure: rollback``). When a run fails on evidence against the build after it
+  deployed, every tenant it may have moved (:func:`to_roll_back`) is redeployed with
+  ``rollback-tag`` through the same batched, retried, budgeted CP calls, then verified back on
+  the build that tag names, or each on its snapshot SHA (:func:`roll_back`). The stages before
+  it leave it the end of ``timeout`` (:attr:`deploy.settings.Config.rollback_reserve`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 
@@ -25,8 +26,9 @@ from deploy.context import Context
 from deploy.controlplane import CallResult, ControlPlaneClient, TenantRow
 from deploy.domain import sha_matches
 from deploy.errors import ConfigError, ConfigErrors, DeployFailed
+from deploy.redeploy import Redeployer, Tenants
 from deploy.runner import counted, listing
-from deploy.settings import ControlPlaneSettings, HttpSettings, RolloutSettings, VerifySettings
+from deploy.settings import Config, HttpSettings, RolloutSettings, VerifySettings
 from deploy.verify import Verdict, VerifyResult, verify_tenants
 
 
@@ -122,10 +124,11 @@ def _check_field(field: str, answers: Sequence[Answer | None]) -> None:
 @dataclass(frozen=True, kw_only=True)
 class RollbackResult:
     tag: str
+    build: str  # the commit rollback-tag's image was built from, which every tenant must report ('' unknown)
     tenants: tuple[str, ...]  # the tenants this run moved, asked to go back
     calls: tuple[CallResult, ...]
-    verify: VerifyResult | None  # each back on its snapshot SHA (tenants without one are taken on the CP's word)
-    rolled_back: tuple[str, ...]
+    verify: VerifyResult | None  # each back on `build`, or without one on its snapshot SHA (or the CP's word)
+    rolled_back: tuple[str, ...]  # now on the build they go back to
     not_rolled_back: tuple[str, ...]  # to roll back by hand: not asked (no time), or not proven back
     error: str  # '' when every tenant went back
 
@@ -137,16 +140,18 @@ class RollbackResult:
 def to_roll_back(calls: Sequence[CallResult], snapshot: Snapshot | None, sha: str) -> tuple[str, ...]:
     """Every tenant a deploy call of this run may have moved, in call order.
 
-    A row on target moved; a row off target (a quarantined straggler) did not. A tenant without a
-    row may have moved when its call got no readable answer or a 200 that left it out, not when
-    the CP refused the call with an error status. A tenant that ran ``sha`` before the run (in
-    the snapshot) is left where it is: going back would take it off the build it ran.
+    A row on target moved (the CP's, or the tenant's own word after the CP's answer was lost); a
+    row off target (a quarantined straggler, a tenant still on its build after an unknown call)
+    did not. A tenant without any row may have moved when its call got no readable answer (and
+    the tenant could not be read: no verify-url) or a 200 that left it out — not when the CP
+    refused the call, nor when it never reached the CP. A tenant that ran ``sha`` before the run
+    (in the snapshot) is left where it is: going back would take it off the build it ran.
     """
     slugs: dict[str, None] = {}
     for call in calls:
-        rows = {row.slug: row for row in call.rows}
+        rows = call.known
         unsaid_may_have_moved = call.outcome_unknown or call.status == 200
-        for slug in call.slugs:
+        for slug in call.slugs if call.sent else ():
             row = rows.get(slug)
             moved = row.on_target if row is not None else unsaid_may_have_moved
             if moved and not (snapshot and sha_matches(snapshot.sha_of(slug), sha)):
@@ -154,43 +159,84 @@ def to_roll_back(calls: Sequence[CallResult], snapshot: Snapshot | None, sha: st
     return tuple(slugs)
 
 
-def roll_back(tenants: Sequence[str], snapshot: Snapshot | None, cp: ControlPlaneSettings, rollout: RolloutSettings,
-              http_settings: HttpSettings, verify: VerifySettings, ctx: Context) -> RollbackResult:
-    """Redeploy ``tenants`` with the rollback tag, batch by batch, then verify each on its snapshot SHA.
+def roll_back(tenants: Sequence[str], forward: Sequence[CallResult], snapshot: Snapshot | None, build: str,
+              config: Config, ctx: Context) -> RollbackResult:
+    """Redeploy ``tenants`` with the rollback tag, batch by batch, then verify each is back.
 
-    Every batch is tried (a failed one does not stop the others: the more goes back, the better);
-    none starts without time for the CP's worst case, and a call cut short (the deadline during a
-    retry wait, a cancellation) ends the rollback with what it has. Never raises for what the CP
-    or a tenant does.
+    A tenant is back when it reports ``build`` (the commit rollback-tag's image was built from,
+    when the registry said so), or without it the SHA its snapshot had; with neither, the CP's
+    word. Every tenant asked is read, whatever its call answered: one that never left its build is
+    back too. Nothing is sent to a tenant whose forward call may still be running (an unknown
+    outcome): that call's worst case is waited out first. Every batch is tried (a failed one does
+    not stop the others: the more goes back, the better); none starts without time for the CP's
+    worst case, and a call cut short (the deadline, a cancellation) ends the rollback with what
+    it has. Never raises for what the CP or a tenant does.
     """
+    rollout, verify = config.rollout, config.verify
     tag = rollout.rollback_tag
-    client = ControlPlaneClient(cp, replace(rollout, target_tag=tag), http_settings, ctx)
-    try:
-        calls, errors = _redeploy_back(tuple(tenants), client, rollout, ctx)
-    finally:
-        client.http.close()
-    asked = set(tenants)
-    returned = [row for call in calls for row in call.rows if row.on_target and row.slug in asked]
+
+    def expected(slug: str) -> str:
+        return build or (snapshot.sha_of(slug) if snapshot else "")
+
+    errors = _wait_out(tenants, forward, rollout, ctx)
+    client = ControlPlaneClient(config.cp, replace(rollout, target_tag=tag), config.http, ctx)
+    reader = BuildinfoClient(verify.field, verify.concurrency, ctx) if verify.url_template else None
+    calls: list[CallResult] = []
     result_verify = None
-    if not cancel.requested():
-        try:
-            result_verify = _verify_back(returned, snapshot, http_settings, verify, ctx)
-        except DeployFailed as exc:  # cancelled while proving: what the calls did is still reported
-            errors.append(f"rollback verify cut short: {exc}")
+    try:
+        if not errors:
+            tenants_back = None if reader is None else Tenants(
+                reader, verify.url_template, config.http.request_timeout, expected=expected,
+                before=lambda slug: config.sha)
+            redeployer = Redeployer(client, config.http.retry_delays, rollout.call_worst_case, config.run_key, ctx,
+                                    tenants_back)
+            calls, errors = _redeploy_back(tuple(tenants), redeployer, rollout, ctx)
+        if not cancel.requested() and reader is not None:
+            try:
+                result_verify = _verify_back(tenants, expected, config, ctx, reader)
+            except DeployFailed as exc:  # cancelled while proving: what the calls did is still reported
+                errors.append(f"rollback verify cut short: {exc}")
+    finally:
+        client.close()
+        if reader is not None:
+            reader.close()
     back = {v.slug for v in result_verify.verdicts if v.state == Verdict.VERIFIED} if result_verify else set()
-    back |= {row.slug for row in returned if not (snapshot and snapshot.sha_of(row.slug))}  # the CP's word
+    returned = {slug for call in calls for slug, row in call.known.items() if row.on_target}
+    back |= {slug for slug in returned if not expected(slug)}  # nothing to prove it by: the CP's word
     rolled_back = tuple(slug for slug in tenants if slug in back)
     missing = tuple(slug for slug in tenants if slug not in back)
     if missing:
         errors.append(f"{counted(len(missing), 'tenant')} not back on the build they ran before "
                       f"(roll back by hand): {listing(missing)}")
     error = "; ".join(errors)
-    ctx.runner.log(f"rollback: {len(rolled_back)}/{len(tenants)} tenants back on {tag}{'; ' if error else ''}{error}")
-    return RollbackResult(tag=tag, tenants=tuple(tenants), calls=tuple(calls), verify=result_verify,
+    to = f"{tag} ({build[:12]})" if build else tag
+    ctx.runner.log(f"rollback: {len(rolled_back)}/{len(tenants)} tenants back on {to}{'; ' if error else ''}{error}")
+    return RollbackResult(tag=tag, build=build, tenants=tuple(tenants), calls=tuple(calls), verify=result_verify,
                           rolled_back=rolled_back, not_rolled_back=missing, error=error)
 
 
-def _redeploy_back(tenants: tuple[str, ...], client: ControlPlaneClient, rollout: RolloutSettings,
+def _wait_out(tenants: Sequence[str], forward: Sequence[CallResult], rollout: RolloutSettings,
+              ctx: Context) -> list[str]:
+    """Wait until no forward call of these tenants can still be running (an unknown outcome: the
+    CP may be deploying them right now); an error when ``timeout`` does not leave that long and a call."""
+    asked = set(tenants)
+    quiet = max((call.quiet_at for call in forward if call.outcome_unknown and asked.intersection(call.slugs)),
+                default=0.0)
+    wait = quiet - ctx.clock.now()
+    if wait <= 0:
+        return []
+    if ctx.deadline.remaining() < wait + rollout.call_worst_case:
+        error = (f"could not wait out the forward calls whose outcome is unknown ({wait:.0f} s more, the CP's "
+                 f"worst case) and still make a call within timeout: nothing was sent back")
+        ctx.runner.error(f"{error}; roll back by hand: {listing(tuple(tenants))}", title="rollback")
+        return [error]
+    ctx.runner.log(f"rollback: waiting {wait:.0f} s until no forward call with an unknown outcome can still be "
+                   "running (its tenants must not be deployed twice at once)")
+    ctx.deadline.sleep(wait, "waiting out a forward call before the rollback")
+    return []
+
+
+def _redeploy_back(tenants: tuple[str, ...], client: Redeployer, rollout: RolloutSettings,
                    ctx: Context) -> tuple[list[CallResult], list[str]]:
     """The rollback's CP calls, and what went wrong in a few words (the tenants are listed once, later):
     the first failed call and how many failed, then why the rollback stopped early, if it did."""
@@ -210,26 +256,26 @@ def _redeploy_back(tenants: tuple[str, ...], client: ControlPlaneClient, rollout
         ctx.runner.log(f"{label}: redeploying {', '.join(slugs)} with {rollout.rollback_tag}")
         started = ctx.clock.now()
         try:
-            call = client.redeploy(label, slugs, max_stragglers=len(slugs))  # put back all it can
+            call = client.call(label, slugs, len(slugs))  # put back all it can
         except DeployFailed as exc:  # cut short in flight: the CP may have moved these tenants
-            calls.append(client.unanswered(label, slugs, started, str(exc)))
+            calls.append(client.client.unanswered(label, slugs, started, str(exc)))
             stopped = f"{label} cut short: {exc}"
             break
         calls.append(call)
         if not call.ok:
-            failed.append(f"{label} failed: {call.error}")
-    errors = [failed[0] if len(failed) == 1 else f"{len(failed)} rollback calls failed, the first: {failed[0]}"
+            failed.append(f"{label} {call.failure}: {call.error}")
+    errors = [failed[0] if len(failed) == 1 else f"{len(failed)} rollback calls went wrong, the first: {failed[0]}"
               ] if failed else []
     return calls, errors + ([stopped] if stopped else [])
 
 
-def _verify_back(rows: Sequence[TenantRow], snapshot: Snapshot | None, http_settings: HttpSettings,
-                 verify: VerifySettings, ctx: Context) -> VerifyResult | None:
-    """Each tenant verified on the SHA its snapshot had, all in one stage; ``None`` when none had one."""
-    if snapshot is None or not verify.url_template:
+def _verify_back(tenants: Sequence[str], expected: Callable[[str], str], config: Config, ctx: Context,
+                 reader: BuildinfoClient) -> VerifyResult | None:
+    """Every tenant asked, each read until it reports the build it goes back to, all in one stage;
+    ``None`` when no tenant has a build to prove it by."""
+    builds = {slug: build for slug in tenants if (build := expected(slug))}
+    if not builds:
         return None
-    expected = {row.slug: sha for row in rows if (sha := snapshot.sha_of(row.slug))}
-    if not expected:
-        return None
-    checked = [row for row in rows if row.slug in expected]
-    return verify_tenants(verify, http_settings, "", checked, ctx, label="rollback verify", expected=expected)
+    rows = [TenantRow(slug) for slug in tenants if slug in builds]
+    return verify_tenants(config.verify, config.http, "", rows, ctx, reader=reader, label="rollback verify",
+                          expected=builds)

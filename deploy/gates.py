@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from deploy.clock import Deadline
 from deploy.context import Context
 from deploy.domain import SHA_RE, parse_kill_switch, sha_matches
-from deploy.errors import DeployFailed
+from deploy.errors import DeployFailed, Inconclusive
 from deploy.forge import ForgeClient, ForgeError
 from deploy.runner import Runner
 from deploy.settings import GateSettings
@@ -132,19 +132,19 @@ def newer_head(gates: GateSettings, sha: str, client: ForgeClient | None, runner
 def live_kill_switch(gates: GateSettings, client: ForgeClient | None, runner: Runner) -> bool:
     """True when the repository variable ``disabled-variable`` says skip, read live.
 
-    Fails closed: a variable that cannot be read raises :class:`DeployFailed`. A variable that
-    is not set (404) is not a kill switch.
+    Fails closed: a variable that cannot be read raises :class:`~deploy.errors.Inconclusive` (stop
+    and hold). A variable that is not set (404) is not a kill switch.
     """
     name = gates.disabled_variable
     if not name:
         return False
     if client is None:
-        raise DeployFailed(f"disabled-variable {name} needs github-token to be read; not deploying blind")
+        raise Inconclusive(f"disabled-variable {name} needs github-token to be read; not deploying blind")
     try:
         value = client.variable(name)
     except ForgeError as exc:
         hint = " (the token needs read access to repository variables; on Gitea, repo-owner rights)"
-        raise DeployFailed(
+        raise Inconclusive(
             f"kill switch unreadable, failing closed: {exc}{hint if exc.status in (401, 403) else ''}"
         ) from None
     if value is None:
@@ -153,7 +153,7 @@ def live_kill_switch(gates: GateSettings, client: ForgeClient | None, runner: Ru
     try:
         disabled = parse_kill_switch(value)
     except ValueError as exc:
-        raise DeployFailed(f"repository variable {name} = {value[:40]!r}: {exc}") from None
+        raise Inconclusive(f"repository variable {name} = {value[:40]!r}: {exc}") from None
     runner.log(f"Kill switch: repository variable {name} = {value.strip()!r}: {'skip' if disabled else 'proceed'}")
     return disabled
 

@@ -43,6 +43,7 @@ import contextlib
 import json
 import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -79,14 +80,21 @@ RetryLog = Callable[[str], None]
 
 
 class TransportError(DeployFailed):
-    """No usable HTTP answer: ``host: cause (N attempts)``; ``cause`` alone for per-tenant lines."""
+    """No usable HTTP answer: ``host: cause (N attempts)``; ``cause`` alone for per-tenant lines.
 
-    def __init__(self, url: str, cause: str, *, timed_out: bool = False, attempts: int = 1) -> None:
+    ``sent`` is False only when the failure shows the request never reached the server (refused,
+    name not resolved, a TLS handshake or a connect that failed): a POST that failed that way did
+    nothing there, and may be sent again at once. Anything else may have been received and acted on.
+    """
+
+    def __init__(self, url: str, cause: str, *, timed_out: bool = False, attempts: int = 1,
+                 sent: bool = True) -> None:
         attempts_note = f" ({attempts} attempts)" if attempts > 1 else ""
         super().__init__(f"{_origin(url)}: {cause}{attempts_note}")
         self.cause = cause
         self.timed_out = timed_out
         self.attempts = attempts
+        self.sent = sent
 
 
 class Aborted(DeployFailed):
@@ -532,7 +540,7 @@ class Client:
                 # claims: DecodeError); a malformed URL or header is a ValueError
                 raise TransportError(url, _cause(exc, budget, exchange.timed_out),
                                      timed_out=_timed_out(exc, exchange.timed_out),
-                                     attempts=max(exchange.attempts, 1)) from None
+                                     attempts=max(exchange.attempts, 1), sent=_maybe_sent(exc)) from None
             finally:
                 exchange.end_attempt()  # before the connection goes back to the pool (see _Watchdog)
                 if response is not None and (exchange.truncated or exchange.timed_out):
@@ -646,6 +654,17 @@ def _timed_out(exc: BaseException, cut: bool) -> bool:
     refused or unreachable connection from its connect timeout: that one is not a timeout."""
     return cut or any(isinstance(e, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError))
                       and not isinstance(e, urllib3.exceptions.NewConnectionError) for e in _chain(exc))
+
+
+NOT_SENT = (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError,
+            urllib3.exceptions.NameResolutionError, ssl.SSLError, ConnectionRefusedError, socket.gaierror)
+
+
+def _maybe_sent(exc: BaseException) -> bool:
+    """False when the failure happened before a byte of the request could reach the server: no
+    connection (refused, name not resolved, connect timed out) or no TLS session. A connection cut
+    later, a timeout or a reset may have come after the server read the request."""
+    return not any(isinstance(e, NOT_SENT) for e in _chain(exc))
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:

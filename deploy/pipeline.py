@@ -25,15 +25,17 @@ from enum import StrEnum
 from typing import NoReturn
 
 from deploy import cancel
+from deploy.buildinfo import BuildinfoClient
 from deploy.clock import Clock, Deadline
 from deploy.context import Context
 from deploy.controlplane import ControlPlaneClient, TenantRow
-from deploy.errors import Abort, DeployFailed, Skip
+from deploy.errors import Abort, DeployFailed, Inconclusive, Skip
 from deploy.fleetstate import RollbackResult, Snapshot, roll_back, take_snapshot, to_roll_back
 from deploy.forge import ForgeClient
 from deploy.gates import ChecksResult, live_kill_switch, newer_head, wait_for_required_checks
-from deploy.promote import PromoteResult, check_sources, promote_images, registry_client
+from deploy.promote import PromoteResult, check_rollback_tag, check_sources, promote_images, registry_client
 from deploy.proof import Prover
+from deploy.redeploy import Redeployer, Tenants
 from deploy.registry import Manifest
 from deploy.rollout import RolloutResult, StopKind, enumerate_fleet, run_rollout
 from deploy.runner import Runner, counted, listing
@@ -135,19 +137,23 @@ class _Stages:
         self.forge_client = ForgeClient(config.forge, config.http, ctx) if can_read_forge else None
         self.registry_client = registry_client(config.http, ctx) if config.promote.images else None
         self.cp_client: ControlPlaneClient | None = None
+        self.reader: BuildinfoClient | None = None  # the tenants' reads during the rollout: proofs, lost answers
         self.prover: Prover | None = None
         self.pinned: dict[str, Manifest] = {}  # image → the source manifest the preflight read: what promote moves
+        self.rollback_build = ""  # the commit rollback-tag's image was built from: what a rollback must prove
         self.guarded = False  # the superseded guard and kill switch were read right before promote
         self.guard_off = False  # the superseded guard could not read the head once: warned, then logged
 
     def close(self) -> None:
-        sessions = (self.forge_client and self.forge_client.http, self.cp_client and self.cp_client.http,
-                    self.registry_client)
+        sessions = (self.forge_client and self.forge_client.http, self.registry_client)
         for session in sessions:
             if session:
                 session.close()
-        if self.prover is not None:
-            self.prover.close()
+        if self.cp_client is not None:
+            self.cp_client.close()
+        for reader in (self.prover, self.reader):
+            if reader is not None:
+                reader.close()
 
     def run(self) -> None:
         config, run = self.config, self.record
@@ -182,17 +188,23 @@ class _Stages:
         config, run, ctx = self.config, self.record, self.forward
         dry_run = config.rollout.dry_run
         current = run.snapshot.current(config.sha) if run.snapshot and config.rollout.skip_current else ()
+        if not dry_run and config.verify.url_template:
+            self.reader = BuildinfoClient(config.verify.field, config.verify.concurrency, ctx)
         self.prover = None if dry_run else self.rollout_prover()
         with self.stage("Rollout", record=False):
-            run.rollout = run_rollout(config.rollout, cp, run.fleet, ctx, prover=self.prover,
-                                      checkpoint=None if dry_run else self.between_calls, current=current,
-                                      before=run.snapshot)
+            run.rollout = run_rollout(config.rollout, None if dry_run else self.redeployer(cp), run.fleet, ctx,
+                                      prover=self.prover, checkpoint=None if dry_run else self.between_calls,
+                                      current=current, before=run.snapshot)
         if self.prover is not None and self.prover.verdicts:  # what was proven, even if the run stops here
             run.verify = self.prover.result(run.fleet)
+        if run.rollout.bug is not None:  # never a verdict on a tenant or a call: the run fails as a bug
+            raise run.rollout.bug
         if run.rollout.stopped == StopKind.SKIPPED:
             raise Skip(run.rollout.halted)
         if run.rollout.stopped == StopKind.ABORTED:
             raise Abort(run.rollout.halted)
+        if run.rollout.stopped == StopKind.HELD:
+            raise Inconclusive(run.rollout.halted)
         if not run.rollout.ok:
             raise DeployFailed(run.rollout.failure)
         if not dry_run:  # a plan puts nothing on target: there is no coverage to gate
@@ -210,19 +222,26 @@ class _Stages:
     def roll_back_after(self, failure: DeployFailed) -> NoReturn:
         """``on-failure: rollback``: put back what this run deployed, then fail as before, saying how it went.
 
-        Not after a cancellation (the run must end now), nor when nothing was moved. The rollback
-        has the whole of ``timeout``, its reserve included."""
+        Only evidence against the build (a halted call, a failed proof or verify, stragglers over
+        tolerance) and the overall timeout roll back. Not the kill switch (a person set it to make
+        the fleet hold still), not something unreadable (an outage of the forge is no evidence
+        against the build), not a cancellation (the run must end now), nor when nothing was moved.
+        The rollback has the whole of ``timeout``, its reserve included."""
         config, run = self.config, self.record
         rollout = run.rollout
         if config.rollout.on_failure != OnFailure.ROLLBACK or rollout is None or cancel.requested():
             raise failure
+        if isinstance(failure, (Abort, Inconclusive)):
+            why = ("a person set the kill switch" if isinstance(failure, Abort)
+                   else "what could not be read is no evidence against the build")
+            raise type(failure)(f"{failure}; on-failure: rollback not run: {why}, the fleet holds where it is") \
+                from None
         tenants = to_roll_back(rollout.calls, run.snapshot, config.sha)
         if not tenants:
             raise failure
         try:
             with self.stage("Rollback"):
-                run.rollback = roll_back(tenants, run.snapshot, config.cp, config.rollout, config.http,
-                                         config.verify, self.ctx)
+                run.rollback = roll_back(tenants, rollout.calls, run.snapshot, self.rollback_build, config, self.ctx)
             said = (f"rolled back {counted(len(run.rollback.rolled_back), 'tenant')}" if run.rollback.ok
                     else f"rollback failed: {run.rollback.error}")
         except DeployFailed as exc:  # cancelled mid-rollback: the failure still comes first
@@ -265,8 +284,20 @@ class _Stages:
                                     f"{listing(rejected)}"
             if config.wants("rollout") and config.wants("promote") and self.registry_client is not None:
                 self.pinned = check_sources(config.promote, self.registry_client, self.ctx, config.sha)
+            if config.wants("rollout") and config.rollout.on_failure == OnFailure.ROLLBACK:
+                self.check_rollback_tag()
         if config.wants("rollout"):
             self.snapshot()
+
+    def check_rollback_tag(self) -> None:
+        """The build a rollback goes back to, read before anything moves: a missing tag is found now."""
+        config = self.config
+        tag = config.rollout.rollback_tag
+        if self.registry_client is None:
+            self.ctx.runner.log(f"rollback-tag {tag}: not checked (promote-images is empty, so no registry to read): "
+                                "a missing tag would only show when a rollback needs it")
+            return
+        self.rollback_build = check_rollback_tag(config.promote, tag, self.registry_client, self.ctx)
 
     def proof_off_warning(self) -> None:
         """A verify-url with no verify stage proves nothing: say so once, rather than silently."""
@@ -278,6 +309,15 @@ class _Stages:
         self.ctx.runner.warning(f"verify-url is set but stages has no verify: nothing is proven (no per-call proof, "
                                 f"no verify stage, no final check){moves}", title="proof off")
 
+    def redeployer(self, cp: ControlPlaneClient) -> Redeployer:
+        """The forward deploy calls: the build is ``sha``, and a tenant's build before is its snapshot's."""
+        config, snapshot = self.config, self.record.snapshot
+        tenants = None if self.reader is None else Tenants(
+            self.reader, config.verify.url_template, config.http.request_timeout,
+            expected=lambda slug: config.sha, before=lambda slug: snapshot.sha_of(slug) if snapshot else "")
+        return Redeployer(cp, config.http.retry_delays, config.rollout.call_worst_case, config.run_key, self.forward,
+                          tenants)
+
     def rollout_prover(self) -> Prover | None:
         """The per-call proof (verify-each-batch), when the run verifies and there is a verify-url."""
         verify = self.config.verify
@@ -286,7 +326,7 @@ class _Stages:
         if not verify.url_template:
             self.ctx.runner.log("verify-each-batch: nothing to prove with, verify-url is empty")
             return None
-        return Prover(verify, self.config.http, self.config.sha, self.forward)
+        return Prover(verify, self.config.http, self.config.sha, self.forward, self.reader)
 
     def between_calls(self, label: str) -> None:
         """Before every call after the first: a newer commit (skip) or the live kill switch (abort)

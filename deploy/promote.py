@@ -134,6 +134,33 @@ def check_sources(settings: PromoteSettings, client: http.Client, ctx: Context, 
     return pinned
 
 
+def check_rollback_tag(settings: PromoteSettings, tag: str, client: http.Client, ctx: Context) -> str:
+    """Before the fleet moves (``on-failure: rollback``): the build a rollback would go back to,
+    read from every image's ``tag``, so that a typo is found while nothing has moved yet. Returns
+    the commit the images say they were built from (:data:`~deploy.registry.REVISION_LABEL`), or ''."""
+    builds: dict[str, str] = {}
+    for image in settings.images:
+        repository = _repository(image, settings, client, ctx.runner)
+        try:
+            found = repository.find_manifest(tag, ctx.deadline)
+            revision = repository.revision(found, ctx.deadline) if found else None
+        except RegistryError as exc:
+            raise DeployFailed(f"rollback-tag check, before any deploy: {exc}") from None
+        if found is None:
+            raise DeployFailed(f"rollback-tag check, before any deploy: {image} has no tag {tag!r}, so on-failure: "
+                               "rollback could not put the fleet back. Set rollback-tag to the tag of the build to go "
+                               "back to (the default is promote-tag's value), or on-failure: hold")
+        if revision:
+            builds[str(image)] = revision
+        built = f", built from {revision[:12]}" if revision else ", no revision label"
+        ctx.runner.log(f"rollback-tag check: {image}:{tag} is {found.digest}{built}")
+    if len({build.lower() for build in builds.values()}) > 1:
+        raise DeployFailed(f"rollback-tag check, before any deploy: {tag!r} names different commits in different "
+                           f"images ({', '.join(f'{image}: {build[:12]}' for image, build in builds.items())}): a "
+                           "rollback could not be proven on one build")
+    return next(iter(builds.values()), "")
+
+
 def promote_images(settings: PromoteSettings, client: http.Client, ctx: Context,
                    pinned: Mapping[str, Manifest] | None = None) -> PromoteResult:
     """Move ``settings.tag`` to ``settings.source`` in every image, or in none of them.

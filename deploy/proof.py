@@ -39,14 +39,17 @@ class ProofSpan:
 class Prover:
     """Proves calls as the rollout makes them; remembers every verdict and when it came."""
 
-    def __init__(self, settings: VerifySettings, http_settings: HttpSettings, sha: str, ctx: Context) -> None:
+    def __init__(self, settings: VerifySettings, http_settings: HttpSettings, sha: str, ctx: Context,
+                 reader: BuildinfoClient | None = None) -> None:
         self.settings, self.http_settings, self.sha, self.ctx = settings, http_settings, sha, ctx
-        self.reader = BuildinfoClient(settings.field, settings.concurrency, ctx)
+        self._owns_reader = reader is None
+        self.reader = reader or BuildinfoClient(settings.field, settings.concurrency, ctx)
         self.verdicts: dict[str, TenantVerdict] = {}  # every tenant proven or failed so far, in call order
         self.spans: list[ProofSpan] = []
 
     def close(self) -> None:
-        self.reader.close()
+        if self._owns_reader:
+            self.reader.close()
 
     def prove(self, label: str, rows: Sequence[TenantRow]) -> str:
         """Verify the tenants ``label`` shipped; '' when every one reports the build, else why not

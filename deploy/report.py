@@ -35,7 +35,7 @@ from deploy.rollout import RolloutResult, Soak, describe_plan
 from deploy.runner import Runner, counted, escape_markdown, listing
 from deploy.verify import STATES, TenantVerdict, Verdict, VerifyResult
 
-SCHEMA_VERSION = 3  # bump with schema/report.schema.json whenever a key or a type of the report changes
+SCHEMA_VERSION = 4  # bump with schema/report.schema.json whenever a key or a type of the report changes
 
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}|-")
 OUTPUT_NAMES = (
@@ -224,7 +224,7 @@ REPORTED: dict[type, tuple[Key, ...]] = {
     Snapshot: (Key("started", digits=MS), Key("seconds", digits=MS), Key("tenants")),
     TenantBefore: (Key("slug"), Key("sha"), Key("problem")),
     RollbackResult: (
-        Key("tag"), Key("ok"), Key("error"), Key("tenants"), Key("rolled_back"), Key("not_rolled_back"),
+        Key("tag"), Key("build"), Key("ok"), Key("error"), Key("tenants"), Key("rolled_back"), Key("not_rolled_back"),
         Key("calls"), Key("verify"),
     ),
     Span: (Key("name"), Key("started", digits=MS), Key("seconds", digits=MS)),
@@ -241,6 +241,7 @@ REPORTED: dict[type, tuple[Key, ...]] = {
     CallResult: (
         Key("label"), Key("slugs"), Key("state"), Key("ok"), Key("status"), Key("error"),
         Key("started", digits=MS), Key("seconds", digits=MS), Key("rows"), Key("rejected_slugs", "rejected"),
+        Key("settled"), Key("attempts"),
     ),
     TenantRow: tuple(Key(name) for name in (
         "slug", "phase", "ssm_status", "ssm_exit_code", "healthz_ok", "verified_on_target", "running_image", "error",
@@ -570,6 +571,7 @@ def _tenant_states(document: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
     verdicts = {tenant["slug"]: tenant for tenant in verify.get("tenants", [])}
     quarantined, unknown = set(rollout.get("quarantined", [])), set(rollout.get("outcome_unknown", []))
     stragglers = set(rollout.get("stragglers", []))  # sets: a lookup per tenant, linear in the fleet
+    not_started = set(rollout.get("not_started", []))
     states: dict[str, tuple[str, str]] = {}
     for slug in document.get("fleet", []):
         row, verdict = rows.get(slug, {}), verdicts.get(slug)
@@ -582,8 +584,9 @@ def _tenant_states(document: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
         elif slug in unknown:
             states[slug] = ("outcome unknown", "sent, no readable answer")
         elif slug in stragglers:
-            states[slug] = ("straggler", row.get("error", "") or "no row from the CP") if slug in asked else (
-                "not started", "the rollout halted first")
+            states[slug] = ("straggler", row.get("error", "") or "no row from the CP")
+        elif slug in not_started:
+            states[slug] = ("not started", "no call reached it" if slug in asked else "the rollout halted first")
         else:
             states[slug] = ("on target", "") if slug in rows else ("", "")
     return states

@@ -16,9 +16,10 @@ from functools import cached_property
 
 from deploy.context import Context
 from deploy.controlplane import CallResult, ControlPlaneClient, TenantRow
-from deploy.errors import Abort, DeadlineExceeded, DeployFailed, Skip
+from deploy.errors import Abort, DeadlineExceeded, DeployFailed, Inconclusive, Skip
 from deploy.fleetstate import Snapshot
 from deploy.proof import ProofSpan, Prover
+from deploy.redeploy import Redeployer
 from deploy.runner import Runner, counted, listing
 from deploy.settings import OnFailure, RolloutSettings
 from deploy.verify import SHOWN_DETAILS
@@ -33,10 +34,11 @@ class Soak:
 
 
 class StopKind(StrEnum):
-    """A rollout stopped on purpose between calls (not halted by a failure)."""
+    """A rollout stopped for a reason other than evidence against the build: it holds, never rolls back."""
 
     ABORTED = "aborted"  # the live kill switch: the fleet is mixed, a person must look
     SKIPPED = "skipped"  # superseded: the newer run ships
+    HELD = "held"  # something the run must read could not be read (the kill switch): no verdict on the build
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +54,7 @@ class RolloutResult:
     proofs: tuple[ProofSpan, ...] = ()  # each call's proof (verify-each-batch) and the soak watch
     already_current: tuple[str, ...] = ()  # not redeployed: the snapshot saw them on the build (skip-current)
     dry_run: bool = False
+    bug: Exception | None = field(default=None, repr=False, compare=False)  # not reported: the pipeline re-raises it
 
     @cached_property
     def _current(self) -> frozenset[str]:
@@ -59,8 +62,14 @@ class RolloutResult:
 
     @cached_property
     def rows(self) -> dict[str, TenantRow]:
-        """The latest row per tenant from the deploy calls."""
-        return {row.slug: row for call in self.calls for row in call.rows}
+        """The latest row per tenant from the deploy calls: the CP's, or the tenant's own word
+        where the CP's answer was lost."""
+        return {slug: row for call in self.calls for slug, row in call.known.items()}
+
+    @cached_property
+    def attempted(self) -> frozenset[str]:
+        """Tenants a call was sent for (the CP may have acted on them)."""
+        return frozenset(slug for call in self.calls if call.sent for slug in call.slugs)
 
     @property
     def result_count(self) -> int:
@@ -70,24 +79,25 @@ class RolloutResult:
 
     @cached_property
     def stragglers(self) -> tuple[str, ...]:
-        """Enumerated tenants with no row, or whose row says they are not on the target."""
+        """Tenants a call tried and missed: no row, or a row that says they are not on the target."""
         if self.dry_run:
             return ()
-        rows, current = self.rows, self._current
+        rows, attempted = self.rows, self.attempted
         return tuple(slug for slug in self.fleet
-                     if slug not in current and (slug not in rows or not rows[slug].on_target))
+                     if slug in attempted and (slug not in rows or not rows[slug].on_target))
 
     @cached_property
     def outcome_unknown(self) -> dict[str, str]:
-        """Tenants of calls that were sent but got no readable answer → why (they are stragglers)."""
+        """Tenants of calls that were sent but got no readable answer, nor a word from the tenant
+        itself → why (they are stragglers)."""
         return {slug: call.error for call in self.calls if call.outcome_unknown for slug in call.slugs
                 if slug not in self.rows}
 
     @cached_property
     def not_started(self) -> tuple[str, ...]:
-        """Tenants no call was made for, because the rollout halted first (stragglers too)."""
-        attempted = {slug for call in self.calls for slug in call.slugs} | self._current
-        return () if self.dry_run else tuple(slug for slug in self.fleet if slug not in attempted)
+        """Tenants no call reached (the rollout halted first, or their call never reached the CP)."""
+        reached = self.attempted | self._current
+        return () if self.dry_run else tuple(slug for slug in self.fleet if slug not in reached)
 
     @property
     def within_tolerance(self) -> bool:
@@ -142,7 +152,7 @@ def plan_batches(fleet: Sequence[str], canary: str, batch_size: int) -> tuple[tu
 
 
 def run_rollout(
-    settings: RolloutSettings, client: ControlPlaneClient, fleet: tuple[str, ...], ctx: Context, *,
+    settings: RolloutSettings, client: Redeployer | None, fleet: tuple[str, ...], ctx: Context, *,
     prover: Prover | None = None, checkpoint: Callable[[str], None] | None = None, current: Sequence[str] = (),
     before: Snapshot | None = None,
 ) -> RolloutResult:
@@ -174,10 +184,12 @@ def run_rollout(
     if settings.dry_run:
         _log_plan(result, settings, runner)
         return result
+    if client is None:
+        raise ValueError("a rollout that is not a dry run needs a Redeployer")
     progress = _Progress(result, settings, ctx, prover, before)
     try:
         for number, slugs in enumerate(batches, start=1):
-            progress.current = _label(number, len(batches), bool(settings.canary))
+            progress.current, progress.calling = _label(number, len(batches), bool(settings.canary)), False
             if number > 1 and checkpoint is not None:
                 checkpoint(progress.current)
             if progress.current == "canary":
@@ -192,10 +204,13 @@ def run_rollout(
         progress.stop(StopKind.SKIPPED, str(exc))
     except Abort as exc:
         progress.stop(StopKind.ABORTED, str(exc))
-    except DeployFailed as exc:  # the deadline, a cancellation, an unreadable kill switch: keep what happened
+    except Inconclusive as exc:
+        progress.stop(StopKind.HELD, str(exc))
+    except DeployFailed as exc:  # the deadline, a cancellation: keep what happened
         progress.halted = str(exc) + _later(len(batches) - len(progress.calls))  # every call made is recorded
-    except Exception as exc:  # noqa: BLE001 - a bug must not lose the calls already made
-        progress.halted = f"internal error ({type(exc).__name__}: {exc}); this is a bug in fleet-rollout"
+    except Exception as exc:  # noqa: BLE001 - a bug must not lose the calls already made; the pipeline re-raises it
+        progress.halted = f"internal error ({type(exc).__name__}: {exc})"
+        progress.bug = exc
     return progress.result()
 
 
@@ -223,6 +238,8 @@ class _Progress:
     current: str = ""  # the call being made (or about to be)
     halted: str = ""
     stopped: StopKind | None = None
+    bug: Exception | None = None
+    calling: bool = False  # the current call was sent: a stop now is not "not started"
     soak_span: Soak | None = None
     # Tenants a call was made for that are not on target yet, as an ordered set. Each call updates
     # only its own tenants, and nothing per call walks the whole fleet or every straggler: a large
@@ -235,6 +252,7 @@ class _Progress:
             halted=self.halted, stopped=self.stopped, aborted_at=self.current if self.halted else "",
             planned=self.start.planned, soak=self.soak_span,
             proofs=tuple(self.prover.spans) if self.prover else (), already_current=self.start.already_current,
+            bug=self.bug,
         )
         if self.stopped is None:
             return result
@@ -248,19 +266,19 @@ class _Progress:
 
     def stop(self, kind: StopKind, reason: str) -> None:
         self.stopped, self.halted = kind, reason
-        self.ctx.runner.log(f"{self.current}: not started: {reason}")
+        self.ctx.runner.log(f"{self.current}: {'stopped' if self.calling else 'not started'}: {reason}")
 
     def _record(self, call: CallResult) -> None:
         self.calls.append(call)
-        rows = {row.slug: row for row in call.rows}
-        for slug in call.slugs:
+        rows = call.known
+        for slug in call.slugs if call.sent else ():
             row = rows.get(slug)
             if row is not None and row.on_target:
                 self.straggling.pop(slug, None)
             else:
                 self.straggling[slug] = None
 
-    def redeploy(self, client: ControlPlaneClient, label: str, slugs: tuple[str, ...], tolerance: int) -> CallResult:
+    def redeploy(self, client: Redeployer, label: str, slugs: tuple[str, ...], tolerance: int) -> CallResult:
         """One scoped call, started only if the CP has time to answer it within the overall timeout.
 
         A call abandoned mid-deploy loses its per-tenant results, and with them the quarantine
@@ -274,20 +292,21 @@ class _Progress:
                 f"({worst:g} s = cp-tenant-timeout + cp-settle-seconds); {label} ({', '.join(slugs)}) not started"
             )
         started = self.ctx.clock.now()
+        self.calling = True
         try:
-            call = client.redeploy(label, slugs, max_stragglers=tolerance)
+            call = client.call(label, slugs, tolerance)
         except BaseException as exc:  # sent, then interrupted: the CP may have deployed these tenants
-            self._record(client.unanswered(label, slugs, started, str(exc) or type(exc).__name__))
+            self._record(client.client.unanswered(label, slugs, started, str(exc) or type(exc).__name__))
             raise
         self._record(call)
         return call
 
-    def canary(self, client: ControlPlaneClient, slug: str, runner: Runner) -> None:
+    def canary(self, client: Redeployer, slug: str, runner: Runner) -> None:
         runner.log(f"canary {slug}: redeploying alone")
         call = self.redeploy(client, "canary", (slug,), tolerance=0)
-        row = next((r for r in call.rows if r.slug == slug), None)
+        row = call.known.get(slug)
         if not call.ok:
-            self.halted = f"canary {slug} {'outcome unknown' if call.outcome_unknown else 'failed'}: {call.error}"
+            self.halted = f"canary {slug} {call.failure}: {call.error}"
         elif row is None or not row.on_target or not row.healthy:
             self.halted = f"canary {slug} did not come back verified: {_row_problem(row)}{self._ran_before(slug)}"
         if not self.halted:
@@ -312,7 +331,7 @@ class _Progress:
         if self.halted:
             runner.error(self.halted, title=f"canary {slug}")
 
-    def batch(self, client: ControlPlaneClient, label: str, slugs: tuple[str, ...], runner: Runner) -> None:
+    def batch(self, client: Redeployer, label: str, slugs: tuple[str, ...], runner: Runner) -> None:
         tolerance = self.start.max_stragglers - len(self.straggling)
         runner.log(f"{label}: redeploying {', '.join(slugs)} (stragglers still tolerated: {tolerance})")
         call = self.redeploy(client, label, slugs, tolerance)
@@ -321,8 +340,8 @@ class _Progress:
             f"{label}: {len(call.rows)}/{len(slugs)} rows, {len(slugs) - len(stragglers)} on target, "
             f"stragglers {', '.join(stragglers) or 'none'} ({call.seconds:.1f} s)"
         )
-        rows = {row.slug: row for row in call.rows}
-        answered = call.status == 200 and not call.outcome_unknown
+        rows = call.known
+        answered = call.status == 200 and not call.outcome_unknown  # the CP's own rows, not a lost answer
         failed_on_build = [slug for slug in stragglers if answered and slug in rows and self._ran(slug)]
         for slug in stragglers if answered else ():
             if slug not in failed_on_build:
@@ -352,9 +371,8 @@ class _Progress:
         says — a build that crashes on start must not get a second batch — unless every one of them
         was unreadable before the run (the seed's dead box, alone in its call).
         """
-        rows = {row.slug: row for row in call.rows}
-        failed = "outcome unknown" if call.outcome_unknown else "failed"
-        cp_error = "" if call.ok else f"{label} ({', '.join(slugs)}) {failed}: {call.error}"
+        rows = call.known
+        cp_error = "" if call.ok else f"{label} ({', '.join(slugs)}) {call.failure}: {call.error}"
         if failed_on_build:
             shown = "; ".join(f"{slug} failed on the new build, ran {self._sha_before(slug)} before: "
                               f"{_row_problem(rows.get(slug))}" for slug in failed_on_build[:SHOWN_DETAILS])

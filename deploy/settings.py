@@ -216,6 +216,7 @@ class Config:
     report_path: Path
     timeout: float
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings)  # off unless analysis-url is set
+    run_key: str = "fleet-rollout"  # this run's part of every Idempotency-Key (deploy.config.run_key)
 
     def wants(self, stage: str) -> bool:
         return stage in self.stages

@@ -139,7 +139,8 @@ def test_a_run_superseded_mid_rollout_skips_and_never_rolls_back(fleet, action, 
 # 2. Rollback triggers
 
 
-def test_an_abort_by_the_live_kill_switch_rolls_back_what_shipped(fleet, action):
+def test_an_abort_by_the_live_kill_switch_holds_and_never_rolls_back(fleet, action):
+    """A person set the kill switch to make the fleet hold still: on-failure: rollback must not move it."""
     forge = forge_for()
     sim, server = fleet(specs(slugs(6), deploy_seconds=1), forge, builds=builds_for(TAG, SHA))
     forge.change_after_deploys(sim, 2, variables={"DEPLOY_FROZEN": "true"})
@@ -149,12 +150,11 @@ def test_an_abort_by_the_live_kill_switch_rolls_back_what_shipped(fleet, action)
     assert result.code == 1 and result.outputs["outcome"] == "aborted", result.stdout
     reason = result.outputs["reason"]
     assert reason.startswith("kill switch: repository variable DEPLOY_FROZEN was set during the rollout")
-    assert reason.endswith("rolled back 4 tenants")
-    assert deployed(sim) == slugs(4)  # batch 3/3 never started
-    assert [call["only_slugs"] for call in rollback_calls(sim)] == [["t01", "t02"], ["t03", "t04"]]
-    assert {call["target_tag"] for call in rollback_calls(sim)} == {"latest"}
-    assert json.loads(result.outputs["rolled-back"]) == slugs(4)
-    assert all(sim.running_sha(slug) == OLD_SHA for slug in slugs(6))
+    assert reason.endswith("on-failure: rollback not run: a person set the kill switch, the fleet holds where it is")
+    assert deployed(sim) == slugs(4) and rollback_calls(sim) == []  # batch 3/3 never started, nothing sent back
+    assert result.outputs["rolled-back"] == "[]" and result.report["rollback"] is None
+    assert json.loads(result.outputs["shipped"]) == slugs(4)
+    assert [sim.running_sha(slug) for slug in slugs(6)] == [SHA] * 4 + [OLD_SHA] * 2
 
 
 def test_too_many_stragglers_roll_back_the_deployed_tenants_but_not_the_dead_ones(fleet, action):
@@ -194,8 +194,11 @@ def test_a_failed_verify_stage_without_per_batch_proof_rolls_back(fleet, action)
         slugs(4), "verified")
 
 
-def test_a_call_that_got_no_readable_answer_is_rolled_back_too(fleet, action):
-    """Batch 2/3's connection is dropped on every try: its tenants may have moved, so they go back too."""
+@pytest.mark.parametrize("verify", [True, False], ids=["tenants-read", "no-verify-url"])
+def test_a_call_that_got_no_readable_answer_is_settled_by_its_tenants_or_rolled_back_without_them(
+        fleet, action, verify):
+    """Batch 2/3's connection is dropped on every try. With verify-url its tenants say they never moved, so
+    they are left alone; without it they may have moved, so they go back too."""
     tenants = specs(slugs(6), deploy_seconds=1)
     sim, server = fleet(tenants, builds=builds_for(TAG, SHA))
 
@@ -204,13 +207,20 @@ def test_a_call_that_got_no_readable_answer_is_rolled_back_too(fleet, action):
             sim.faults.extend([Fault("reset")] * 4)
 
     sim.after_deploy = drop_the_next_call
-    result = action(server, batch_size="2", verify_url=buildinfo(server), on_failure="rollback")
+    result = action(server, batch_size="2", verify_url=buildinfo(server) if verify else "", on_failure="rollback")
 
     assert result.code == 1 and result.outputs["outcome"] == "failed", result.stdout
     assert "outcome unknown" in result.outputs["reason"], result.outputs["reason"]
     assert deployed(sim) == ["t01", "t02"]  # the dropped tries were never recorded: t03, t04 did not move
-    assert [call["only_slugs"] for call in rollback_calls(sim)] == [["t01", "t02"], ["t03", "t04"]]
-    assert json.loads(result.outputs["rolled-back"]) == slugs(4)  # back on their snapshot SHA (never left it)
+    went_back = slugs(2) if verify else slugs(4)
+    assert [slug for call in rollback_calls(sim) for slug in call["only_slugs"]] == went_back
+    assert json.loads(result.outputs["rolled-back"]) == went_back and result.outputs["reason"].endswith(
+        f"rolled back {len(went_back)} tenants")
+    if verify:
+        batch_2 = result.report["rollout"]["calls"][1]
+        assert [row["slug"] for row in batch_2["settled"]] == ["t03", "t04"]
+        assert all(row["verified_on_target"] is False for row in batch_2["settled"])
+        assert "its tenants say: 0 tenants on the build (none), 2 still on the build before" in result.stdout
 
 
 # 3. The snapshot

@@ -138,17 +138,18 @@ def test_with_skip_current_off_a_rollback_leaves_tenants_that_ran_the_build_befo
 
 
 def test_tenants_of_a_call_the_cp_refused_are_not_rolled_back(fleet, action):
-    """A 500 with the CP's own error: it deployed nothing, so nothing goes back (and no rollback runs)."""
-    sim, server = fleet(specs(slugs(4), deploy_seconds=1), builds=builds_for(TAG, SHA), faults=[Fault("500")])
+    """A 403 with the CP's own error: it deployed nothing, so nothing goes back (and no rollback runs)."""
+    sim, server = fleet(specs(slugs(4), deploy_seconds=1), builds=builds_for(TAG, SHA), faults=[Fault("403")])
     result = action(server, canary="t01", batch_size="2", verify_url=buildinfo(server), on_failure="rollback")
 
-    assert result.code == 1 and "canary t01 failed: HTTP 500" in result.outputs["reason"], result.outputs["reason"]
+    assert result.code == 1 and "canary t01 failed: HTTP 403" in result.outputs["reason"], result.outputs["reason"]
     assert deployed(sim, "latest") == [] and result.report["rollback"] is None
+    assert result.report["rollout"]["calls"][0]["attempts"] == 1  # a refusal is not retried
 
 
-def test_a_rollback_call_cut_short_keeps_the_failure_and_the_record(fleet, action):
-    """The rollback call's retry wait meets the overall deadline: the run still says why it failed,
-    what the rollback did, and which tenants to put back by hand."""
+def test_a_rollback_call_with_no_time_to_retry_keeps_the_failure_and_the_record(fleet, action):
+    """The rollback's calls get a 502 and no retry fits in the overall deadline: the run still says why
+    it failed, what the rollback did, and which tenants to put back by hand (t03 never moved: it is back)."""
     tenants = specs(slugs(4), deploy_seconds=1)
     tenants[2].stale = True  # batch 2/2 is not proven
 
@@ -162,10 +163,12 @@ def test_a_rollback_call_cut_short_keeps_the_failure_and_the_record(fleet, actio
 
     reason = result.outputs["reason"]
     assert result.code == 1 and reason.startswith("batch 2/2 not proven"), reason
-    assert "rollback failed: rollback 1/2 cut short: overall timeout" in reason, reason
+    assert "rollback failed: 2 rollback calls went wrong, the first: rollback 1/2 outcome unknown: HTTP 502" in reason
+    assert reason.endswith("3 tenants not back on the build they ran before (roll back by hand): t01, t02, t04")
     rollback = result.report["rollback"]
-    assert rollback["rolled_back"] == [] and rollback["not_rolled_back"] == slugs(4)
-    assert rollback["calls"][0]["state"] == "unknown" and "### Rollback to `latest`" in result.summary
+    assert rollback["rolled_back"] == ["t03"] and rollback["not_rolled_back"] == ["t01", "t02", "t04"]
+    assert [(call["state"], call["attempts"]) for call in rollback["calls"]] == [("unknown", 1)] * 2
+    assert "### Rollback to `latest`" in result.summary
 
 
 def test_a_rollout_stopped_by_the_timeout_still_has_room_to_roll_back(fleet, action):

@@ -7,7 +7,7 @@ import io
 from deploy import config
 from deploy.clock import Deadline, FakeClock
 from deploy.context import Context
-from deploy.controlplane import CallResult
+from deploy.controlplane import CallResult, CallState
 from deploy.fleetstate import _redeploy_back
 from deploy.runner import Runner
 from deploy.settings import RolloutSettings
@@ -18,16 +18,16 @@ ROLLOUT = RolloutSettings(target_tag="staging", canary="", soak_seconds=0, batch
 
 
 class RefusingCP:
-    """Every rollback call takes the CP's worst case and ends in a 500."""
+    """Stands in for the rollback's Redeployer: every call takes the CP's worst case and is refused (409)."""
 
     def __init__(self, clock: FakeClock) -> None:
         self.clock, self.asked = clock, []
 
-    def redeploy(self, label: str, slugs: tuple[str, ...], max_stragglers: int) -> CallResult:
+    def call(self, label: str, slugs: tuple[str, ...], tolerance: int) -> CallResult:
         self.asked.append(label)
         self.clock.sleep(ROLLOUT.call_worst_case)
-        return CallResult(label=label, slugs=slugs, ok=False, rows=(), status=500, error="HTTP 500: boom",
-                          started=0.0, seconds=ROLLOUT.call_worst_case)
+        return CallResult(label=label, slugs=slugs, ok=False, rows=(), status=409, error="HTTP 409: boom",
+                          started=0.0, seconds=ROLLOUT.call_worst_case, state=CallState.FAILED)
 
 
 def rollback_calls(timeout: float) -> tuple[list[str], list[str]]:
@@ -41,14 +41,14 @@ def rollback_calls(timeout: float) -> tuple[list[str], list[str]]:
 def test_one_failed_call_then_no_time_left_says_both() -> None:
     asked, errors = rollback_calls(timeout=1.5 * ROLLOUT.call_worst_case)
     assert asked == ["rollback 1/3"]
-    assert errors == ["rollback 1/3 failed: HTTP 500: boom",
+    assert errors == ["rollback 1/3 failed: HTTP 409: boom",
                       "could not start rollback 2/3: 195 s left of timeout, less than one call's worst case (390 s)"]
 
 
 def test_several_failed_calls_are_counted_and_the_first_one_named() -> None:
     asked, errors = rollback_calls(timeout=10 * ROLLOUT.call_worst_case)
     assert asked == ["rollback 1/3", "rollback 2/3", "rollback 3/3"]
-    assert errors == ["3 rollback calls failed, the first: rollback 1/3 failed: HTTP 500: boom"]
+    assert errors == ["3 rollback calls went wrong, the first: rollback 1/3 failed: HTTP 409: boom"]
 
 
 def test_a_run_that_deploys_nothing_keeps_no_time_for_a_rollback() -> None:

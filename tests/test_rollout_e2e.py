@@ -80,32 +80,50 @@ def test_stragglers_over_tolerance_stop_later_batches(fleet, action):
     assert "1 later call not started" in result.outputs["reason"]
 
 
-def test_transient_502_json_then_503_html_are_retried(fleet, action):
+def test_a_gateway_502_then_503_html_are_retried_after_the_cps_worst_case_under_one_key(fleet, action):
+    """Neither says the CP did nothing: each retry waits until the call cannot still be running."""
     sim, server = fleet(healthy("a", "b"), faults=[Fault("502"), Fault("503-html")])
     result = action(server, batch_size="2", verify_url="")
 
     assert result.code == 0, result.stdout
-    assert "  ↻ batch 1/1 (a, b): POST " in result.stdout  # which call, which tenants
-    assert "HTTP 502: upstream connect error (bad gateway); retrying in 0.05 s (attempt 2/4)" in result.stdout
-    assert "HTTP 503: HTML page: 503 Service Temporarily Unavailable; retrying in 0.1 s (attempt 3/4)" in result.stdout
+    assert "↻ batch 1/1: HTTP 502: upstream connect error (bad gateway); the outcome is unknown (the CP may still " \
+           "be deploying): waiting 1.9 s, the CP's worst case, then retrying it under the same Idempotency-Key" \
+        in result.stdout
+    assert "↻ batch 1/1: HTTP 503: HTML page: 503 Service Temporarily Unavailable; the outcome is unknown" \
+        in result.stdout
+    assert "↻ batch 1/1: attempt 3/4 for a, b" in result.stdout
     assert len(sim.deploy_calls()) == 1  # faults answer before the CP records a call
+    keys = {request.headers["idempotency-key"] for request in server.seen(sim.redeploy_path) if request.body
+            and b'"dry_run": false' in request.body}
+    assert len(keys) == 1 and result.report["rollout"]["calls"][0]["attempts"] == 3
 
 
-def test_a_call_hanging_past_the_read_budget_is_retried(fleet, action):
+def test_a_503_in_which_the_cp_says_it_did_not_start_is_retried_at_once(fleet, action):
+    sim, server = fleet(healthy("a"), faults=[Fault("503-busy")])
+    result = action(server, verify_url="")
+
+    assert result.code == 0, result.stdout
+    assert "HTTP 503: busy: another rollout holds the fleet lock; not started; it did not reach the CP; retrying in " \
+           "0.05 s" in result.stdout
+    assert len(sim.deploy_calls()) == 1
+
+
+def test_a_call_hanging_past_the_read_budget_is_retried_after_the_worst_case(fleet, action):
     _sim, server = fleet(healthy("a"), faults=[Fault("hang", seconds=5)])
     result = action(server, rollout_timeout="2.5", verify_url="")
 
     assert result.code == 0, result.stdout
-    assert "no complete answer within 2.5 s; retrying" in result.stdout
+    assert "no complete answer within 2.5 s; the outcome is unknown" in result.stdout
     assert result.outputs["ok"] == "true"
 
 
-def test_a_dropped_connection_is_retried(fleet, action):
+def test_a_dropped_connection_is_retried_after_the_worst_case(fleet, action):
     _sim, server = fleet(healthy("a"), faults=[Fault("reset")])
     result = action(server, verify_url="")
 
     assert result.code == 0, result.stdout
-    assert "connection reset; retrying in 0.05 s (attempt 2/4)" in result.stdout
+    assert "the server closed the connection without answering; the outcome is unknown" in result.stdout or \
+           "connection reset; the outcome is unknown" in result.stdout, result.stdout
 
 
 def test_retries_exhausted_report_the_last_status_and_text(fleet, action):
@@ -117,12 +135,12 @@ def test_retries_exhausted_report_the_last_status_and_text(fleet, action):
     assert "a, b" in result.outputs["reason"]
 
 
-def test_a_non_transient_error_is_not_retried_and_halts_the_rollout(fleet, action):
-    sim, server = fleet(healthy("a", "b", "c"), faults=[Fault("500")])
+def test_a_refusal_is_not_retried_and_halts_the_rollout(fleet, action):
+    sim, server = fleet(healthy("a", "b", "c"), faults=[Fault("403")])
     result = action(server, batch_size="1", verify_url="")
 
     assert result.code == 1
-    assert "fleet lock held by another rollout" in result.outputs["reason"]
+    assert "batch 1/3 (a) failed: HTTP 403: forbidden: this token may not redeploy" in result.outputs["reason"]
     assert "attempt 2/" not in result.stdout
     assert sim.deploy_calls() == []  # the faulted call, and no later batch
 
@@ -203,7 +221,7 @@ def test_the_overall_timeout_stops_cleanly_with_outputs_and_report(fleet, action
                     verify_url="")
 
     assert result.code == 1
-    assert "overall timeout" in result.outputs["reason"]
+    assert "left of the overall timeout (input `timeout`)" in result.outputs["reason"], result.outputs["reason"]
     assert result.report is not None and result.report["outcome"] == "failed"
 
 
@@ -213,7 +231,7 @@ def test_retries_never_run_past_the_overall_timeout(fleet, action):
     result = action(server, timeout="3", rollout_timeout="2.5", retry_delays="0.05,0.05,0.05", verify_url="")
 
     assert result.code == 1
-    assert "overall timeout" in result.outputs["reason"]
+    assert "left of the overall timeout (input `timeout`)" in result.outputs["reason"], result.outputs["reason"]
     assert result.report["seconds"] < 4.0  # the deadline is 3 s; 5 s without the per-attempt cap
 
 

@@ -35,6 +35,7 @@ from deploy.sim.server import Request, Response
 
 OLD_SHA = "0" * 40
 HTML_503 = "<html><head><title>503 Service Temporarily Unavailable</title></head><body>nginx</body></html>"
+GATEWAY_504 = "<html><head><title>504 Gateway Time-out</title></head><body>nginx</body></html>"
 
 
 @dataclass
@@ -70,12 +71,52 @@ class TenantSpec:
 class Fault:
     """One scripted CP failure, consumed by the next authorized, valid call it matches (not recorded)."""
 
-    kind: str  # "502" | "503-html" | "500" | "hang" | "reset" | "ok-false" (any other kind drops too)
+    kind: str  # "502" | "503-html" | "503-busy" | "500" | "403" | "409" | "hang" | "reset" | "ok-false" |
+    #            "500-after" | "gateway-504" (any other kind drops the connection)
     on: str = "deploy"  # "deploy" | "enumerate" | "any"
-    seconds: float = 0.0  # for "hang": real seconds before the (abandoned) answer
+    seconds: float = 0.0  # "hang": real seconds before the (abandoned) answer; "gateway-504": before the 504
+
+    @property
+    def deploys(self) -> bool:
+        """The CP still deploys the call (the answer is what fails): the rest never reach its logic."""
+        return self.kind in ("500-after", "gateway-504")
 
     def matches(self, dry_run: bool) -> bool:
         return self.on == "any" or self.on == ("enumerate" if dry_run else "deploy")
+
+
+@dataclass(frozen=True)
+class DeployRecord:
+    """One tenant's redeploy by the CP: which tag, and when it began and ended (``time.monotonic()``)."""
+
+    slug: str
+    tag: str
+    started: float
+    ended: float
+
+
+def overlapping(log: Iterable[DeployRecord]) -> list[tuple[DeployRecord, DeployRecord]]:
+    """Pairs of redeploys of one tenant that ran at the same time: what must never happen."""
+    by_slug: dict[str, list[DeployRecord]] = {}
+    for record in log:
+        by_slug.setdefault(record.slug, []).append(record)
+    pairs = []
+    for records in by_slug.values():
+        longest: DeployRecord | None = None  # of those begun so far, the one that ends last
+        for record in sorted(records, key=lambda record: record.started):
+            if longest is not None and record.started < longest.ended:
+                pairs.append((longest, record))
+            if longest is None or record.ended > longest.ended:
+                longest = record
+    return pairs
+
+
+@dataclass
+class _Keyed:
+    """A deploy call under one Idempotency-Key: its answer, once it has one."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    response: Response | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +167,9 @@ class FleetSim:
     bad_builds: set[str] = field(default_factory=set)  # target tags that never really swap (/buildinfo keeps the old)
     request_rate: float = 10.0  # requests per real second each tenant's /metrics counts (deploy.sim.metrics)
     build_health: dict[str, Health] = field(default_factory=dict)  # target tag → how that build serves, fleet-wide
+    replays: list[dict[str, Any]] = field(default_factory=list)  # bodies answered from an Idempotency-Key, not deployed
+    deploy_log: list[DeployRecord] = field(default_factory=list)  # every tenant redeploy, with its times
+    _keys: dict[str, _Keyed] = field(default_factory=dict, repr=False)
     _traffic: Traffic = field(default_factory=Traffic, repr=False)
     _running: dict[str, _Deployed] = field(default_factory=dict)  # slug → its last deploy
     _buildinfo_hits: dict[str, int] = field(default_factory=dict)
@@ -175,13 +219,43 @@ class FleetSim:
         if problem:
             return Response.json({"ok": False, "error": problem}, 400)
         fault = self._next_fault(bool(body.get("dry_run")))
-        if fault is not None:
+        if fault is not None and not fault.deploys:
             return self._fail(fault)
-        with self._lock:
-            self.calls.append(body)
         if body.get("dry_run"):
+            with self._lock:
+                self.calls.append(body)
             return Response.json({"ok": True, "results": [self._dry_run_row(t) for t in self._targets(body)]})
-        return self._deploy(body)
+        key = request.headers.get("idempotency-key", "")
+        if fault is not None and fault.kind == "gateway-504":  # the gateway gives up; the CP goes on, and lands
+            threading.Thread(target=self._keyed_deploy, args=(key, body), daemon=True).start()
+            time.sleep(fault.seconds)
+            return Response.text(GATEWAY_504, 504, "text/html")
+        response = self._keyed_deploy(key, body)
+        if fault is not None:  # 500-after: deployed, then the answer is an error
+            return Response.json({"ok": False, "error": "internal error after the redeploy"}, 500)
+        return response
+
+    def _keyed_deploy(self, key: str, body: dict[str, Any]) -> Response:
+        """The deploy, once per Idempotency-Key: a later call with the same key waits for the first
+        one's answer and gets it again (even if it asks for fewer tenants), deploying nothing."""
+        with self._lock:
+            entry = self._keys.get(key) if key else None
+            first = entry is None
+            if first and key:
+                entry = self._keys[key] = _Keyed()
+            if first:
+                self.calls.append(body)
+            else:
+                self.replays.append(body)
+        if entry is not None and not first:
+            entry.done.wait()
+            assert entry.response is not None
+            return entry.response
+        response = self._deploy(body)
+        if entry is not None:
+            entry.response = response
+            entry.done.set()
+        return response
 
     def _targets(self, body: dict[str, Any]) -> list[TenantSpec]:
         by_slug = self.by_slug
@@ -196,8 +270,11 @@ class FleetSim:
             return Response.json({"ok": False, "error": f"image tag {body['target_tag']!r} not found"}, 500)
         targets = self._targets(body)
         worst = max(self._deploy_seconds(t) for t in targets)
+        began = time.monotonic()
         time.sleep(worst * self.time_scale)  # concurrent redeploys: the call lasts as long as the slowest
         now = time.monotonic()
+        with self._lock:
+            self.deploy_log += [DeployRecord(tenant.slug, body["target_tag"], began, now) for tenant in targets]
         swaps = body["target_tag"] not in self.bad_builds  # a bad build: the CP's word, no new container
         rows = []
         for tenant in targets:
@@ -273,6 +350,12 @@ class FleetSim:
             return Response.text(HTML_503, 503, "text/html")
         if fault.kind == "500":
             return Response.json({"ok": False, "error": "internal error: fleet lock held by another rollout"}, 500)
+        if fault.kind == "503-busy":
+            return Response.json({"ok": False, "error": "busy: another rollout holds the fleet lock; not started"}, 503)
+        if fault.kind == "409":
+            return Response.json({"ok": False, "error": "conflict: a request with this key is in progress"}, 409)
+        if fault.kind == "403":
+            return Response.json({"ok": False, "error": "forbidden: this token may not redeploy"}, 403)
         if fault.kind == "ok-false":
             return Response.json({"ok": False, "results": [], "error": "halted by operator: change freeze"})
         if fault.kind == "hang":

@@ -44,7 +44,9 @@ def representative_runs() -> dict[str, Run]:
                              TenantRow("c")),
                        rejected=('"../etc"',))
     unknown = CallResult(label="batch 2/2", slugs=("d", "e"), ok=False, rows=(), status=None, started=5.4,
-                         seconds=6.0, error="HTTP 504 (synthetic): no answer", state=CallState.UNKNOWN)
+                         seconds=6.0, error="HTTP 504 (synthetic): no answer", state=CallState.UNKNOWN, attempts=2,
+                         settled=(TenantRow("d", phase="read from the tenant", verified_on_target=True,
+                                            error="the CP's answer was lost; the tenant reports 8ddce85f3b2a"),))
     rollout = RolloutResult(fleet=fleet, max_stragglers=3, calls=(canary, batch, unknown),
                             planned=(("a",), ("b", "c"), ("d", "e")), soak=Soak(started=1.6, seconds=0.5),
                             stopped=StopKind.ABORTED, aborted_at="batch 2/2", already_current=("x",),
@@ -69,8 +71,8 @@ def representative_runs() -> dict[str, Run]:
                snapshot=Snapshot(tenants=(TenantBefore(slug="a", sha="0123456", problem=""),
                                           TenantBefore(slug="b", sha="", problem="HTTP 503")),
                                  started=0.1, seconds=0.2),
-               rollback=RollbackResult(tag="latest", tenants=("a", "c"), calls=(batch,), rolled_back=("a",),
-                                       not_rolled_back=("c",),
+               rollback=RollbackResult(tag="latest", build=SHA[:12], tenants=("a", "c"), calls=(batch,),
+                                       rolled_back=("a",), not_rolled_back=("c",),
                                        error="not back on their previous build: c",
                                        verify=VerifyResult(verdicts=verdicts[:1], rounds=1, started=16.0,
                                                            seconds=0.5)),
