@@ -170,11 +170,21 @@ class InputSources:
         return cls(resolved, tuple(from_input), tuple(differing), tuple(literal), unknown)
 
     def errors(self) -> list[ConfigError]:
-        return [ConfigError(name, f"is the literal text {text[:60]!r}: the runner did not "
-                                  "evaluate action.yml's runs.env (Gitea's act skips it when the step has "
-                                  "`with: args`, and older act releases did not interpolate it); remove `args` "
-                                  f"from the step, or set {env_name(name)} in the step's env")
-                for name, text in self.literal]
+        """One error for every input left as its literal ``${{ … }}``: one cause, said once, naming
+        each input (one annotation per input repeated it up to the runner's cap of ten)."""
+        if not self.literal:
+            return []
+        names = tuple(name for name, _ in self.literal)
+        first, text = self.literal[0]
+        if len(names) == 1:
+            what = f"{first} is the literal text {text[:60]!r}"
+            where = f"set {env_name(first)} in the step's env"
+        else:
+            what = f"{len(names)} inputs are literal text such as {text[:60]!r} ({', '.join(names)})"
+            where = "set their FLEET_* variables in the step's env"
+        return [ConfigError(first, f"{what}: the runner did not evaluate action.yml's runs.env (Gitea's act skips "
+                                   "it when the step has `with: args`, and older act releases did not "
+                                   f"interpolate it); remove `args` from the step, or {where}", about=names)]
 
     def notes(self) -> list[str]:
         """Lines for the start of the log: names only, never values."""

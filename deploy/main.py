@@ -67,7 +67,7 @@ def _configuration_error(exc: ConfigErrors, runner: Runner) -> str:
     for error in exc.errors:
         subject = error.input_name if runner.in_actions else config.env_name(error.input_name)
         messages.append(error.naming(subject))
-        runner.error(messages[-1], title=f"input {error.input_name}" if runner.in_actions else "")
+        runner.error(messages[-1], title=error.title if runner.in_actions else "")
     return "configuration error: " + "; ".join(messages)
 
 
