@@ -24,6 +24,9 @@ It owns what a hostile or broken server could otherwise use against the run:
 - **Linear parsing**: :func:`parse_json` turns invalid or too deeply nested JSON into
   :class:`UnusableBody`; :func:`error_text` looks only at a bounded prefix, without regexes that
   can backtrack.
+- **Writable text**: what a server sends reaches the run only through :func:`parse_json`,
+  :func:`error_text` and a :class:`Reply`'s reason, and each makes it writable where it enters
+  (:func:`deploy.domain.writable`): a lone surrogate in a CP's error cannot stop the report.
 
 - **Two paths for a GET, one set of rules.** Every client goes through requests, except the GETs
   of a lean client (:attr:`Policy.lean`: the tenants' ``/buildinfo`` reads, the one call the fleet
@@ -42,10 +45,11 @@ import collections
 import contextlib
 import json
 import os
+import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.client import HTTPException
@@ -63,6 +67,7 @@ from urllib3.util.retry import Retry
 
 from deploy import __version__
 from deploy.clock import Clock, Deadline
+from deploy.domain import writable
 from deploy.errors import DeployFailed
 
 TRANSIENT_STATUSES = frozenset({502, 503, 504})
@@ -539,7 +544,9 @@ class Client:
                     response.close()  # the rest of the body is unread: the connection can't be reused
                 elif response is not None:
                     response.release_conn()
-            return Reply(response.status, response.reason or "", response.headers, body, url,
+            # The reason, like every header, is decoded by http.client as latin-1, always writable;
+            # made so here all the same, since it is the one header text that reaches messages whole.
+            return Reply(response.status, writable(response.reason or ""), response.headers, body, url,
                          max(exchange.attempts, 1))
 
     def _send(self, method: str, url: str, timeout: Any, kwargs: dict[str, Any]) -> Any:
@@ -661,14 +668,54 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         seen = inner or seen.__cause__ or seen.__context__
 
 
-def parse_json(body: bytes | str) -> Any:
-    """JSON, or :class:`UnusableBody`; nesting deep enough to exhaust the stack is just invalid."""
+PairsHook = Callable[[list[tuple[str, Any]]], Any]
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")  # may decode to a surrogate (pairs too)
+
+
+def parse_json(body: bytes | str, pairs_hook: PairsHook | None = None) -> Any:
+    """JSON, or :class:`UnusableBody`; nesting deep enough to exhaust the stack is just invalid.
+
+    What it returns is writable (see :func:`deploy.domain.writable`): this is where the text of a
+    server's JSON enters the run, so nothing downstream meets a code point a log line or a file
+    cannot hold. Bytes are decoded with ``replace`` (json itself would let an encoded surrogate
+    through), and only a body that holds a ``\\uD8xx``–``\\uDFxx`` escape has its strings walked.
+
+    ``pairs_hook`` builds each object from its ``(key, value)`` pairs, innermost first (json's
+    ``object_pairs_hook``): a caller may drop what it will not keep while parsing (a CP answer's
+    rows about tenants outside the call), instead of after building all of it.
+    """
+    text = body.decode(json.detect_encoding(body), "replace") if isinstance(body, bytes) else body
     try:
-        return json.loads(body)
+        doc = json.loads(text, object_pairs_hook=pairs_hook)
     except ValueError:
         raise UnusableBody("not JSON") from None
     except RecursionError:
         raise UnusableBody("not JSON (nested too deeply)") from None
+    return _writable_tree(doc) if _SURROGATE_ESCAPE.search(text) else doc
+
+
+def _writable_tree(doc: Any) -> Any:
+    """``doc`` with every string in it, keys too, made writable; an explicit stack, since the depth
+    is the server's (json's own limit let it through)."""
+    root = [doc]
+    stack: list[list[Any] | dict[str, Any]] = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if any(not key.isascii() for key in node):
+                items = [(writable(key), value) for key, value in node.items()]
+                node.clear()
+                node.update(items)
+            keys: Iterable[Any] = list(node)
+        else:
+            keys = range(len(node))
+        for key in keys:
+            value = node[key]
+            if isinstance(value, str):
+                node[key] = writable(value)
+            elif isinstance(value, (dict, list)):
+                stack.append(value)
+    return root[0]
 
 
 def error_text(body: bytes | str, limit: int = ERROR_TEXT_LIMIT) -> str:
@@ -718,7 +765,8 @@ def _with_text(body: bytes | None) -> str:
 
 
 def _one_line(text: str, limit: int) -> str:
-    text = " ".join(text[: limit * 4].split())
+    """A server's text (or a failure's) for a message: one line, at most ``limit``, writable."""
+    text = writable(" ".join(text[: limit * 4].split()))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
