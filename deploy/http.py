@@ -376,11 +376,18 @@ class ScheduledRetry(Retry):
         return self.delays[min(failures, len(self.delays)) - 1]
 
     def sleep(self, response: Any = None) -> None:
-        """Wait before the next attempt; past the overall deadline, or once cancelled, stop instead."""
+        """Wait before the next attempt; past the exchange's deadline, or once cancelled, stop instead.
+
+        The deadline is the exchange's own when it has one (:meth:`Client.request`'s ``deadline``):
+        promote's put-back runs on a grace deadline after the overall one has passed, and its
+        retries must have that grace too, not the overall deadline it was granted after.
+        """
         if _WATCHDOG.aborted_at is not None:
             raise Aborted("cancelled: no further retries")
-        if self.deadline is not None:
-            self.deadline.sleep(self.get_backoff_time(), "waiting to retry a transient failure")
+        exchange = _exchange()
+        deadline = exchange.deadline if exchange is not None else self.deadline
+        if deadline is not None:
+            deadline.sleep(self.get_backoff_time(), "waiting to retry a transient failure")
         else:
             self.clock.sleep(self.get_backoff_time())
 
