@@ -7,13 +7,24 @@ up before the CP could report a dead tenant, losing every row of the call. Trans
 are retried by the session (see :mod:`deploy.http`); what is left is turned into a
 :class:`CallResult` the rollout can reason about, with the CP's own error text. A body of the
 wrong shape is a :class:`CPResponseError`, never a traceback.
+
+**A call's answer is about its own tenants.** A scoped call (``only_slugs``) believes only the
+rows about the tenants it asked for: a row about any other tenant is ignored — counted, named in
+one log line per call and in the report (``ignored_rows``), never kept. The filter runs while the
+answer is parsed (:func:`parse_answer`'s ``asked``), so a 32 MiB answer of rows about unknown
+tenants costs their parse, not their memory. The enumeration asks about the whole fleet: every
+row it returns is in the call. **Duplicates: the worst row counts.** When a call's answer holds
+several rows for one tenant, the one kept is the worst — off target beats on target, unhealthy
+beats healthy, a row with an error beats one without; between rows equally bad, the first — so
+the canary, the coverage gate, the rollback and the report all read the same one row, and a
+tenant counts as on target only if every row about it says so.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import KW_ONLY, dataclass
 from enum import StrEnum
@@ -23,6 +34,7 @@ from deploy import http
 from deploy.context import Context
 from deploy.domain import TENANT_RE
 from deploy.errors import DeployFailed
+from deploy.runner import counted, listing
 from deploy.settings import ControlPlaneSettings, HttpSettings, RolloutSettings
 
 ANSWER_CAP = 32 * 1024 * 1024  # a 50,000-tenant enumeration is about 10 MiB of rows
@@ -83,6 +95,7 @@ class CallResult:
     seconds: float
     state: CallState = CallState.ANSWERED
     rejected: tuple[str, ...] = ()  # slugs in the answer that cannot be tenant names (shown escaped)
+    ignored: int = 0  # rows about tenants outside the call, not believed (see the module doc)
 
     @property
     def outcome_unknown(self) -> bool:
@@ -145,11 +158,16 @@ class ControlPlaneClient:
             state = CallState.UNKNOWN if reply.status in http.TRANSIENT_STATUSES else CallState.FAILED
             return self._result(label, slugs, started, reply.status, error, state)
         try:
-            ok, rows, error, rejected = parse_answer(reply.body)
+            answer = parse_answer(reply.body, asked=frozenset(slugs) if slugs else None)
         except CPResponseError as exc:
             return self._result(label, slugs, started, 200, f"unreadable answer: {exc}", CallState.UNKNOWN)
-        state = CallState.ANSWERED if ok else CallState.FAILED
-        return self._result(label, slugs, started, 200, error, state, ok=ok, rows=rows, rejected=rejected)
+        if answer.ignored:
+            shown = listing(answer.ignored_names, 5) + (", …" if answer.ignored > len(answer.ignored_names) else "")
+            self.ctx.runner.log(f"{label}: ignored {counted(answer.ignored, 'row')} about tenants outside the call "
+                                f"({shown}): a call's answer is about its own tenants")
+        state = CallState.ANSWERED if answer.ok else CallState.FAILED
+        return self._result(label, slugs, started, 200, answer.error, state, ok=answer.ok, rows=answer.rows,
+                            rejected=answer.rejected, ignored=answer.ignored)
 
     @contextmanager
     def _heartbeat(self, label: str, budget: float) -> Iterator[None]:
@@ -169,11 +187,11 @@ class ControlPlaneClient:
 
     def _result(self, label: str, slugs: tuple[str, ...], started: float, status: int | None, error: str,
                 state: CallState, ok: bool = False, rows: tuple[TenantRow, ...] = (),
-                rejected: tuple[str, ...] = ()) -> CallResult:
+                rejected: tuple[str, ...] = (), ignored: int = 0) -> CallResult:
         now = self.ctx.clock.now()
         return CallResult(label=label, slugs=slugs, ok=ok, rows=rows, status=status, error=error,
                           started=started - self.ctx.deadline.start, seconds=now - started, state=state,
-                          rejected=rejected)
+                          rejected=rejected, ignored=ignored)
 
     def unanswered(self, label: str, slugs: tuple[str, ...], started: float, why: str) -> CallResult:
         """A call interrupted in flight (the deadline during a retry wait, a cancellation)."""
@@ -184,10 +202,41 @@ PROOF_FIELDS = ("healthz_ok", "verified_on_target")
 TEXT_FIELDS = ("phase", "ssm_status", "running_image", "error")
 
 
-def parse_answer(content: bytes) -> tuple[bool, tuple[TenantRow, ...], str, tuple[str, ...]]:
-    """``(ok, rows, error, rejected slugs)`` from a 200 body, or :class:`CPResponseError`."""
+@dataclass(frozen=True, kw_only=True)
+class ParsedAnswer:
+    """A 200 answer as this client believes it (see the module doc)."""
+
+    ok: bool
+    rows: tuple[TenantRow, ...]  # one per tenant of the call, in the order they first appear: the worst row
+    error: str
+    rejected: tuple[str, ...] = ()  # names in the enumeration that cannot be tenants (shown escaped)
+    ignored: int = 0  # rows about tenants outside a scoped call
+    ignored_names: tuple[str, ...] = ()  # the first few of those tenants (shown escaped)
+
+
+IGNORED_NAMES = 5  # tenants named in the log line about a call's out-of-call rows
+
+
+class _Ignored:
+    """What a row about a tenant outside the call is parsed into: one shared object, nothing kept."""
+
+    __slots__ = ()
+
+
+_IGNORED = _Ignored()
+
+
+def parse_answer(content: bytes, asked: frozenset[str] | None = None) -> ParsedAnswer:
+    """The answer of a 200, or :class:`CPResponseError`.
+
+    ``asked``: the tenants of a scoped call. An object with a ``slug`` outside it becomes one shared
+    marker as soon as it is parsed, before the next row is read: the memory of an answer of 1.45
+    million rows about unknown tenants is a list of references to it (``None``: the enumeration,
+    every row is in the call).
+    """
+    names: list[str] = []
     try:
-        doc = http.parse_json(content)
+        doc = http.parse_json(content, None if asked is None else _keeping(asked, names))
     except http.UnusableBody as exc:
         text = http.error_text(content, 120)
         raise CPResponseError(f"the CP answered 200 with a body that is {exc}: {text!r}") from None
@@ -199,13 +248,45 @@ def parse_answer(content: bytes) -> tuple[bool, tuple[TenantRow, ...], str, tupl
     results = doc.get("results", [])
     if not isinstance(results, list):
         raise CPResponseError(f"the CP's 'results' is not a list: {type(results).__name__}")
-    parsed = [_row(i, raw) for i, raw in enumerate(results)]
-    rows = tuple(row for row in parsed if TENANT_RE.match(row.slug))
+    parsed = [_row(i, raw) for i, raw in enumerate(results) if raw is not _IGNORED]
+    ignored = len(results) - len(parsed)
+    rows = _worst_rows(row for row in parsed if TENANT_RE.match(row.slug))
     rejected = tuple(http.compact_json(row.slug, 80) for row in parsed if not TENANT_RE.match(row.slug))
     error = doc.get("error") or ""
     if not ok and not error:
         error = "the CP answered ok: false without an error message"
-    return ok, rows, error if isinstance(error, str) else http.compact_json(error), rejected
+    return ParsedAnswer(ok=ok, rows=rows, error=error if isinstance(error, str) else http.compact_json(error),
+                        rejected=rejected, ignored=ignored, ignored_names=tuple(names))
+
+
+def _keeping(asked: frozenset[str], names: list[str]) -> http.PairsHook:
+    """The JSON object builder of a scoped call's answer: an object about a tenant outside ``asked``
+    becomes :data:`_IGNORED` (the first few of those tenants named in ``names``)."""
+    def build(pairs: list[tuple[str, Any]]) -> Any:
+        for key, value in pairs:
+            if key == "slug" and isinstance(value, str) and value and value not in asked:
+                if len(names) < IGNORED_NAMES:
+                    names.append(http.compact_json(value, 80))
+                return _IGNORED
+        return dict(pairs)
+
+    return build
+
+
+def badness(row: TenantRow) -> tuple[bool, bool, bool]:
+    """How bad a row is, for choosing among a tenant's duplicate rows: off target, then unhealthy,
+    then an error (a higher tuple is worse)."""
+    return not row.on_target, not row.healthy, bool(row.error)
+
+
+def _worst_rows(rows: Iterable[TenantRow]) -> tuple[TenantRow, ...]:
+    """One row per tenant, where it first appears: the worst of its rows (the first among equals)."""
+    kept: dict[str, TenantRow] = {}
+    for row in rows:
+        first = kept.get(row.slug)
+        if first is None or badness(row) > badness(first):
+            kept[row.slug] = row
+    return tuple(kept.values())
 
 
 def _row(index: int, raw: Any) -> TenantRow:
@@ -214,6 +295,7 @@ def _row(index: int, raw: Any) -> TenantRow:
     proves nothing (it counts as false, and the row's error says why)."""
     if not isinstance(raw, dict):
         raise CPResponseError(f"the CP's results[{index}] is not an object: {raw!r:.80}")
+    raw = {key: value for key, value in raw.items() if value is not _IGNORED}  # a nested object about another
     slug = raw.get("slug")
     if not isinstance(slug, str) or not slug:
         raise CPResponseError(f"the CP's results[{index}] has no string 'slug' (got {slug!r:.80})")

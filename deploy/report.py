@@ -37,7 +37,7 @@ from deploy.rollout import RolloutResult, Soak, describe_plan
 from deploy.runner import Runner, counted, escape_markdown, listing, refuse_unless_regular
 from deploy.verify import STATES, TenantVerdict, Verdict, VerifyResult
 
-SCHEMA_VERSION = 3  # bump with schema/report.schema.json whenever a key or a type of the report changes
+SCHEMA_VERSION = 4  # bump with schema/report.schema.json whenever a key or a type of the report changes
 
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}|-")
 OUTPUT_NAMES = (
@@ -268,6 +268,7 @@ REPORTED: dict[type, tuple[Key, ...]] = {
     CallResult: (
         Key("label"), Key("slugs"), Key("state"), Key("ok"), Key("status"), Key("error"),
         Key("started", digits=MS), Key("seconds", digits=MS), Key("rows"), Key("rejected_slugs", "rejected"),
+        Key("ignored_rows", "ignored"),
     ),
     TenantRow: tuple(Key(name) for name in (
         "slug", "phase", "ssm_status", "ssm_exit_code", "healthz_ok", "verified_on_target", "running_image", "error",
