@@ -12,7 +12,8 @@ failure are then the same wherever a tenant is asked.
 - **A tenant's answer is untrusted input.** A body over :data:`BODY_LIMIT`, one that is not JSON,
   or one without the field is "no usable answer", never a crash; what a tenant reports reaches
   a log or the report only through :func:`one_line`. The HTTP layer bounds the whole exchange
-  and follows redirects only within the tenant's own origin.
+  and follows redirects only within the tenant's own origin, and only on the tenant's own path
+  (:class:`TenantUrl`).
 - **The worker pool lives with the session** (:meth:`BuildinfoClient.read_all`), not with the
   rounds: its size is the session's connection pool (one connection per worker), and every
   caller needs the same thing of it — read these tenants, at most ``concurrency`` at once, none
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import posixpath
 import queue
 import threading
 import time
@@ -34,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import requests
 
@@ -66,11 +68,60 @@ class Answer:
         return one_line(self.reported)
 
 
-def buildinfo_url(template: str, slug: str) -> str:
+class TenantUrl(str):
+    """A tenant's ``/buildinfo`` URL that knows whose it is: its redirects stay on the tenant's own path.
+
+    Same origin is not enough where tenants share a host (``https://fleet.example.com/tenants/{slug}/
+    buildinfo``): tenant a redirecting to ``/tenants/b/buildinfo`` would have b's answer prove a.
+    The tenant's own part of a URL is where ``verify-url`` puts ``{slug}``:
+
+    - in the path: the path up to the end of the segment holding ``{slug}`` (``/tenants/a``); a
+      redirect target must be that path or under it, compared decoded and with dot segments and
+      repeated slashes resolved as a server would (``/tenants/a/%2e%2e/b`` is b's);
+    - in the query: every parameter holding ``{slug}`` (``?tenant=a``) must still be there;
+    - in the host: the origin rule already keeps it.
+
+    A ``str``, so the stages that build and pass tenant URLs around are unchanged; the rule is
+    worked out only when a tenant redirects (:meth:`redirect_refusal`).
+    """
+
+    template: str
+    slug: str
+
+    def __new__(cls, template: str, slug: str) -> TenantUrl:
+        made = super().__new__(cls, template.replace("{slug}", quote(slug, safe="")))
+        made.template, made.slug = template, slug
+        return made
+
+    def redirect_refusal(self, target: str) -> str:
+        """Why a same-origin redirect to ``target`` leaves this tenant, or '' when it does not."""
+        marker = "fleetrolloutslugmarker"  # as in request_form: nothing in a URL changes it
+        parts = urlsplit(self.template.replace("{slug}", marker))
+        goes = urlsplit(target)
+        at = parts.path.find(marker)
+        if at != -1:
+            end = parts.path.find("/", at)
+            own = _canonical(parts.path[: len(parts.path) if end == -1 else end].replace(marker, self.slug))
+            path = _canonical(goes.path)
+            if path != own and not path.startswith(own.rstrip("/") + "/"):
+                return f"a redirect that leaves the tenant's own path ({own}), not followed"
+        held = {(key.replace(marker, self.slug), value.replace(marker, self.slug))
+                for key, value in parse_qsl(parts.query, keep_blank_values=True) if marker in key + value}
+        if not held <= set(parse_qsl(goes.query, keep_blank_values=True)):
+            return "a redirect that leaves the tenant's own query, not followed"
+        return ""
+
+
+def _canonical(path: str) -> str:
+    """A URL path as a server may read it: decoded, dot segments and repeated slashes resolved."""
+    return posixpath.normpath("/" + unquote(path)).replace("//", "/")
+
+
+def buildinfo_url(template: str, slug: str) -> TenantUrl:
     """The tenant's URL. Only a real tenant name gets one: ``..`` or ``/`` must never reach a path."""
     if not TENANT_RE.match(slug):
         raise ValueError(f"{http.compact_json(slug, 80)} cannot be a tenant name")
-    return template.replace("{slug}", quote(slug, safe=""))
+    return TenantUrl(template, slug)
 
 
 def request_form(template: str) -> str:
@@ -158,8 +209,9 @@ class BuildinfoClient:
             return None
         timeout = max(min(timeout, left), MIN_TIMEOUT)
         started = self.clock.now()
+        keep = url.redirect_refusal if isinstance(url, TenantUrl) else None
         try:
-            reply = self.http.request("GET", url, budget=timeout, deadline=deadline)
+            reply = self.http.request("GET", url, budget=timeout, deadline=deadline, keep=keep)
         except http.TransportError as exc:
             problem = f"no answer within {format_seconds(timeout)} s" if exc.timed_out else exc.cause
             return Answer.unusable(problem, self.clock.now())

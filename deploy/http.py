@@ -18,7 +18,8 @@ It owns what a hostile or broken server could otherwise use against the run:
   up on a slow answer is what loses the per-tenant results.
 - **Redirects** are followed only within the same origin (scheme, host and port), for GET and
   HEAD: a redirect may not downgrade to ``http://`` nor carry a credential, or a body from
-  another host into the report.
+  another host into the report. A caller may narrow that per call (``keep``): a tenant's read
+  stays on the tenant's own path.
 - **Failures in one sentence** (:class:`TransportError`): the host, the cause (refused, name not
   resolved, TLS, cut off, no complete answer within N s) and the attempts really made.
 - **Linear parsing**: :func:`parse_json` turns invalid or too deeply nested JSON into
@@ -51,7 +52,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.client import HTTPException
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -448,6 +449,7 @@ class Reply:
     body: bytes
     url: str
     attempts: int = 1
+    refused: str = ""  # why a same-origin redirect was not followed all the same (Client.request's keep)
 
     def json(self) -> Any:
         return parse_json(self.body)
@@ -461,6 +463,8 @@ class Reply:
         location = self.headers.get("Location", "")
         if self.status not in REDIRECT_STATUSES:
             return ""
+        if self.refused:
+            return self.refused
         if not location:
             return "a redirect without a Location"
         target = urljoin(self.url, location)
@@ -510,10 +514,15 @@ class Client:
         self.session.close()
 
     def request(self, method: str, url: str, *, budget: float | None = None, cap: int | None = None,
-                deadline: Deadline | None = None, **kwargs: Any) -> Reply:
+                deadline: Deadline | None = None, keep: Callable[[str], str] | None = None, **kwargs: Any) -> Reply:
         """One exchange (with its retries and same-origin redirects); :class:`TransportError` when
         no complete answer came. ``budget`` and ``cap`` override the policy's for this call;
-        ``deadline`` replaces the client's own (a stage's budget, promote's put-back grace)."""
+        ``deadline`` replaces the client's own (a stage's budget, promote's put-back grace).
+
+        ``keep``: a narrower rule than the origin for the redirects of this call — why a target may
+        not be followed, or '' (a tenant's read stays on the tenant's own path: see
+        :class:`deploy.buildinfo.TenantUrl`). Applied to every hop, on both request paths.
+        """
         deadline = deadline or self.deadline
         budget = self.policy.budget if budget is None else budget
         for _ in range(MAX_REDIRECTS + 1):
@@ -523,6 +532,9 @@ class Client:
             if not (reply.status in REDIRECT_STATUSES and method in ("GET", "HEAD") and location
                     and same_origin(url, target)):
                 return reply
+            refused = keep(target) if keep is not None else ""
+            if refused:
+                return replace(reply, refused=refused)
             url = target
         return reply
 
