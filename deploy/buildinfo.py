@@ -166,13 +166,16 @@ GROW_WINDOW = 0.05  # seconds over which the client's use of the CPU is judged
 IDLE = 0.5  # below this share of one CPU, the client waits on tenants: more readers would help
 
 
+Done = tuple[int, list[Answer | None], Exception | None]  # (first, answers, a bug that stopped the job)
+
+
 @dataclass(frozen=True)
 class _Job:
     first: int  # index of urls[0] in the caller's list
     urls: Sequence[str]
     timeout: float
     deadline: Deadline
-    done: queue.SimpleQueue[tuple[int, list[Answer | None]]]  # (first, answers)
+    done: queue.SimpleQueue[Done]
 
 
 class BuildinfoClient:
@@ -229,7 +232,8 @@ class BuildinfoClient:
         """:meth:`read` of every URL, at most ``concurrency`` at once; answers in the order of ``urls``.
 
         Returns when every URL has its answer: the deadline bounds each read, and a URL still
-        queued when it passes gets ``None`` without a request. A long list is handed to the
+        queued when it passes gets ``None`` without a request. An exception a read should never
+        raise (a bug) is raised here, in the caller's thread, with its traceback. A long list is handed to the
         workers in chunks (at most :data:`MAX_CHUNK`, and never so large that workers would
         idle): a hand-off between threads per read cost more CPU than the read's own HTTP work.
 
@@ -241,7 +245,7 @@ class BuildinfoClient:
         0.31 ms of CPU a read and took longer than 4 (0.25 ms).
         """
         chunk = max(1, min(MAX_CHUNK, len(urls) // (4 * max(min(self.concurrency, len(urls)), 1))))
-        done: queue.SimpleQueue[tuple[int, list[Answer | None]]] = queue.SimpleQueue()
+        done: queue.SimpleQueue[Done] = queue.SimpleQueue()
         for first in range(0, len(urls), chunk):
             self._jobs.put(_Job(first, urls[first:first + chunk], timeout, deadline, done))
         jobs = -(-len(urls) // chunk)
@@ -254,7 +258,9 @@ class BuildinfoClient:
                 window = self._grow_if_idle(window, jobs)
                 with contextlib.suppress(queue.Empty):
                     got = done.get(timeout=GROW_WINDOW)
-            first, part = got
+            first, part, bug = got
+            if bug is not None:  # raised here, in the caller's thread, with the worker's traceback
+                raise bug
             answers[first:first + len(part)] = part
         return answers
 
@@ -283,15 +289,18 @@ class BuildinfoClient:
             self.http.close()
 
     def _work(self) -> None:
+        """Read job after job. A read never raises for what a tenant does (:meth:`read`), so an
+        exception here is a bug (or an install the code cannot run on): it goes to the caller, who
+        raises it, and the run fails as an internal error — it is never a verdict on a tenant."""
         while (job := self._jobs.get()) is not None:
             answers: list[Answer | None] = []
-            for url in job.urls:
-                try:
+            bug: Exception | None = None
+            try:
+                for url in job.urls:
                     answers.append(None if self._closed else self.read(url, job.timeout, job.deadline))
-                except Exception as exc:  # noqa: BLE001 - a bug in one read must not hang the caller
-                    answers.append(Answer.unusable(f"internal error probing it: {type(exc).__name__}",
-                                                   self.clock.now()))
-            job.done.put((job.first, answers))
+            except Exception as exc:  # noqa: BLE001 - handed over whole: the caller must not wait forever
+                bug = exc
+            job.done.put((job.first, answers, bug))
 
 
 def _parse(body: bytes, field: str, at: float) -> Answer:

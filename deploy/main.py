@@ -5,6 +5,10 @@ a laptop) and ``python -m deploy`` all call :func:`cli`, so every CI system gets
 pipeline. Configuration comes only from the environment: an argument never starts a deploy (the
 bare command does), it asks for help, the version or the demo, or is an error.
 Exit codes: 0 deployed, planned or skipped; 1 failed or aborted; 2 configuration error (or a bad argument).
+An internal error — an exception nothing expected (a bug, or an installed dependency the code
+cannot run on), in a stage, a tenant read, a proof or a rollback — is exit 1 too: ``reason``
+says "internal error", its traceback is in the log, outputs and the report are written, and it
+is never a verdict on a tenant, a call or a tag, nor a reason to roll back.
 """
 
 from __future__ import annotations
@@ -87,8 +91,8 @@ name=value lines at the end of the log."""
 EXIT_CODES = """\
 exit codes:
   0  deployed, planned (dry run) or skipped (kill switch, superseded)
-  1  failed (rollout, coverage, verify, promote, timeout or cancel), or aborted (kill switch set
-     mid-rollout: the fleet is mixed)
+  1  failed (rollout, coverage, verify, promote, timeout or cancel), aborted (kill switch set
+     mid-rollout: the fleet is mixed), or an internal error (its traceback is in the log)
   2  configuration error (nothing was sent), or a bad command line"""
 
 

@@ -173,6 +173,8 @@ class _Stages:
         with self.stage("Rollout", record=False):
             run.rollout = run_rollout(config.rollout, cp, run.fleet, ctx, prover=self.prover,
                                       checkpoint=None if dry_run else self.between_calls, current=current)
+        if run.rollout.internal_error is not None:  # recorded above; a bug fails the run, never rolls back
+            raise run.rollout.internal_error
         if self.prover is not None and self.prover.verdicts:  # what was proven, even if the run stops here
             run.verify = self.prover.result(run.fleet)
         if run.rollout.stopped == StopKind.SKIPPED:

@@ -50,6 +50,9 @@ class RolloutResult:
     proofs: tuple[ProofSpan, ...] = ()  # each call's proof (verify-each-batch) and the soak watch
     already_current: tuple[str, ...] = ()  # not redeployed: the snapshot saw them on the build (skip-current)
     dry_run: bool = False
+    # A bug that stopped the rollout: kept so the calls made are recorded, then raised by the pipeline
+    # (an internal error: never a verdict on a tenant or a call, and never a reason to roll back).
+    internal_error: Exception | None = field(default=None, compare=False, repr=False)
 
     @cached_property
     def _current(self) -> frozenset[str]:
@@ -188,8 +191,9 @@ def run_rollout(
         progress.stop(StopKind.ABORTED, str(exc))
     except DeployFailed as exc:  # the deadline, a cancellation, an unreadable kill switch: keep what happened
         progress.halted = str(exc) + _later(len(batches) - len(progress.calls))  # every call made is recorded
-    except Exception as exc:  # noqa: BLE001 - a bug must not lose the calls already made
+    except Exception as exc:  # noqa: BLE001 - a bug must not lose the calls already made; re-raised after
         progress.halted = f"internal error ({type(exc).__name__}: {exc}); this is a bug in fleet-rollout"
+        return replace(progress.result(), internal_error=exc)
     return progress.result()
 
 
