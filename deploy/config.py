@@ -105,6 +105,9 @@ SECRET_INPUTS = ("cp-token", "registry-password", "github-token")
 URL_INPUTS = ("cp-url", "verify-url", "promote-images")  # may carry a credential in userinfo or query
 MIN_RELIABLE_SECRET = 8  # shorter, and a secret also matches ordinary words and numbers in the log
 MIN_QUERY_SECRET = 8  # a query value this long in a URL input is treated as a credential (?key=…)
+# Passwords that say the username is the credential: `https://TOKEN:x-oauth-basic@host` (GitHub's
+# form), `https://TOKEN:@host`, `https://TOKEN@host`. Any other password is the credential itself.
+PLACEHOLDER_PASSWORDS = frozenset({"", "x-oauth-basic"})
 
 
 VARIABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -260,16 +263,52 @@ def secrets_in(env: Mapping[str, str]) -> tuple[str, ...]:
 
 
 def _url_credentials(url: str) -> list[str]:
-    """The userinfo password and every query value of :data:`MIN_QUERY_SECRET`+ characters, as
-    written and decoded."""
+    """Every form of a credential a URL input carries that is sent: its userinfo password, and the
+    username too when that is the credential (``https://TOKEN:x-oauth-basic@host``,
+    ``https://TOKEN@host``), each as written and decoded; the ``Basic`` credential the request
+    carries (base64 of the decoded ``user:password``, in UTF-8 and in latin-1, as requests encodes
+    it), which a tenant's 401 page may echo; and every query value of :data:`MIN_QUERY_SECRET`+
+    characters, as written and decoded."""
     _, userinfo, _, _, hidden = url_parts(url)
-    password = userinfo.partition(":")[2]
+    user, _, password = userinfo.partition(":")
     query = hidden[1:].partition("#")[0] if hidden.startswith("?") else ""
     written = [pair.partition("=")[2] for pair in re.split("[&;]", query)]
     decoded = [v for _, v in parse_qsl(query, keep_blank_values=True)]
     long_values = [v for v in written + decoded if len(v) >= MIN_QUERY_SECRET and "{slug}" not in v]  # not a template
     values = [password, unquote(password), *long_values]
+    if userinfo and unquote(password) in PLACEHOLDER_PASSWORDS:
+        values += [user, unquote(user)]
+    if userinfo:
+        pair = f"{unquote(user)}:{unquote(password)}"
+        for encoding in ("utf-8", "latin-1"):
+            with contextlib.suppress(UnicodeEncodeError):
+                values.append(base64.b64encode(pair.encode(encoding)).decode("ascii"))
     return [v for v in values if v]
+
+
+def public_facts(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The run's own facts that redaction must leave readable (see ``Runner.public``): the SHA, the
+    tags, the promote source and the images, as the run will show them. Read before the inputs
+    are validated, so only values of the right form count: a malformed one is not shown as a fact."""
+    def value(name: str) -> str:
+        return env.get(env_name(name), "").strip()
+
+    sha = (value("sha") or env.get("GITHUB_SHA", "").strip()).lower()
+    sha = sha if SHA_RE.match(sha) else ""
+    tags = [value("target-tag") or (f"staging-{sha[:7]}" if sha else ""), value("promote-tag") or "latest",
+            value("rollback-tag")]
+    source = value("promote-source")
+    facts = [sha, *(tag for tag in tags if TAG_RE.match(tag)), source if _parses(parse_source, source) else ""]
+    facts += [image for image in parse_list(value("promote-images")) if _parses(lambda i: parse_image(i, True), image)]
+    return tuple(dict.fromkeys(fact for fact in facts if fact))
+
+
+def _parses(parser: Callable[[str], object], value: str) -> bool:
+    try:
+        parser(value)
+    except ValueError:
+        return False
+    return True
 
 
 def short_secret_warnings(env: Mapping[str, str]) -> list[str]:

@@ -32,6 +32,7 @@ def run(env: Mapping[str, str], stream: TextIO | None = None, clock: Clock | Non
     env = sources.env
     runner_env = config.RunnerEnv.from_env(env)
     runner = Runner(stream or sys.stdout, runner_env.output_path, runner_env.summary_path, runner_env.in_actions)
+    runner.public(*config.public_facts(env))  # first: a secret that is one of them is not masked
     runner.mask(*config.secrets_in(env))
     runner.log(f"{PROG} {__version__}")  # the first line a reader sees (masks are consumed by the runner)
     for warning in config.short_secret_warnings(env):

@@ -119,6 +119,7 @@ def check_sources(settings: PromoteSettings, client: http.Client, ctx: Context) 
         if source is None:
             raise DeployFailed(f"promote preflight, before any deploy: {image} has no {settings.source} "
                                "(was the build pushed under that name?)")
+        ctx.runner.public(source.digest)
         ctx.runner.log(f"promote preflight: {image}:{settings.source} is {source.digest} ({source.describe()})")
 
 
@@ -153,8 +154,11 @@ def _promote(attempt: _Attempt, settings: PromoteSettings, runner: Runner, deadl
     if source is None:
         raise RegistryError(f"{image}: source {settings.source} not found (was the build pushed under that name?)")
     attempt.source = source
+    runner.public(source.digest)  # digests are the run's own facts: a token must not censor them
     runner.log(f"{image}: source {settings.source} is {source.digest} ({source.describe()})")
     previous = attempt.previous = repository.find_manifest(tag, deadline)
+    if previous is not None:
+        runner.public(previous.digest)
     runner.log(f"{image}: {tag} was {previous.digest} ({previous.describe()})" if previous
                else f"{image}: {tag} does not exist yet")
     if previous and previous.is_index and not source.is_index and not settings.allow_single_arch:

@@ -132,6 +132,7 @@ def enumerate_fleet(client: ControlPlaneClient, runner: Runner) -> tuple[tuple[s
         runner.warning(f"the CP enumerated {counted(len(call.rejected), 'name')} that cannot be tenants; they are "
                        f"neither deployed nor polled: {listing(call.rejected)}", title="invalid tenant names")
     fleet = tuple(dict.fromkeys(row.slug for row in call.rows))
+    runner.public(*fleet)  # tenant names are the run's own facts: redaction must not censor them
     runner.log(f"fleet: {counted(len(fleet), 'tenant')} ({call.seconds:.1f} s): {listing(fleet, 100) or 'none'}")
     return fleet, call.rejected
 

@@ -253,6 +253,9 @@ class Runner:
     _short: list[str] = field(default_factory=list, repr=False)  # forms too short for a window
     _windows: set[str] = field(default_factory=set, repr=False)
     _grams: set[str] = field(default_factory=set, repr=False)
+    _secrets: list[str] = field(default_factory=list, repr=False)  # as registered, to warn about later facts
+    _facts: set[str] = field(default_factory=set, repr=False)
+    _fact_text: str = field(default="", repr=False)  # every fact, NUL-separated: one substring search for all
     _counts: dict[str, int] = field(default_factory=dict, repr=False)
     _annotated: set[tuple[str, str, str]] = field(default_factory=set, repr=False)
 
@@ -272,16 +275,57 @@ class Runner:
                 if writable(value) != value:  # what every writer turns it into (see writable)
                     self._register(writable(value))
 
-    def _register(self, secret: str) -> None:
-        if len(secret) < MIN_SECRET or secret in self._forms or secret in self._short:
+    def public(self, *facts: str) -> None:
+        """Register the run's own public facts — its SHA, tags, image names, tenant names, digests —
+        which redaction must never censor.
+
+        A secret that is part of a fact hides nothing the fact does not show, and redacting it
+        would censor the fact everywhere (a token service answering with the SHA's first 12
+        characters would take the SHA out of the log and the report): it is not redacted, and a
+        warning says so. A piece of a secret that a fact holds stops counting as a piece of it.
+        Facts may come after the secrets (tenant names, digests): each fact is checked once.
+        """
+        new = [fact for fact in dict.fromkeys(facts) if fact and fact not in self._facts]
+        if not new:
             return
+        self._facts.update(new)
+        joined = "\0".join(new)
+        self._fact_text = f"{self._fact_text}\0{joined}" if self._fact_text else joined
+        if not self._secrets:
+            return
+        pruned = {window for fact in new for i in range(len(fact) - WINDOW + 1)
+                  if (window := fact[i : i + WINDOW]) in self._windows}
+        if pruned:
+            self._windows -= pruned
+            self._forms = [form for form in self._forms if form not in joined]
+        self._short = [form for form in self._short if form not in joined]
+        for secret in [secret for secret in self._secrets if secret in joined]:
+            self._secrets.remove(secret)
+            self._public_secret(secret)
+
+    def _public_secret(self, secret: str) -> None:
+        self.warning(f"a secret of {len(secret)} characters is part of one of this run's public facts (its SHA, a "
+                     "tag, an image, a tenant name or a digest): it is not redacted, so that those stay readable",
+                     title="secret not redacted")
+
+    def _register(self, secret: str) -> None:
+        if len(secret) < MIN_SECRET or secret in self._secrets:
+            return
+        facts = self._fact_text
+        if secret in facts:  # a fact, or a piece of one: see public()
+            self._public_secret(secret)
+            return
+        self._secrets.append(secret)
         forms = secret_forms(secret) | {p for p in base64_pieces(secret) if len(p) >= WINDOW}
         for form in forms - set(self._forms) - set(self._short):
+            if form in facts:
+                continue
             if len(form) < WINDOW:
                 self._short.append(form)
                 continue
             self._forms.append(form)
-            self._windows.update(form[i : i + WINDOW] for i in range(len(form) - WINDOW + 1))
+            windows = (form[i : i + WINDOW] for i in range(len(form) - WINDOW + 1))
+            self._windows.update(window for window in windows if window not in facts)
             self._grams.update(form[i : i + GRAM] for i in range(len(form) - GRAM + 1))
         self._forms.sort(key=len, reverse=True)
         self._short.sort(key=len, reverse=True)
