@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import KW_ONLY, dataclass
 from enum import StrEnum
@@ -226,13 +226,24 @@ class _Ignored:
 _IGNORED = _Ignored()
 
 
+class _Kept:
+    """What a row about a tenant of the call is parsed into: the first row of that tenant with that
+    :func:`badness`, shared by every later one like it (see :func:`_keeping`)."""
+
+    __slots__ = ("row",)
+
+    def __init__(self, row: TenantRow) -> None:
+        self.row = row
+
+
 def parse_answer(content: bytes, asked: frozenset[str] | None = None) -> ParsedAnswer:
     """The answer of a 200, or :class:`CPResponseError`.
 
-    ``asked``: the tenants of a scoped call. An object with a ``slug`` outside it becomes one shared
-    marker as soon as it is parsed, before the next row is read: the memory of an answer of 1.45
-    million rows about unknown tenants is a list of references to it (``None``: the enumeration,
-    every row is in the call).
+    ``asked``: the tenants of a scoped call (``None``: the enumeration, every row is in the call).
+    Rows are read while json parses them (:func:`_keeping`), so what an answer costs is bounded by
+    the call, not by the answer: a row about a tenant outside the call becomes one shared marker,
+    and the rows of one tenant of the call at most a few shared ones. An answer of 1.45 million
+    rows, about unknown tenants or all about one tenant, is a list of references to them.
     """
     names: list[str] = []
     try:
@@ -248,29 +259,72 @@ def parse_answer(content: bytes, asked: frozenset[str] | None = None) -> ParsedA
     results = doc.get("results", [])
     if not isinstance(results, list):
         raise CPResponseError(f"the CP's 'results' is not a list: {type(results).__name__}")
-    parsed = [_row(i, raw) for i, raw in enumerate(results) if raw is not _IGNORED]
-    ignored = len(results) - len(parsed)
-    rows = _worst_rows(row for row in parsed if TENANT_RE.match(row.slug))
-    rejected = tuple(http.compact_json(row.slug, 80) for row in parsed if not TENANT_RE.match(row.slug))
+    kept: dict[str, TenantRow] = {}  # one row per tenant, where it first appears: the worst of its rows
+    rejected: dict[str, None] = {}
+    ignored = 0
+    for index, raw in enumerate(results):
+        if raw is _IGNORED:
+            ignored += 1
+            continue
+        row = raw.row if isinstance(raw, _Kept) else _row(index, raw)
+        if not TENANT_RE.match(row.slug):
+            rejected[http.compact_json(row.slug, 80)] = None
+            continue
+        first = kept.get(row.slug)
+        if first is None or badness(row) > badness(first):  # worse, or the first: equals keep the first
+            kept[row.slug] = row
     error = doc.get("error") or ""
     if not ok and not error:
         error = "the CP answered ok: false without an error message"
-    return ParsedAnswer(ok=ok, rows=rows, error=error if isinstance(error, str) else http.compact_json(error),
-                        rejected=rejected, ignored=ignored, ignored_names=tuple(names))
+    return ParsedAnswer(ok=ok, rows=tuple(kept.values()), error=error if isinstance(error, str) else
+                        http.compact_json(error), rejected=tuple(rejected), ignored=ignored, ignored_names=tuple(names))
 
 
 def _keeping(asked: frozenset[str], names: list[str]) -> http.PairsHook:
-    """The JSON object builder of a scoped call's answer: an object about a tenant outside ``asked``
-    becomes :data:`_IGNORED` (the first few of those tenants named in ``names``)."""
+    """The JSON object builder of a scoped call's answer (innermost objects first).
+
+    An object whose ``slug`` is outside ``asked`` becomes :data:`_IGNORED` (the first few of those
+    tenants named in ``names``). One whose ``slug`` is in the call becomes a :class:`_Kept`, one per
+    tenant and :func:`badness`: the duplicates of a row share it, so a tenant costs at most eight
+    objects however many rows the answer repeats about it. Only those in ``results`` are rows
+    (:func:`parse_answer`); an object nested in a row is none, whatever its ``slug``.
+    """
+    shared: dict[tuple[str, tuple[bool, bool, bool]], _Kept] = {}
+    by_kind: dict[tuple[str, int, int, bool, bool], _Kept] = {}  # at most 64 per tenant: see _kind
+
     def build(pairs: list[tuple[str, Any]]) -> Any:
-        for key, value in pairs:
-            if key == "slug" and isinstance(value, str) and value and value not in asked:
-                if len(names) < IGNORED_NAMES:
-                    names.append(http.compact_json(value, 80))
-                return _IGNORED
-        return dict(pairs)
+        slug = None
+        for key, value in pairs:  # the last one counts, as in a dict
+            if key == "slug":
+                slug = value
+        if not isinstance(slug, str) or not slug:
+            return dict(pairs)  # not a row (or a malformed one: parse_answer says so)
+        if slug not in asked:
+            if len(names) < IGNORED_NAMES:
+                names.append(http.compact_json(slug, 80))
+            return _IGNORED
+        raw = {key: value for key, value in pairs if not isinstance(value, (_Ignored, _Kept))}  # nested: no row
+        kind = _kind(slug, raw)
+        kept = by_kind.get(kind)
+        if kept is None:  # a row unlike the ones before it: read it (a repeat costs a lookup, not a row)
+            row = _row(0, raw)
+            kept = by_kind[kind] = shared.setdefault((slug, badness(row)), _Kept(row))
+        return kept
 
     return build
+
+
+def _proof_state(value: Any) -> int:
+    return 0 if value is None else 1 if value is True else 2 if value is False else 3
+
+
+def _kind(slug: str, raw: dict[str, Any]) -> tuple[str, int, int, bool, bool]:
+    """What :func:`badness` of ``_row(raw)`` depends on, read straight from the JSON object: two rows
+    of one kind are equally bad. Each proof field is absent, true, false or not a boolean (which
+    ``_row`` takes as false and notes in the error); a dry run is ``ssm_status`` ``"DryRun"``; an
+    error is any ``error`` value but none or ''. Bounded (64 kinds a tenant), unlike the rows."""
+    return (slug, _proof_state(raw.get("verified_on_target")), _proof_state(raw.get("healthz_ok")),
+            raw.get("ssm_status") == "DryRun", raw.get("error") not in (None, ""))
 
 
 def badness(row: TenantRow) -> tuple[bool, bool, bool]:
@@ -279,23 +333,13 @@ def badness(row: TenantRow) -> tuple[bool, bool, bool]:
     return not row.on_target, not row.healthy, bool(row.error)
 
 
-def _worst_rows(rows: Iterable[TenantRow]) -> tuple[TenantRow, ...]:
-    """One row per tenant, where it first appears: the worst of its rows (the first among equals)."""
-    kept: dict[str, TenantRow] = {}
-    for row in rows:
-        first = kept.get(row.slug)
-        if first is None or badness(row) > badness(first):
-            kept[row.slug] = row
-    return tuple(kept.values())
-
-
 def _row(index: int, raw: Any) -> TenantRow:
     """One tenant's row. Only ``slug`` is strict; an odd optional field must not discard the rows
     of a batch that really deployed, so it is read leniently — and a proof that is not a boolean
     proves nothing (it counts as false, and the row's error says why)."""
     if not isinstance(raw, dict):
         raise CPResponseError(f"the CP's results[{index}] is not an object: {raw!r:.80}")
-    raw = {key: value for key, value in raw.items() if value is not _IGNORED}  # a nested object about another
+    raw = {key: value for key, value in raw.items() if not isinstance(value, (_Ignored, _Kept))}  # nested: no row
     slug = raw.get("slug")
     if not isinstance(slug, str) or not slug:
         raise CPResponseError(f"the CP's results[{index}] has no string 'slug' (got {slug!r:.80})")

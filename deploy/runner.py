@@ -22,11 +22,11 @@ Outside a runner (``GITHUB_ACTIONS`` is not ``true``: GitLab, Jenkins, a laptop)
 interpret workflow commands, so groups and annotations are written as plain lines instead.
 
 Nothing written here can raise on its content: every writer (the log, ``GITHUB_OUTPUT``, the
-summary, and the report through :func:`regular_file`) makes its text writable first
+summary; the report's in :mod:`deploy.report`) makes its text writable first
 (:func:`deploy.domain.writable`), whatever the HTTP layer already did. The log is best effort: a
 line the stream refuses (a full disk under a redirected stdout) is dropped, never raised, so no
 safety action (promote's put-back, a rollback) can depend on a log line. The runner's files must
-be regular files (:func:`regular_file`).
+be regular files (:func:`regular_file`; the report's path follows the same rule).
 """
 
 from __future__ import annotations

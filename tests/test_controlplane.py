@@ -132,6 +132,28 @@ def test_between_equally_bad_rows_the_first_counts_and_an_error_is_worse():
     assert parse_answer(json.dumps(body).encode()).rows[0].phase == "one"
 
 
+def test_rows_of_one_kind_are_equally_bad_so_a_repeat_can_share_the_first():
+    """parse_answer reads a repeated row of a tenant by its kind alone (what its badness depends on)."""
+    from deploy.controlplane import _kind, _row, badness
+
+    rng = random.Random(21)
+    values = [None, True, False, "yes", 0, 1, "", "x", [], {}, "DryRun", "Success"]
+    rows = [{"slug": "a", **{field: rng.choice(values) for field in rng.sample(
+        ["verified_on_target", "healthz_ok", "ssm_status", "error", "phase"], rng.randint(0, 5))}}
+        for _ in range(3000)]
+    seen: dict[tuple, tuple[bool, bool, bool]] = {}
+    for raw in rows:
+        assert seen.setdefault(_kind("a", raw), badness(_row(0, raw))) == badness(_row(0, raw)), raw
+    assert len(seen) > 20
+
+
+def test_an_answer_repeating_one_tenants_row_keeps_one_row_the_worst():
+    rows = b",".join(b'{"slug": "a", "phase": "p%d"}' % i for i in range(200_000))
+    body = b'{"ok": true, "results": [{"slug": "b"}, ' + rows + b', {"slug": "a", "verified_on_target": false}]}'
+    answer = parse_answer(body, asked=frozenset({"a", "b"}))
+    assert [(row.slug, row.phase, row.on_target) for row in answer.rows] == [("b", "", True), ("a", "", False)]
+
+
 def test_a_scoped_call_logs_its_ignored_rows_once_and_records_their_count(client, requests_mock):
     rows = [{"slug": s, "verified_on_target": True} for s in ("a", *(f"x{i}" for i in range(40)))]
     requests_mock.post(URL, json={"ok": True, "results": rows})

@@ -921,6 +921,18 @@ def many_rows_answer() -> bytes:
     return _MANY_ROWS
 
 
+_REPEATED_ROWS: bytes | None = None
+
+
+def repeated_rows_answer() -> bytes:
+    """31.5 MiB, just under the cap: 1.1 million rows about a (each a little different), then the row of b."""
+    global _REPEATED_ROWS
+    if _REPEATED_ROWS is None:
+        repeats = b",".join(b'{"slug":"a","phase":"%d"}' % i for i in range(1_100_000))
+        _REPEATED_ROWS = b'{"ok": true, "results": [' + repeats + b"," + json.dumps(_on_target("b")[0]).encode() + b"]}"
+    return _REPEATED_ROWS
+
+
 def many_rows_cost_nothing(result: Outcome, world: World) -> None:
     assert (result.code, result.outputs["outcome"]) == (0, "deployed"), result.tail()
     assert result.outputs["result_count"] == "4", result.outputs
@@ -1019,6 +1031,8 @@ ROWS += [
        "Out-of-call rows", inputs={"canary": "a"}, check=canary_duplicate_worst_row, slugs=("a",)),
     # [6] 1.45 million rows about unknown tenants cost nothing kept
     on("cp-deploy", "1.45m-rows-outside-the-call", lambda w: respond(200, many_rows_answer()), "Out-of-call rows",
+       inputs={"timeout": "30"}, check=many_rows_cost_nothing, measure_rss=True, within=25.0, slugs=("a", "b")),
+    on("cp-deploy", "1.1m-rows-about-one-tenant", lambda w: respond(200, repeated_rows_answer()), "Out-of-call rows",
        inputs={"timeout": "30"}, check=many_rows_cost_nothing, measure_rss=True, within=25.0, slugs=("a", "b")),
     # [9] a same-origin redirect from one tenant's path to another's
     on("tenant", "redirect-to-another-tenant", redirect("/tenants/a/buildinfo"), "Redirects",
