@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 from deploy import cancel
@@ -93,6 +93,9 @@ class RollbackResult:
     rolled_back: tuple[str, ...]
     not_rolled_back: tuple[str, ...]  # to roll back by hand: not asked (no time), or not proven back
     error: str  # '' when every tenant went back
+    # A bug while proving the tenants back: kept so the calls made are recorded, then raised by the
+    # pipeline (an internal error, never a verdict on a tenant).
+    internal_error: Exception | None = field(default=None, compare=False, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -136,12 +139,15 @@ def roll_back(tenants: Sequence[str], snapshot: Snapshot | None, cp: ControlPlan
         client.http.close()
     asked = set(tenants)
     returned = [row for call in calls for row in call.rows if row.on_target and row.slug in asked]
-    result_verify = None
+    result_verify, internal = None, None
     if not cancel.requested():
         try:
             result_verify = _verify_back(returned, snapshot, http_settings, verify, ctx)
         except DeployFailed as exc:  # cancelled while proving: what the calls did is still reported
             errors.append(f"rollback verify cut short: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a bug: the calls made are recorded, then it is raised
+            internal = exc
+            errors.append(f"rollback verify: internal error ({type(exc).__name__}: {exc})")
     back = {v.slug for v in result_verify.verdicts if v.state == Verdict.VERIFIED} if result_verify else set()
     back |= {row.slug for row in returned if not (snapshot and snapshot.sha_of(row.slug))}  # the CP's word
     rolled_back = tuple(slug for slug in tenants if slug in back)
@@ -152,7 +158,7 @@ def roll_back(tenants: Sequence[str], snapshot: Snapshot | None, cp: ControlPlan
     error = "; ".join(errors)
     ctx.runner.log(f"rollback: {len(rolled_back)}/{len(tenants)} tenants back on {tag}{'; ' if error else ''}{error}")
     return RollbackResult(tag=tag, tenants=tuple(tenants), calls=tuple(calls), verify=result_verify,
-                          rolled_back=rolled_back, not_rolled_back=missing, error=error)
+                          rolled_back=rolled_back, not_rolled_back=missing, error=error, internal_error=internal)
 
 
 def _redeploy_back(tenants: tuple[str, ...], client: ControlPlaneClient, rollout: RolloutSettings,

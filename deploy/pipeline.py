@@ -211,6 +211,8 @@ class _Stages:
             with self.stage("Rollback"):
                 run.rollback = roll_back(tenants, run.snapshot, config.cp, config.rollout, config.http,
                                          config.verify, self.ctx)
+            if run.rollback.internal_error is not None:  # recorded above; a bug fails the run as one
+                raise run.rollback.internal_error
             said = (f"rolled back {counted(len(run.rollback.rolled_back), 'tenant')}" if run.rollback.ok
                     else f"rollback failed: {run.rollback.error}")
         except DeployFailed as exc:  # cancelled mid-rollback: the failure still comes first

@@ -1313,3 +1313,20 @@ def test_a_bug_in_a_proof_fails_the_run_as_an_internal_error_and_rolls_nothing_b
     assert [seen.json()["target_tag"] for seen in world.cp_posts(dry_run=False)] == [TAG], "a rollback call was made"
     assert find_call(_calls(result), ("a", "b")) is not None, _calls(result)
     assert result.report["rollback"] is None
+
+
+def test_a_bug_in_a_rollbacks_proof_fails_the_run_as_an_internal_error_with_the_rollback_recorded(
+        world: World, tmp_path: Path) -> None:
+    """Issue 21 [11]: the rollback's calls were made, then its proof hit a bug: an internal error, and
+    the report still has the rollback and its calls (the snapshot and batch 1's proof read 6 times)."""
+    world.sim.builds["latest"] = "0" * 40
+    world.hostile.add(json_answer({"ok": False, "error": "halted", "results": _on_target("c", "d")}), method="POST",
+                      path=REDEPLOY, when=cp_call(False, ("c", "d")), times=1)
+    inputs = {"verify-url": "$buildinfo", "on-failure": "rollback", "timeout": "8"}
+    result = run_entrypoint(world, tmp_path / "run", inputs, kill_after=15,
+                            command=[sys.executable, "-c", BUG_AFTER_READS, str(len(TENANTS) + 2)])
+    assert_internal_error(result, "KeyError")
+    sent = [seen.json()["target_tag"] for seen in world.cp_posts(dry_run=False)]
+    assert sent.count("latest") == 2, sent
+    rollback = result.report["rollback"]
+    assert rollback is not None and [call["label"] for call in rollback["calls"]] == ["rollback 1/2", "rollback 2/2"]
