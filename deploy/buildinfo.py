@@ -233,9 +233,9 @@ class BuildinfoClient:
 
         Returns when every URL has its answer: the deadline bounds each read, and a URL still
         queued when it passes gets ``None`` without a request. An exception a read should never
-        raise (a bug) is raised here, in the caller's thread, with its traceback. A long list is handed to the
-        workers in chunks (at most :data:`MAX_CHUNK`, and never so large that workers would
-        idle): a hand-off between threads per read cost more CPU than the read's own HTTP work.
+        raise (a bug) is raised here, in the caller's thread, with its traceback. A long list is
+        handed to the workers in chunks (at most :data:`MAX_CHUNK`, and never so large that workers
+        would idle): a hand-off between threads per read cost more CPU than the read's own HTTP work.
 
         The pool starts at :data:`FIRST_WORKERS` and doubles, up to ``concurrency``, while reads
         are queued and the client is idle (under :data:`IDLE` of a CPU over a :data:`GROW_WINDOW`):
