@@ -12,7 +12,8 @@ failure are then the same wherever a tenant is asked.
 - **A tenant's answer is untrusted input.** A body over :data:`BODY_LIMIT`, one that is not JSON,
   or one without the field is "no usable answer", never a crash; what a tenant reports reaches
   a log or the report only through :func:`one_line`. The HTTP layer bounds the whole exchange
-  and follows redirects only within the tenant's own origin.
+  and follows redirects only within the tenant's own origin, and only on the tenant's own path
+  (:class:`TenantUrl`).
 - **The worker pool lives with the session** (:meth:`BuildinfoClient.read_all`), not with the
   rounds: its size is the session's connection pool (one connection per worker), and every
   caller needs the same thing of it — read these tenants, at most ``concurrency`` at once, none
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import posixpath
 import queue
 import threading
 import time
@@ -34,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import requests
 
@@ -67,11 +69,60 @@ class Answer:
         return one_line(self.reported)
 
 
-def buildinfo_url(template: str, slug: str) -> str:
+class TenantUrl(str):
+    """A tenant's ``/buildinfo`` URL that knows whose it is: its redirects stay on the tenant's own path.
+
+    Same origin is not enough where tenants share a host (``https://fleet.example.com/tenants/{slug}/
+    buildinfo``): tenant a redirecting to ``/tenants/b/buildinfo`` would have b's answer prove a.
+    The tenant's own part of a URL is where ``verify-url`` puts ``{slug}``:
+
+    - in the path: the path up to the end of the segment holding ``{slug}`` (``/tenants/a``); a
+      redirect target must be that path or under it, compared decoded and with dot segments and
+      repeated slashes resolved as a server would (``/tenants/a/%2e%2e/b`` is b's);
+    - in the query: every parameter holding ``{slug}`` (``?tenant=a``) must still be there;
+    - in the host: the origin rule already keeps it.
+
+    A ``str``, so the stages that build and pass tenant URLs around are unchanged; the rule is
+    worked out only when a tenant redirects (:meth:`redirect_refusal`).
+    """
+
+    template: str
+    slug: str
+
+    def __new__(cls, template: str, slug: str) -> TenantUrl:
+        made = super().__new__(cls, template.replace("{slug}", quote(slug, safe="")))
+        made.template, made.slug = template, slug
+        return made
+
+    def redirect_refusal(self, target: str) -> str:
+        """Why a same-origin redirect to ``target`` leaves this tenant, or '' when it does not."""
+        marker = "fleetrolloutslugmarker"  # as in request_form: nothing in a URL changes it
+        parts = urlsplit(self.template.replace("{slug}", marker))
+        goes = urlsplit(target)
+        at = parts.path.find(marker)
+        if at != -1:
+            end = parts.path.find("/", at)
+            own = _canonical(parts.path[: len(parts.path) if end == -1 else end].replace(marker, self.slug))
+            path = _canonical(goes.path)
+            if path != own and not path.startswith(own.rstrip("/") + "/"):
+                return f"a redirect that leaves the tenant's own path ({own}), not followed"
+        held = {(key.replace(marker, self.slug), value.replace(marker, self.slug))
+                for key, value in parse_qsl(parts.query, keep_blank_values=True) if marker in key + value}
+        if not held <= set(parse_qsl(goes.query, keep_blank_values=True)):
+            return "a redirect that leaves the tenant's own query, not followed"
+        return ""
+
+
+def _canonical(path: str) -> str:
+    """A URL path as a server may read it: decoded, dot segments and repeated slashes resolved."""
+    return posixpath.normpath("/" + unquote(path)).replace("//", "/")
+
+
+def buildinfo_url(template: str, slug: str) -> TenantUrl:
     """The tenant's URL. Only a real tenant name gets one: ``..`` or ``/`` must never reach a path."""
     if not TENANT_RE.match(slug):
         raise ValueError(f"{http.compact_json(slug, 80)} cannot be a tenant name")
-    return template.replace("{slug}", quote(slug, safe=""))
+    return TenantUrl(template, slug)
 
 
 def request_form(template: str) -> str:
@@ -131,13 +182,16 @@ GROW_WINDOW = 0.05  # seconds over which the client's use of the CPU is judged
 IDLE = 0.5  # below this share of one CPU, the client waits on tenants: more readers would help
 
 
+Done = tuple[int, list[Answer | None], Exception | None]  # (first, answers, a bug that stopped the job)
+
+
 @dataclass(frozen=True)
 class _Job:
     first: int  # index of urls[0] in the caller's list
     urls: Sequence[str]
     timeout: float
     deadline: Deadline
-    done: queue.SimpleQueue[tuple[int, list[Answer | None]]]  # (first, answers)
+    done: queue.SimpleQueue[Done]
 
 
 class BuildinfoClient:
@@ -174,8 +228,9 @@ class BuildinfoClient:
             return None
         timeout = max(min(timeout, left), MIN_TIMEOUT)
         started = self.clock.now()
+        keep = url.redirect_refusal if isinstance(url, TenantUrl) else None
         try:
-            reply = self.http.request("GET", url, budget=timeout, deadline=deadline)
+            reply = self.http.request("GET", url, budget=timeout, deadline=deadline, keep=keep)
         except http.TransportError as exc:
             problem = f"no answer within {format_seconds(timeout)} s" if exc.timed_out else exc.cause
             return Answer.unusable(problem, self.clock.now())
@@ -193,9 +248,10 @@ class BuildinfoClient:
         """:meth:`read` of every URL, at most ``concurrency`` at once; answers in the order of ``urls``.
 
         Returns when every URL has its answer: the deadline bounds each read, and a URL still
-        queued when it passes gets ``None`` without a request. A long list is handed to the
-        workers in chunks (at most :data:`MAX_CHUNK`, and never so large that workers would
-        idle): a hand-off between threads per read cost more CPU than the read's own HTTP work.
+        queued when it passes gets ``None`` without a request. An exception a read should never
+        raise (a bug) is raised here, in the caller's thread, with its traceback. A long list is
+        handed to the workers in chunks (at most :data:`MAX_CHUNK`, and never so large that workers
+        would idle): a hand-off between threads per read cost more CPU than the read's own HTTP work.
 
         The pool starts at :data:`FIRST_WORKERS` and doubles, up to ``concurrency``, while reads
         are queued and the client is idle (under :data:`IDLE` of a CPU over a :data:`GROW_WINDOW`):
@@ -205,7 +261,7 @@ class BuildinfoClient:
         0.31 ms of CPU a read and took longer than 4 (0.25 ms).
         """
         chunk = max(1, min(MAX_CHUNK, len(urls) // (4 * max(min(self.concurrency, len(urls)), 1))))
-        done: queue.SimpleQueue[tuple[int, list[Answer | None]]] = queue.SimpleQueue()
+        done: queue.SimpleQueue[Done] = queue.SimpleQueue()
         for first in range(0, len(urls), chunk):
             self._jobs.put(_Job(first, urls[first:first + chunk], timeout, deadline, done))
         jobs = -(-len(urls) // chunk)
@@ -218,7 +274,9 @@ class BuildinfoClient:
                 window = self._grow_if_idle(window, jobs)
                 with contextlib.suppress(queue.Empty):
                     got = done.get(timeout=GROW_WINDOW)
-            first, part = got
+            first, part, bug = got
+            if bug is not None:  # raised here, in the caller's thread, with the worker's traceback
+                raise bug
             answers[first:first + len(part)] = part
         return answers
 
@@ -247,15 +305,18 @@ class BuildinfoClient:
             self.http.close()
 
     def _work(self) -> None:
+        """Read job after job. A read never raises for what a tenant does (:meth:`read`), so an
+        exception here is a bug (or an install the code cannot run on): it goes to the caller, who
+        raises it, and the run fails as an internal error — it is never a verdict on a tenant."""
         while (job := self._jobs.get()) is not None:
             answers: list[Answer | None] = []
-            for url in job.urls:
-                try:
+            bug: Exception | None = None
+            try:
+                for url in job.urls:
                     answers.append(None if self._closed else self.read(url, job.timeout, job.deadline))
-                except Exception as exc:  # noqa: BLE001 - a bug in one read must not hang the caller
-                    answers.append(Answer.unusable(f"internal error probing it: {type(exc).__name__}",
-                                                   self.clock.now()))
-            job.done.put((job.first, answers))
+            except Exception as exc:  # noqa: BLE001 - handed over whole: the caller must not wait forever
+                bug = exc
+            job.done.put((job.first, answers, bug))
 
 
 def _parse(body: bytes, field: str, at: float) -> Answer:

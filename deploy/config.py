@@ -120,6 +120,9 @@ SECRET_INPUTS = ("cp-token", "registry-password", "github-token", "analysis-toke
 URL_INPUTS = ("cp-url", "verify-url", "promote-images", "analysis-url")  # may carry a credential in userinfo or query
 MIN_RELIABLE_SECRET = 8  # shorter, and a secret also matches ordinary words and numbers in the log
 MIN_QUERY_SECRET = 8  # a query value this long in a URL input is treated as a credential (?key=…)
+# Passwords that say the username is the credential: `https://TOKEN:x-oauth-basic@host` (GitHub's
+# form), `https://TOKEN:@host`, `https://TOKEN@host`. Any other password is the credential itself.
+PLACEHOLDER_PASSWORDS = frozenset({"", "x-oauth-basic"})
 
 
 VARIABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -186,11 +189,21 @@ class InputSources:
         return cls(resolved, tuple(from_input), tuple(differing), tuple(literal), unknown)
 
     def errors(self) -> list[ConfigError]:
-        return [ConfigError(name, f"is the literal text {text[:60]!r}: the runner did not "
-                                  "evaluate action.yml's runs.env (Gitea's act skips it when the step has "
-                                  "`with: args`, and older act releases did not interpolate it); remove `args` "
-                                  f"from the step, or set {env_name(name)} in the step's env")
-                for name, text in self.literal]
+        """One error for every input left as its literal ``${{ … }}``: one cause, said once, naming
+        each input (one annotation per input repeated it up to the runner's cap of ten)."""
+        if not self.literal:
+            return []
+        names = tuple(name for name, _ in self.literal)
+        first, text = self.literal[0]
+        if len(names) == 1:
+            what = f"{first} is the literal text {text[:60]!r}"
+            where = f"set {env_name(first)} in the step's env"
+        else:
+            what = f"{len(names)} inputs are literal text such as {text[:60]!r} ({', '.join(names)})"
+            where = "set their FLEET_* variables in the step's env"
+        return [ConfigError(first, f"{what}: the runner did not evaluate action.yml's runs.env (Gitea's act skips "
+                                   "it when the step has `with: args`, and older act releases did not "
+                                   f"interpolate it); remove `args` from the step, or {where}", about=names)]
 
     def notes(self) -> list[str]:
         """Lines for the start of the log: names only, never values."""
@@ -279,16 +292,52 @@ def secrets_in(env: Mapping[str, str]) -> tuple[str, ...]:
 
 
 def _url_credentials(url: str) -> list[str]:
-    """The userinfo password and every query value of :data:`MIN_QUERY_SECRET`+ characters, as
-    written and decoded."""
+    """Every form of a credential a URL input carries that is sent: its userinfo password, and the
+    username too when that is the credential (``https://TOKEN:x-oauth-basic@host``,
+    ``https://TOKEN@host``), each as written and decoded; the ``Basic`` credential the request
+    carries (base64 of the decoded ``user:password``, in UTF-8 and in latin-1, as requests encodes
+    it), which a tenant's 401 page may echo; and every query value of :data:`MIN_QUERY_SECRET`+
+    characters, as written and decoded."""
     _, userinfo, _, _, hidden = url_parts(url)
-    password = userinfo.partition(":")[2]
+    user, _, password = userinfo.partition(":")
     query = hidden[1:].partition("#")[0] if hidden.startswith("?") else ""
     written = [pair.partition("=")[2] for pair in re.split("[&;]", query)]
     decoded = [v for _, v in parse_qsl(query, keep_blank_values=True)]
     long_values = [v for v in written + decoded if len(v) >= MIN_QUERY_SECRET and "{slug}" not in v]  # not a template
     values = [password, unquote(password), *long_values]
+    if userinfo and unquote(password) in PLACEHOLDER_PASSWORDS:
+        values += [user, unquote(user)]
+    if userinfo:
+        pair = f"{unquote(user)}:{unquote(password)}"
+        for encoding in ("utf-8", "latin-1"):
+            with contextlib.suppress(UnicodeEncodeError):
+                values.append(base64.b64encode(pair.encode(encoding)).decode("ascii"))
     return [v for v in values if v]
+
+
+def public_facts(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The run's own facts that redaction must leave readable (see ``Runner.public``): the SHA, the
+    tags, the promote source and the images, as the run will show them. Read before the inputs
+    are validated, so only values of the right form count: a malformed one is not shown as a fact."""
+    def value(name: str) -> str:
+        return env.get(env_name(name), "").strip()
+
+    sha = (value("sha") or env.get("GITHUB_SHA", "").strip()).lower()
+    sha = sha if SHA_RE.match(sha) else ""
+    tags = [value("target-tag") or (f"staging-{sha[:7]}" if sha else ""), value("promote-tag") or "latest",
+            value("rollback-tag")]
+    source = value("promote-source")
+    facts = [sha, *(tag for tag in tags if TAG_RE.match(tag)), source if _parses(parse_source, source) else ""]
+    facts += [image for image in parse_list(value("promote-images")) if _parses(lambda i: parse_image(i, True), image)]
+    return tuple(dict.fromkeys(fact for fact in facts if fact))
+
+
+def _parses(parser: Callable[[str], object], value: str) -> bool:
+    try:
+        parser(value)
+    except ValueError:
+        return False
+    return True
 
 
 def short_secret_warnings(env: Mapping[str, str]) -> list[str]:

@@ -11,6 +11,17 @@ Enumeration is read-only, so its transient failures are retried by the session (
 may be retried, when, and for which tenants is :mod:`deploy.redeploy`'s decision, because a
 retry sent while the first attempt still runs on the CP would deploy its tenants twice at once.
 Every deploy POST carries the call's ``Idempotency-Key``.
+
+**A call's answer is about its own tenants.** A scoped call (``only_slugs``) believes only the
+rows about the tenants it asked for: a row about any other tenant is ignored — counted, named in
+one log line per call and in the report (``ignored_rows``), never kept. The filter runs while the
+answer is parsed (:func:`parse_answer`'s ``asked``), so a 32 MiB answer of rows about unknown
+tenants costs their parse, not their memory. The enumeration asks about the whole fleet: every
+row it returns is in the call. **Duplicates: the worst row counts.** When a call's answer holds
+several rows for one tenant, the one kept is the worst — off target beats on target, unhealthy
+beats healthy, a row with an error beats one without; between rows equally bad, the first — so
+the canary, the coverage gate, the rollback and the report all read the same one row, and a
+tenant counts as on target only if every row about it says so.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ from deploy import http
 from deploy.context import Context
 from deploy.domain import TENANT_RE
 from deploy.errors import DeployFailed
+from deploy.runner import counted, listing
 from deploy.settings import ControlPlaneSettings, HttpSettings, RolloutSettings
 
 ANSWER_CAP = 32 * 1024 * 1024  # a 50,000-tenant enumeration is about 10 MiB of rows
@@ -90,6 +102,7 @@ class CallResult:
     seconds: float
     state: CallState = CallState.ANSWERED
     rejected: tuple[str, ...] = ()  # slugs in the answer that cannot be tenant names (shown escaped)
+    ignored: int = 0  # rows about tenants outside the call, not believed (see the module doc)
     settled: tuple[TenantRow, ...] = ()  # the tenants' own word, read after the CP's answer was lost
     attempts: int = 1  # POSTs sent for this call (retries included)
     quiet_at: float = 0.0  # clock time after which no attempt of this call can still run on the CP
@@ -181,11 +194,16 @@ class ControlPlaneClient:
             error = f"HTTP {reply.status}: {reply.error_text()}"
             return self._result(label, slugs, started, reply.status, error, _state_of(reply))
         try:
-            ok, rows, error, rejected = parse_answer(reply.body)
+            answer = parse_answer(reply.body, asked=frozenset(slugs) if slugs else None)
         except CPResponseError as exc:
             return self._result(label, slugs, started, 200, f"unreadable answer: {exc}", CallState.UNKNOWN)
-        state = CallState.ANSWERED if ok else CallState.FAILED
-        return self._result(label, slugs, started, 200, error, state, ok=ok, rows=rows, rejected=rejected)
+        if answer.ignored:
+            shown = listing(answer.ignored_names, 5) + (", …" if answer.ignored > len(answer.ignored_names) else "")
+            self.ctx.runner.log(f"{label}: ignored {counted(answer.ignored, 'row')} about tenants outside the call "
+                                f"({shown}): a call's answer is about its own tenants")
+        state = CallState.ANSWERED if answer.ok else CallState.FAILED
+        return self._result(label, slugs, started, 200, answer.error, state, ok=answer.ok, rows=answer.rows,
+                            rejected=answer.rejected, ignored=answer.ignored)
 
     @contextmanager
     def _heartbeat(self, label: str, budget: float) -> Iterator[None]:
@@ -205,11 +223,11 @@ class ControlPlaneClient:
 
     def _result(self, label: str, slugs: tuple[str, ...], started: float, status: int | None, error: str,
                 state: CallState, ok: bool = False, rows: tuple[TenantRow, ...] = (),
-                rejected: tuple[str, ...] = ()) -> CallResult:
+                rejected: tuple[str, ...] = (), ignored: int = 0) -> CallResult:
         now = self.ctx.clock.now()
         return CallResult(label=label, slugs=slugs, ok=ok, rows=rows, status=status, error=error,
                           started=started - self.ctx.deadline.start, seconds=now - started, state=state,
-                          rejected=rejected)
+                          rejected=rejected, ignored=ignored)
 
     def unanswered(self, label: str, slugs: tuple[str, ...], started: float, why: str) -> CallResult:
         """A call interrupted in flight (the deadline during a retry wait, a cancellation): it may
@@ -249,10 +267,52 @@ PROOF_FIELDS = ("healthz_ok", "verified_on_target")
 TEXT_FIELDS = ("phase", "ssm_status", "running_image", "error")
 
 
-def parse_answer(content: bytes) -> tuple[bool, tuple[TenantRow, ...], str, tuple[str, ...]]:
-    """``(ok, rows, error, rejected slugs)`` from a 200 body, or :class:`CPResponseError`."""
+@dataclass(frozen=True, kw_only=True)
+class ParsedAnswer:
+    """A 200 answer as this client believes it (see the module doc)."""
+
+    ok: bool
+    rows: tuple[TenantRow, ...]  # one per tenant of the call, in the order they first appear: the worst row
+    error: str
+    rejected: tuple[str, ...] = ()  # names in the enumeration that cannot be tenants (shown escaped)
+    ignored: int = 0  # rows about tenants outside a scoped call
+    ignored_names: tuple[str, ...] = ()  # the first few of those tenants (shown escaped)
+
+
+IGNORED_NAMES = 5  # tenants named in the log line about a call's out-of-call rows
+
+
+class _Ignored:
+    """What a row about a tenant outside the call is parsed into: one shared object, nothing kept."""
+
+    __slots__ = ()
+
+
+_IGNORED = _Ignored()
+
+
+class _Kept:
+    """What a row about a tenant of the call is parsed into: the first row of that tenant with that
+    :func:`badness`, shared by every later one like it (see :func:`_keeping`)."""
+
+    __slots__ = ("row",)
+
+    def __init__(self, row: TenantRow) -> None:
+        self.row = row
+
+
+def parse_answer(content: bytes, asked: frozenset[str] | None = None) -> ParsedAnswer:
+    """The answer of a 200, or :class:`CPResponseError`.
+
+    ``asked``: the tenants of a scoped call (``None``: the enumeration, every row is in the call).
+    Rows are read while json parses them (:func:`_keeping`), so what an answer costs is bounded by
+    the call, not by the answer: a row about a tenant outside the call becomes one shared marker,
+    and the rows of one tenant of the call at most a few shared ones. An answer of 1.45 million
+    rows, about unknown tenants or all about one tenant, is a list of references to them.
+    """
+    names: list[str] = []
     try:
-        doc = http.parse_json(content)
+        doc = http.parse_json(content, None if asked is None else _keeping(asked, names))
     except http.UnusableBody as exc:
         text = http.error_text(content, 120)
         raise CPResponseError(f"the CP answered 200 with a body that is {exc}: {text!r}") from None
@@ -264,13 +324,78 @@ def parse_answer(content: bytes) -> tuple[bool, tuple[TenantRow, ...], str, tupl
     results = doc.get("results", [])
     if not isinstance(results, list):
         raise CPResponseError(f"the CP's 'results' is not a list: {type(results).__name__}")
-    parsed = [_row(i, raw) for i, raw in enumerate(results)]
-    rows = tuple(row for row in parsed if TENANT_RE.match(row.slug))
-    rejected = tuple(http.compact_json(row.slug, 80) for row in parsed if not TENANT_RE.match(row.slug))
+    kept: dict[str, TenantRow] = {}  # one row per tenant, where it first appears: the worst of its rows
+    rejected: dict[str, None] = {}
+    ignored = 0
+    for index, raw in enumerate(results):
+        if raw is _IGNORED:
+            ignored += 1
+            continue
+        row = raw.row if isinstance(raw, _Kept) else _row(index, raw)
+        if not TENANT_RE.match(row.slug):
+            rejected[http.compact_json(row.slug, 80)] = None
+            continue
+        first = kept.get(row.slug)
+        if first is None or badness(row) > badness(first):  # worse, or the first: equals keep the first
+            kept[row.slug] = row
     error = doc.get("error") or ""
     if not ok and not error:
         error = "the CP answered ok: false without an error message"
-    return ok, rows, error if isinstance(error, str) else http.compact_json(error), rejected
+    return ParsedAnswer(ok=ok, rows=tuple(kept.values()), error=error if isinstance(error, str) else
+                        http.compact_json(error), rejected=tuple(rejected), ignored=ignored, ignored_names=tuple(names))
+
+
+def _keeping(asked: frozenset[str], names: list[str]) -> http.PairsHook:
+    """The JSON object builder of a scoped call's answer (innermost objects first).
+
+    An object whose ``slug`` is outside ``asked`` becomes :data:`_IGNORED` (the first few of those
+    tenants named in ``names``). One whose ``slug`` is in the call becomes a :class:`_Kept`, one per
+    tenant and :func:`badness`: the duplicates of a row share it, so a tenant costs at most eight
+    objects however many rows the answer repeats about it. Only those in ``results`` are rows
+    (:func:`parse_answer`); an object nested in a row is none, whatever its ``slug``.
+    """
+    shared: dict[tuple[str, tuple[bool, bool, bool]], _Kept] = {}
+    by_kind: dict[tuple[str, int, int, bool, bool], _Kept] = {}  # at most 64 per tenant: see _kind
+
+    def build(pairs: list[tuple[str, Any]]) -> Any:
+        slug = None
+        for key, value in pairs:  # the last one counts, as in a dict
+            if key == "slug":
+                slug = value
+        if not isinstance(slug, str) or not slug:
+            return dict(pairs)  # not a row (or a malformed one: parse_answer says so)
+        if slug not in asked:
+            if len(names) < IGNORED_NAMES:
+                names.append(http.compact_json(slug, 80))
+            return _IGNORED
+        raw = {key: value for key, value in pairs if not isinstance(value, (_Ignored, _Kept))}  # nested: no row
+        kind = _kind(slug, raw)
+        kept = by_kind.get(kind)
+        if kept is None:  # a row unlike the ones before it: read it (a repeat costs a lookup, not a row)
+            row = _row(0, raw)
+            kept = by_kind[kind] = shared.setdefault((slug, badness(row)), _Kept(row))
+        return kept
+
+    return build
+
+
+def _proof_state(value: Any) -> int:
+    return 0 if value is None else 1 if value is True else 2 if value is False else 3
+
+
+def _kind(slug: str, raw: dict[str, Any]) -> tuple[str, int, int, bool, bool]:
+    """What :func:`badness` of ``_row(raw)`` depends on, read straight from the JSON object: two rows
+    of one kind are equally bad. Each proof field is absent, true, false or not a boolean (which
+    ``_row`` takes as false and notes in the error); a dry run is ``ssm_status`` ``"DryRun"``; an
+    error is any ``error`` value but none or ''. Bounded (64 kinds a tenant), unlike the rows."""
+    return (slug, _proof_state(raw.get("verified_on_target")), _proof_state(raw.get("healthz_ok")),
+            raw.get("ssm_status") == "DryRun", raw.get("error") not in (None, ""))
+
+
+def badness(row: TenantRow) -> tuple[bool, bool, bool]:
+    """How bad a row is, for choosing among a tenant's duplicate rows: off target, then unhealthy,
+    then an error (a higher tuple is worse)."""
+    return not row.on_target, not row.healthy, bool(row.error)
 
 
 def _row(index: int, raw: Any) -> TenantRow:
@@ -279,6 +404,7 @@ def _row(index: int, raw: Any) -> TenantRow:
     proves nothing (it counts as false, and the row's error says why)."""
     if not isinstance(raw, dict):
         raise CPResponseError(f"the CP's results[{index}] is not an object: {raw!r:.80}")
+    raw = {key: value for key, value in raw.items() if not isinstance(value, (_Ignored, _Kept))}  # nested: no row
     slug = raw.get("slug")
     if not isinstance(slug, str) or not slug:
         raise CPResponseError(f"the CP's results[{index}] has no string 'slug' (got {slug!r:.80})")

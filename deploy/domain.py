@@ -31,6 +31,24 @@ LIVE_WORDS = FALSE_WORDS | {"enabled", ""}
 API_HOSTS = {"docker.io": "registry-1.docker.io", "index.docker.io": "registry-1.docker.io"}
 
 
+UNWRITABLE_RE = re.compile("[\ud800-\udfff]")  # surrogates: no UTF-8 encoder writes one, paired or not
+REPLACEMENT = "\ufffd"
+
+
+def writable(text: str) -> str:
+    """``text`` with every code point UTF-8 cannot encode replaced by U+FFFD.
+
+    Those are the surrogates (U+D800–U+DFFF), and only they: every other code point has a UTF-8
+    form. A server puts them in a string with a JSON escape (``"\\ud800"``), and Python decodes a
+    non-UTF-8 byte of the environment into one (``\\udc80``–``\\udcff``); written, the first raises
+    ``UnicodeEncodeError`` and the second comes out as a raw byte, or raises. U+FFFD is what a
+    UTF-8 decoder shows for a byte it cannot read, so the reader sees the same mark for the same
+    kind of damage, and the rest of the server's words survive. Text that is pure ASCII, which is
+    nearly all of it, is returned as it is after one cheap check.
+    """
+    return text if text.isascii() else UNWRITABLE_RE.sub(REPLACEMENT, text)
+
+
 HEX_RE = re.compile(r"[0-9a-f]+\Z")
 
 

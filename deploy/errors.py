@@ -7,10 +7,15 @@ Anything else raised is a bug: the entrypoint still writes outputs and the repor
 
 
 class ConfigError(Exception):
-    """A bad input, found before any network call (exit 2). Names the input, never a secret."""
+    """A bad input, found before any network call (exit 2). Names the input, never a secret.
 
-    def __init__(self, input_name: str, message: str) -> None:
-        self.input_name, self.message = input_name, message
+    ``about``: the inputs of one error that concerns several at once for one reason (every
+    ``FLEET_*`` left as its literal ``${{ … }}``); its message names them itself, so it is said
+    once rather than once per input.
+    """
+
+    def __init__(self, input_name: str, message: str, *, about: tuple[str, ...] = ()) -> None:
+        self.input_name, self.message, self.about = input_name, message, about
         super().__init__(self.naming(input_name))
 
     def naming(self, subject: str) -> str:
@@ -18,8 +23,15 @@ class ConfigError(Exception):
 
         Messages are written as predicates (``is required``, ``must start with '/'``) or as a
         finding (``expected a whole number (got 'x')``), so the subject reads naturally in front."""
+        if self.about:
+            return self.message
         verb = self.message.split(" ", 1)[0]
         return f"{subject} {self.message}" if verb in PREDICATE_VERBS else f"{subject}: {self.message}"
+
+    @property
+    def title(self) -> str:
+        """The annotation's title inside Actions."""
+        return f"inputs {', '.join(self.about)}" if self.about else f"input {self.input_name}"
 
 
 PREDICATE_VERBS = frozenset({"is", "must", "needs", "has", "cannot"})

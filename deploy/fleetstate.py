@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 from deploy import cancel
@@ -131,6 +131,9 @@ class RollbackResult:
     rolled_back: tuple[str, ...]  # now on the build they go back to
     not_rolled_back: tuple[str, ...]  # to roll back by hand: not asked (no time), or not proven back
     error: str  # '' when every tenant went back
+    # A bug while proving the tenants back: kept so the calls made are recorded, then raised by the
+    # pipeline (an internal error, never a verdict on a tenant).
+    internal_error: Exception | None = field(default=None, compare=False, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -182,7 +185,7 @@ def roll_back(tenants: Sequence[str], forward: Sequence[CallResult], snapshot: S
     client = ControlPlaneClient(config.cp, replace(rollout, target_tag=tag), config.http, ctx)
     reader = BuildinfoClient(verify.field, verify.concurrency, ctx) if verify.url_template else None
     calls: list[CallResult] = []
-    result_verify = None
+    result_verify, internal = None, None
     try:
         if not errors:
             tenants_back = None if reader is None else Tenants(
@@ -196,6 +199,9 @@ def roll_back(tenants: Sequence[str], forward: Sequence[CallResult], snapshot: S
                 result_verify = _verify_back(tenants, expected, config, ctx, reader)
             except DeployFailed as exc:  # cancelled while proving: what the calls did is still reported
                 errors.append(f"rollback verify cut short: {exc}")
+            except Exception as exc:  # noqa: BLE001 - a bug: the calls made are recorded, then it is raised
+                internal = exc
+                errors.append(f"rollback verify: internal error ({type(exc).__name__}: {exc})")
     finally:
         client.close()
         if reader is not None:
@@ -212,7 +218,7 @@ def roll_back(tenants: Sequence[str], forward: Sequence[CallResult], snapshot: S
     to = f"{tag} ({build[:12]})" if build else tag
     ctx.runner.log(f"rollback: {len(rolled_back)}/{len(tenants)} tenants back on {to}{'; ' if error else ''}{error}")
     return RollbackResult(tag=tag, build=build, tenants=tuple(tenants), calls=tuple(calls), verify=result_verify,
-                          rolled_back=rolled_back, not_rolled_back=missing, error=error)
+                          rolled_back=rolled_back, not_rolled_back=missing, error=error, internal_error=internal)
 
 
 def _wait_out(tenants: Sequence[str], forward: Sequence[CallResult], rollout: RolloutSettings,

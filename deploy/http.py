@@ -18,12 +18,16 @@ It owns what a hostile or broken server could otherwise use against the run:
   up on a slow answer is what loses the per-tenant results.
 - **Redirects** are followed only within the same origin (scheme, host and port), for GET and
   HEAD: a redirect may not downgrade to ``http://`` nor carry a credential, or a body from
-  another host into the report.
+  another host into the report. A caller may narrow that per call (``keep``): a tenant's read
+  stays on the tenant's own path.
 - **Failures in one sentence** (:class:`TransportError`): the host, the cause (refused, name not
   resolved, TLS, cut off, no complete answer within N s) and the attempts really made.
 - **Linear parsing**: :func:`parse_json` turns invalid or too deeply nested JSON into
   :class:`UnusableBody`; :func:`error_text` looks only at a bounded prefix, without regexes that
   can backtrack.
+- **Writable text**: what a server sends reaches the run only through :func:`parse_json`,
+  :func:`error_text` and a :class:`Reply`'s reason, and each makes it writable where it enters
+  (:func:`deploy.domain.writable`): a lone surrogate in a CP's error cannot stop the report.
 
 - **Two paths for a GET, one set of rules.** Every client goes through requests, except the GETs
   of a lean client (:attr:`Policy.lean`: the tenants' ``/buildinfo`` reads, the one call the fleet
@@ -42,13 +46,14 @@ import collections
 import contextlib
 import json
 import os
+import re
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.client import HTTPException
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -64,6 +69,7 @@ from urllib3.util.retry import Retry
 
 from deploy import __version__
 from deploy.clock import Clock, Deadline
+from deploy.domain import writable
 from deploy.errors import DeployFailed
 
 TRANSIENT_STATUSES = frozenset({502, 503, 504})
@@ -379,11 +385,18 @@ class ScheduledRetry(Retry):
         return self.delays[min(failures, len(self.delays)) - 1]
 
     def sleep(self, response: Any = None) -> None:
-        """Wait before the next attempt; past the overall deadline, or once cancelled, stop instead."""
+        """Wait before the next attempt; past the exchange's deadline, or once cancelled, stop instead.
+
+        The deadline is the exchange's own when it has one (:meth:`Client.request`'s ``deadline``):
+        promote's put-back runs on a grace deadline after the overall one has passed, and its
+        retries must have that grace too, not the overall deadline it was granted after.
+        """
         if _WATCHDOG.aborted_at is not None:
             raise Aborted("cancelled: no further retries")
-        if self.deadline is not None:
-            self.deadline.sleep(self.get_backoff_time(), "waiting to retry a transient failure")
+        exchange = _exchange()
+        deadline = exchange.deadline if exchange is not None else self.deadline
+        if deadline is not None:
+            deadline.sleep(self.get_backoff_time(), "waiting to retry a transient failure")
         else:
             self.clock.sleep(self.get_backoff_time())
 
@@ -444,6 +457,7 @@ class Reply:
     body: bytes
     url: str
     attempts: int = 1
+    refused: str = ""  # why a same-origin redirect was not followed all the same (Client.request's keep)
 
     def json(self) -> Any:
         return parse_json(self.body)
@@ -457,6 +471,8 @@ class Reply:
         location = self.headers.get("Location", "")
         if self.status not in REDIRECT_STATUSES:
             return ""
+        if self.refused:
+            return self.refused
         if not location:
             return "a redirect without a Location"
         target = urljoin(self.url, location)
@@ -506,10 +522,15 @@ class Client:
         self.session.close()
 
     def request(self, method: str, url: str, *, budget: float | None = None, cap: int | None = None,
-                deadline: Deadline | None = None, **kwargs: Any) -> Reply:
+                deadline: Deadline | None = None, keep: Callable[[str], str] | None = None, **kwargs: Any) -> Reply:
         """One exchange (with its retries and same-origin redirects); :class:`TransportError` when
         no complete answer came. ``budget`` and ``cap`` override the policy's for this call;
-        ``deadline`` replaces the client's own (a stage's budget, promote's put-back grace)."""
+        ``deadline`` replaces the client's own (a stage's budget, promote's put-back grace).
+
+        ``keep``: a narrower rule than the origin for the redirects of this call — why a target may
+        not be followed, or '' (a tenant's read stays on the tenant's own path: see
+        :class:`deploy.buildinfo.TenantUrl`). Applied to every hop, on both request paths.
+        """
         deadline = deadline or self.deadline
         budget = self.policy.budget if budget is None else budget
         for _ in range(MAX_REDIRECTS + 1):
@@ -519,6 +540,9 @@ class Client:
             if not (reply.status in REDIRECT_STATUSES and method in ("GET", "HEAD") and location
                     and same_origin(url, target)):
                 return reply
+            refused = keep(target) if keep is not None else ""
+            if refused:
+                return replace(reply, refused=refused)
             url = target
         return reply
 
@@ -547,7 +571,9 @@ class Client:
                     response.close()  # the rest of the body is unread: the connection can't be reused
                 elif response is not None:
                     response.release_conn()
-            return Reply(response.status, response.reason or "", response.headers, body, url,
+            # The reason, like every header, is decoded by http.client as latin-1, always writable;
+            # made so here all the same, since it is the one header text that reaches messages whole.
+            return Reply(response.status, writable(response.reason or ""), response.headers, body, url,
                          max(exchange.attempts, 1))
 
     def _send(self, method: str, url: str, timeout: Any, kwargs: dict[str, Any]) -> Any:
@@ -680,14 +706,54 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         seen = inner or seen.__cause__ or seen.__context__
 
 
-def parse_json(body: bytes | str) -> Any:
-    """JSON, or :class:`UnusableBody`; nesting deep enough to exhaust the stack is just invalid."""
+PairsHook = Callable[[list[tuple[str, Any]]], Any]
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")  # may decode to a surrogate (pairs too)
+
+
+def parse_json(body: bytes | str, pairs_hook: PairsHook | None = None) -> Any:
+    """JSON, or :class:`UnusableBody`; nesting deep enough to exhaust the stack is just invalid.
+
+    What it returns is writable (see :func:`deploy.domain.writable`): this is where the text of a
+    server's JSON enters the run, so nothing downstream meets a code point a log line or a file
+    cannot hold. Bytes are decoded with ``replace`` (json itself would let an encoded surrogate
+    through), and only a body that holds a ``\\uD8xx``–``\\uDFxx`` escape has its strings walked.
+
+    ``pairs_hook`` builds each object from its ``(key, value)`` pairs, innermost first (json's
+    ``object_pairs_hook``): a caller may drop what it will not keep while parsing (a CP answer's
+    rows about tenants outside the call), instead of after building all of it.
+    """
+    text = body.decode(json.detect_encoding(body), "replace") if isinstance(body, bytes) else body
     try:
-        return json.loads(body)
+        doc = json.loads(text, object_pairs_hook=pairs_hook)
     except ValueError:
         raise UnusableBody("not JSON") from None
     except RecursionError:
         raise UnusableBody("not JSON (nested too deeply)") from None
+    return _writable_tree(doc) if _SURROGATE_ESCAPE.search(text) else doc
+
+
+def _writable_tree(doc: Any) -> Any:
+    """``doc`` with every string in it, keys too, made writable; an explicit stack, since the depth
+    is the server's (json's own limit let it through)."""
+    root = [doc]
+    stack: list[list[Any] | dict[str, Any]] = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if any(not key.isascii() for key in node):
+                items = [(writable(key), value) for key, value in node.items()]
+                node.clear()
+                node.update(items)
+            keys: Iterable[Any] = list(node)
+        else:
+            keys = range(len(node))
+        for key in keys:
+            value = node[key]
+            if isinstance(value, str):
+                node[key] = writable(value)
+            elif isinstance(value, (dict, list)):
+                stack.append(value)
+    return root[0]
 
 
 def error_text(body: bytes | str, limit: int = ERROR_TEXT_LIMIT) -> str:
@@ -737,7 +803,8 @@ def _with_text(body: bytes | None) -> str:
 
 
 def _one_line(text: str, limit: int) -> str:
-    text = " ".join(text[: limit * 4].split())
+    """A server's text (or a failure's) for a message: one line, at most ``limit``, writable."""
+    text = writable(" ".join(text[: limit * 4].split()))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -5,6 +5,10 @@ a laptop) and ``python -m deploy`` all call :func:`cli`, so every CI system gets
 pipeline. Configuration comes only from the environment: an argument never starts a deploy (the
 bare command does), it asks for help, the version or the demo, or is an error.
 Exit codes: 0 deployed, planned or skipped; 1 failed or aborted; 2 configuration error (or a bad argument).
+An internal error — an exception nothing expected (a bug, or an installed dependency the code
+cannot run on), in a stage, a tenant read, a proof or a rollback — is exit 1 too: ``reason``
+says "internal error", its traceback is in the log, outputs and the report are written, and it
+is never a verdict on a tenant, a call or a tag, nor a reason to roll back.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ def run(env: Mapping[str, str], stream: TextIO | None = None, clock: Clock | Non
     env = sources.env
     runner_env = config.RunnerEnv.from_env(env)
     runner = Runner(stream or sys.stdout, runner_env.output_path, runner_env.summary_path, runner_env.in_actions)
+    runner.public(*config.public_facts(env))  # first: a secret that is one of them is not masked
     runner.mask(*config.secrets_in(env))
     runner.log(f"{PROG} {__version__}")  # the first line a reader sees (masks are consumed by the runner)
     for warning in config.short_secret_warnings(env):
@@ -67,7 +72,7 @@ def _configuration_error(exc: ConfigErrors, runner: Runner) -> str:
     for error in exc.errors:
         subject = error.input_name if runner.in_actions else config.env_name(error.input_name)
         messages.append(error.naming(subject))
-        runner.error(messages[-1], title=f"input {error.input_name}" if runner.in_actions else "")
+        runner.error(messages[-1], title=error.title if runner.in_actions else "")
     return "configuration error: " + "; ".join(messages)
 
 
@@ -87,8 +92,8 @@ name=value lines at the end of the log."""
 EXIT_CODES = """\
 exit codes:
   0  deployed, planned (dry run) or skipped (kill switch, superseded)
-  1  failed (rollout, coverage, verify, promote, timeout or cancel), or aborted (kill switch set
-     mid-rollout: the fleet is mixed)
+  1  failed (rollout, coverage, verify, promote, timeout or cancel), aborted (kill switch set
+     mid-rollout: the fleet is mixed), or an internal error (its traceback is in the log)
   2  configuration error (nothing was sent), or a bad command line"""
 
 

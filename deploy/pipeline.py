@@ -197,8 +197,8 @@ class _Stages:
                                       current=current, before=run.snapshot)
         if self.prover is not None and self.prover.verdicts:  # what was proven, even if the run stops here
             run.verify = self.prover.result(run.fleet)
-        if run.rollout.bug is not None:  # never a verdict on a tenant or a call: the run fails as a bug
-            raise run.rollout.bug
+        if run.rollout.internal_error is not None:  # recorded above; a bug fails the run, never rolls back
+            raise run.rollout.internal_error
         if run.rollout.stopped == StopKind.SKIPPED:
             raise Skip(run.rollout.halted)
         if run.rollout.stopped == StopKind.ABORTED:
@@ -242,6 +242,8 @@ class _Stages:
         try:
             with self.stage("Rollback"):
                 run.rollback = roll_back(tenants, rollout.calls, run.snapshot, self.rollback_build, config, self.ctx)
+            if run.rollback.internal_error is not None:  # recorded above; a bug fails the run as one
+                raise run.rollback.internal_error
             said = (f"rolled back {counted(len(run.rollback.rolled_back), 'tenant')}" if run.rollback.ok
                     else f"rollback failed: {run.rollback.error}")
         except DeployFailed as exc:  # cancelled mid-rollback: the failure still comes first

@@ -9,13 +9,20 @@ All or nothing: when an image fails, the images already moved are put back on th
 manifests (same bytes again). A tag that did not exist before is left on the new digest and said
 so, because deleting a tag is not portable across registries. The put-back may overrun the
 overall deadline by :data:`PUT_BACK_GRACE` (half the images moved is worse than a late finish, but
-the run must still end by ``timeout`` + 5 s); after a cancel, the HTTP layer allows it about a
-second. Whatever it achieves, each image's state and both digests are recorded.
+the run must still end by ``timeout`` + 5 s), and its requests, retries included, live by that
+grace deadline, not by the overall one; after a cancel, the HTTP layer allows it about a second.
+
+The record says where each tag *is*, read from the registry, never where it should be: a put-back
+whose answer was lost, or whose read-back failed, may well have been applied, so the tag is read
+once more within the grace before anything is recorded. When nothing can read it, the image's
+state is ``unknown`` and its detail names both digests the tag can be on; ``promoted-digest`` is
+then empty for it and the ``reason`` says so.
 """
 
 from __future__ import annotations
 
 import json
+import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -40,6 +47,7 @@ class PromotionState(StrEnum):
     FAILED = "failed"  # this image's promotion failed, and its tag is where it was
     NOT_STARTED = "not-started"  # an earlier image failed first
     ROLLBACK_FAILED = "rollback-failed"  # moved, and could not be put back: both digests say where it is
+    UNKNOWN = "unknown"  # a put-back was sent and the tag could not be read since: on one of two digests
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,6 +127,7 @@ def check_sources(settings: PromoteSettings, client: http.Client, ctx: Context, 
         if source is None:
             raise DeployFailed(f"promote preflight, before any deploy: {image} has no {settings.source} "
                                "(was the build pushed under that name?)")
+        ctx.runner.public(source.digest)
         if revision is not None and not sha_matches(revision, sha):
             raise DeployFailed(
                 f"promote preflight, before any deploy: {image}:{settings.source} was built from "
@@ -150,6 +159,7 @@ def check_rollback_tag(settings: PromoteSettings, tag: str, client: http.Client,
             raise DeployFailed(f"rollback-tag check, before any deploy: {image} has no tag {tag!r}, so on-failure: "
                                "rollback could not put the fleet back. Set rollback-tag to the tag of the build to go "
                                "back to (the default is promote-tag's value), or on-failure: hold")
+        ctx.runner.public(found.digest)
         if revision:
             builds[str(image)] = revision
         built = f", built from {revision[:12]}" if revision else ", no revision label"
@@ -176,11 +186,13 @@ def promote_images(settings: PromoteSettings, client: http.Client, ctx: Context,
         try:
             _promote(attempt, settings, runner, deadline, (pinned or {}).get(str(image)))
         except Exception as exc:  # noqa: BLE001 - whatever broke (a cancellation too), moved tags go back
-            error = str(exc) if isinstance(exc, RegistryError) else f"{image}: {type(exc).__name__}: {exc}"
-            runner.log(f"FAILED: {error}")  # the error names the image
             grace_seconds = deadline.remaining() + min(client.policy.budget, PUT_BACK_GRACE)
             grace = Deadline.starting_now(ctx.clock, grace_seconds)
-            return _undo(attempts, settings, runner, grace, error)
+            error = str(exc) if isinstance(exc, RegistryError) else f"{image}: {type(exc).__name__}: {exc}"
+            result = _undo(attempts, settings, runner, grace, error)  # first: nothing may stand before it
+            if not isinstance(exc, DeployFailed):  # a bug: its traceback, for the report to the maintainers
+                runner.log("".join(traceback.format_exception(exc)))
+            return result
     return PromoteResult(tag=settings.tag, promotions=tuple(_promoted(a, settings) for a in attempts), error="")
 
 
@@ -195,6 +207,7 @@ def _promote(attempt: _Attempt, settings: PromoteSettings, runner: Runner, deadl
     source = repository.find_manifest(settings.source, deadline)
     if source is None:
         raise RegistryError(f"{image}: source {settings.source} not found (was the build pushed under that name?)")
+    runner.public(source.digest)  # digests are the run's own facts: a token must not censor them
     if pinned is not None and source.digest != pinned.digest:
         raise RegistryError(f"{image}: {settings.source} moved during the run: it was {pinned.digest} before the fleet "
                             f"was deployed (the build the tenants were proven on) and is {source.digest} now; "
@@ -202,6 +215,8 @@ def _promote(attempt: _Attempt, settings: PromoteSettings, runner: Runner, deadl
     source = attempt.source = pinned or source
     runner.log(f"{image}: source {settings.source} is {source.digest} ({source.describe()})")
     previous = attempt.previous = repository.find_manifest(tag, deadline)
+    if previous is not None:
+        runner.public(previous.digest)
     runner.log(f"{image}: {tag} was {previous.digest} ({previous.describe()})" if previous
                else f"{image}: {tag} does not exist yet")
     if previous and previous.is_index and not source.is_index and not settings.allow_single_arch:
@@ -239,33 +254,55 @@ def _undo(attempts: list[_Attempt], settings: PromoteSettings, runner: Runner, g
           error: str) -> PromoteResult:
     """Put every moved tag back, and say per image what state it was left in."""
     *moved, failed = attempts
+    runner.log(f"FAILED: {error}")  # the error names the image; the runner cannot raise on it
     promotions = []
     for attempt in moved:
-        state, now, note = _restore(attempt, settings.tag, runner, grace)
+        state, now, note = _restore(attempt, settings.tag, runner, grace, confirmed=True)
         promotions.append(_promotion(attempt, settings, now, state, f"{note} because {failed.image} failed"))
     now, detail, state = "", error, PromotionState.FAILED
     if failed.pushed:
-        restored, now, note = _restore(failed, settings.tag, runner, grace)
+        restored, now, note = _restore(failed, settings.tag, runner, grace, confirmed=False)
         now, detail = ("" if now == _digest(failed.previous) else now), f"{error}; {note}"
-        state = PromotionState.ROLLBACK_FAILED if restored == PromotionState.ROLLBACK_FAILED else state
+        if restored in (PromotionState.ROLLBACK_FAILED, PromotionState.UNKNOWN):
+            state = restored
     promotions.append(_promotion(failed, settings, now, state, detail))
     promotions += [Promotion(image=str(image), source=settings.source, promoted_digest="", previous_digest="",
                              media_type="", state=PromotionState.NOT_STARTED,
                              detail=f"not started: {failed.image} failed")
                    for image in settings.images[len(attempts):]]
+    # the one line every reader sees (the `reason` output) must say what is left half-moved, or unknown
     stuck = [f"{p.image} ({settings.tag} left on {p.promoted_digest or 'an unknown digest'})"
              for p in promotions if p.state == PromotionState.ROLLBACK_FAILED]
-    if stuck:  # the one line every reader sees (the `reason` output) must say what is left half-moved
+    if stuck:
         error += f"; rollback failed for {', '.join(stuck)}"
+    unknown = [f"{a.image} ({settings.tag} on {_digest(a.previous) or 'no manifest'} or {_digest(a.source)})"
+               for a, p in zip(attempts, promotions, strict=False) if p.state == PromotionState.UNKNOWN]
+    if unknown:
+        error += f"; where {settings.tag} is now is unknown for {', '.join(unknown)}: it could not be read back"
     return PromoteResult(tag=settings.tag, promotions=tuple(promotions), error=error)
 
 
-def _restore(attempt: _Attempt, tag: str, runner: Runner, grace: Deadline) -> tuple[PromotionState, str, str]:
-    """Put ``tag`` back where it was: (state, digest now under the tag or '' if absent, note)."""
+def _restore(attempt: _Attempt, tag: str, runner: Runner, grace: Deadline,
+             confirmed: bool) -> tuple[PromotionState, str, str]:
+    """Put ``tag`` back where it was: (state, digest now under the tag — '' if absent or unknown —, note).
+
+    The state is what the registry says, never a guess: a put-back whose answer was lost or whose
+    read-back failed is followed by one more read (:func:`_settle`). ``confirmed``: the tag was
+    read back on the source when it moved (an image that promoted before another one failed).
+    """
     repository, previous = attempt.repository, attempt.previous
-    now = attempt.source.digest if attempt.source else ""
+    moved_to = _digest(attempt.source)
     try:
         current = repository.find_manifest(tag, grace)
+    except Exception as exc:  # noqa: BLE001 - anything at all: record the state, never lose the record
+        if previous is not None:  # put it back all the same: the put-back reads where it ends up
+            state, now, note = _put_back(repository, tag, previous, moved_to, grace)
+        elif confirmed:  # read back on the source when it moved, and there is nothing to put back
+            state, now, note = PromotionState.ROLLBACK_FAILED, moved_to, (
+                f"{tag} did not exist before and was left on {moved_to} (it could not be read now: {_why(exc)})")
+        else:
+            state, now, note = _unreadable(tag, previous, moved_to, "the failed push", exc)
+    else:
         now = current.digest if current else ""
         if previous is None and current is None:
             state, note = PromotionState.ROLLED_BACK, f"{tag} still does not exist"
@@ -276,17 +313,46 @@ def _restore(attempt: _Attempt, tag: str, runner: Runner, grace: Deadline) -> tu
         elif now == previous.digest:
             state, note = PromotionState.ROLLED_BACK, f"{tag} is still on the previous {now}"
         else:
-            repository.put_manifest(tag, previous, grace)
-            _read_back(repository, tag, previous.digest, grace)
-            state, now = PromotionState.ROLLED_BACK, previous.digest
-            note = f"{tag} put back on the previous {previous.digest}"
-    except Exception as exc:  # noqa: BLE001 - anything at all: record the state, never lose the record
-        was = previous.digest if previous else "(none)"
-        why = str(exc) if isinstance(exc, DeployFailed) else f"{type(exc).__name__}: {exc}"
-        state = PromotionState.ROLLBACK_FAILED
-        note = f"could not put {tag} back on {was}: {why}; it may still be on {now}"
-    runner.log(f"{attempt.image}: rollback: {note}")
+            state, now, note = _put_back(repository, tag, previous, moved_to, grace)
+    runner.log(f"{attempt.image}: rollback: {note}")  # after the put-back: it never waits on this line
     return state, now, note
+
+
+def _put_back(repository: Repository, tag: str, previous: Manifest, moved_to: str,
+              grace: Deadline) -> tuple[PromotionState, str, str]:
+    try:
+        repository.put_manifest(tag, previous, grace)
+        _read_back(repository, tag, previous.digest, grace)
+    except Exception as exc:  # noqa: BLE001 - applied or not, the registry is asked where the tag is
+        return _settle(repository, tag, previous, moved_to, grace, exc)
+    return PromotionState.ROLLED_BACK, previous.digest, f"{tag} put back on the previous {previous.digest}"
+
+
+def _settle(repository: Repository, tag: str, previous: Manifest, moved_to: str, grace: Deadline,
+            failure: BaseException) -> tuple[PromotionState, str, str]:
+    """After a put-back that failed as far as we could see: read the tag once more and record what it is."""
+    why = _why(failure)
+    try:
+        found = repository.find_manifest(tag, grace)
+    except Exception as exc:  # noqa: BLE001 - not even that: the record says unknown, with both digests
+        return _unreadable(tag, previous, moved_to, f"the put-back ({why}), then reading it again", exc)
+    now = found.digest if found else ""
+    if now == previous.digest:
+        return PromotionState.ROLLED_BACK, now, (
+            f"{tag} put back on the previous {now} (the put-back reported {why}; read again, it is there)")
+    return PromotionState.ROLLBACK_FAILED, now, (
+        f"could not put {tag} back on {previous.digest}: {why}; read again, it is on {now or 'no manifest'}")
+
+
+def _unreadable(tag: str, previous: Manifest | None, moved_to: str, doing: str,
+                failure: BaseException) -> tuple[PromotionState, str, str]:
+    was = previous.digest if previous else "no manifest (the tag did not exist)"
+    return PromotionState.UNKNOWN, "", (
+        f"{tag} could not be read after {doing}: {_why(failure)}; it is on {was} or on {moved_to}, unknown which")
+
+
+def _why(failure: BaseException) -> str:
+    return str(failure) if isinstance(failure, DeployFailed) else f"{type(failure).__name__}: {failure}"
 
 
 def _promotion(attempt: _Attempt, settings: PromoteSettings, now: str, state: PromotionState,

@@ -18,6 +18,7 @@ import os
 import re
 import secrets
 import time
+import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, is_dataclass
 from enum import Enum
@@ -26,13 +27,14 @@ from typing import Any
 
 from deploy import __version__
 from deploy.controlplane import CallResult, TenantRow
+from deploy.domain import writable
 from deploy.fleetstate import RollbackResult, Snapshot, TenantBefore
 from deploy.gates import ChecksResult
 from deploy.pipeline import Outcome, Run, Span
 from deploy.promote import PromoteResult, Promotion, PromotionState
 from deploy.proof import ProofSpan
 from deploy.rollout import RolloutResult, Soak, describe_plan
-from deploy.runner import Runner, counted, escape_markdown, listing
+from deploy.runner import Runner, counted, escape_markdown, listing, refuse_unless_regular
 from deploy.verify import STATES, TenantVerdict, Verdict, VerifyResult
 
 SCHEMA_VERSION = 4  # bump with schema/report.schema.json whenever a key or a type of the report changes
@@ -81,8 +83,10 @@ def outputs(run: Run, report_shown: str) -> dict[str, str | list[str]]:
 def publish(run: Run, runner: Runner, report_path: Path, workspace: Path) -> None:
     """Log the result, then write outputs, summary and report; each survives the others failing.
 
-    A failed write (an unwritable ``GITHUB_OUTPUT``, a full disk) is one ``::error::`` line, not a
-    traceback, and the others are still written; the run's exit code stays what the run decided.
+    A failed write (an unwritable ``GITHUB_OUTPUT``, a full disk, a FIFO or a link loop where a file
+    should be: see :func:`deploy.runner.regular_file` and :func:`report_target`) is one ``::error::``
+    line, not a traceback, and the others are still written; the run's exit code stays what the run
+    decided.
 
     The ``report`` output is relative to the workspace when the file is in it: inside a Docker
     action the absolute path is the container's (``/github/workspace/…``), which later steps on the
@@ -95,11 +99,10 @@ def publish(run: Run, runner: Runner, report_path: Path, workspace: Path) -> Non
     shown = report_path.relative_to(workspace) if report_path.is_relative_to(workspace) else report_path
 
     def write_report() -> None:
-        if not report_path.resolve().is_relative_to(workspace.resolve()):  # report-path is checked as
-            raise OSError("it leads outside the workspace (a symbolic link?)")  # text; a link is not text
-        report_path.parent.mkdir(parents=True, exist_ok=True)
+        target = report_target(report_path, workspace)
+        target.parent.mkdir(parents=True, exist_ok=True)
         text = report_text(redact_values(report(run), runner.redact))  # values, never the JSON
-        replace_file(report_path.resolve(), text + "\n")
+        replace_file(target, text + "\n")
 
     writes: list[tuple[str, Callable[[], None]]] = [
         (f"the JSON report to {report_path}", write_report),
@@ -109,8 +112,32 @@ def publish(run: Run, runner: Runner, report_path: Path, workspace: Path) -> Non
     for what, write in writes:
         try:
             write()
-        except (OSError, UnicodeError) as exc:
+        except OSError as exc:  # a full disk, a read-only mount, a FIFO or a loop where a file should be
             runner.error(f"could not write {what}: {exc}", title="fleet-rollout report")
+        except Exception as exc:  # noqa: BLE001 - a bug in one writer must not cost the others
+            runner.log(traceback.format_exc())
+            runner.error(f"could not write {what}: internal error ({type(exc).__name__}: {exc})",
+                         title="fleet-rollout report")
+
+
+def report_target(path: Path, workspace: Path) -> Path:
+    """Where the report goes: ``path`` with its links resolved, or an ``OSError`` saying why not.
+
+    ``report-path`` is checked as text (relative, no ``..``); a symbolic link is not text, so the
+    resolved path must still be inside the workspace, and whatever is there must be a regular
+    file (it is replaced by a rename, which would put the report where a FIFO or a socket was
+    expected by someone). A link loop is an ``OSError`` too (``Path.resolve`` raised
+    ``RuntimeError`` for one before Python 3.13).
+    """
+    try:
+        real = Path(os.path.realpath(path, strict=True))
+    except FileNotFoundError:  # not written yet, or a link to a report not written yet
+        real = Path(os.path.realpath(path))
+    if not real.is_relative_to(os.path.realpath(workspace)):
+        raise OSError("it leads outside the workspace (a symbolic link?)")
+    with contextlib.suppress(FileNotFoundError):
+        refuse_unless_regular(path, real.stat())
+    return real
 
 
 def redact_values(value: Any, redact: Callable[[str], str]) -> Any:
@@ -172,7 +199,7 @@ def replace_file(path: Path, text: str) -> None:
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with open(descriptor, "w", encoding="utf-8") as file:
-            file.write(text)
+            file.write(writable(text))
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -241,7 +268,7 @@ REPORTED: dict[type, tuple[Key, ...]] = {
     CallResult: (
         Key("label"), Key("slugs"), Key("state"), Key("ok"), Key("status"), Key("error"),
         Key("started", digits=MS), Key("seconds", digits=MS), Key("rows"), Key("rejected_slugs", "rejected"),
-        Key("settled"), Key("attempts"),
+        Key("ignored_rows", "ignored"), Key("settled"), Key("attempts"),
     ),
     TenantRow: tuple(Key(name) for name in (
         "slug", "phase", "ssm_status", "ssm_exit_code", "healthz_ok", "verified_on_target", "running_image", "error",

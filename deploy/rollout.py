@@ -54,7 +54,9 @@ class RolloutResult:
     proofs: tuple[ProofSpan, ...] = ()  # each call's proof (verify-each-batch) and the soak watch
     already_current: tuple[str, ...] = ()  # not redeployed: the snapshot saw them on the build (skip-current)
     dry_run: bool = False
-    bug: Exception | None = field(default=None, repr=False, compare=False)  # not reported: the pipeline re-raises it
+    # A bug that stopped the rollout: kept so the calls made are recorded, then raised by the pipeline
+    # (an internal error: never a verdict on a tenant or a call, and never a reason to roll back).
+    internal_error: Exception | None = field(default=None, compare=False, repr=False)
 
     @cached_property
     def _current(self) -> frozenset[str]:
@@ -141,6 +143,7 @@ def enumerate_fleet(client: ControlPlaneClient, runner: Runner) -> tuple[tuple[s
         runner.warning(f"the CP enumerated {counted(len(call.rejected), 'name')} that cannot be tenants; they are "
                        f"neither deployed nor polled: {listing(call.rejected)}", title="invalid tenant names")
     fleet = tuple(dict.fromkeys(row.slug for row in call.rows))
+    runner.public(*fleet)  # tenant names are the run's own facts: redaction must not censor them
     runner.log(f"fleet: {counted(len(fleet), 'tenant')} ({call.seconds:.1f} s): {listing(fleet, 100) or 'none'}")
     return fleet, call.rejected
 
@@ -208,9 +211,9 @@ def run_rollout(
         progress.stop(StopKind.HELD, str(exc))
     except DeployFailed as exc:  # the deadline, a cancellation: keep what happened
         progress.halted = str(exc) + _later(len(batches) - len(progress.calls))  # every call made is recorded
-    except Exception as exc:  # noqa: BLE001 - a bug must not lose the calls already made; the pipeline re-raises it
-        progress.halted = f"internal error ({type(exc).__name__}: {exc})"
-        progress.bug = exc
+    except Exception as exc:  # noqa: BLE001 - a bug must not lose the calls already made; re-raised after
+        progress.halted = f"internal error ({type(exc).__name__}: {exc}); this is a bug in fleet-rollout"
+        return replace(progress.result(), internal_error=exc)
     return progress.result()
 
 
@@ -238,7 +241,6 @@ class _Progress:
     current: str = ""  # the call being made (or about to be)
     halted: str = ""
     stopped: StopKind | None = None
-    bug: Exception | None = None
     calling: bool = False  # the current call was sent: a stop now is not "not started"
     soak_span: Soak | None = None
     # Tenants a call was made for that are not on target yet, as an ordered set. Each call updates
@@ -252,7 +254,6 @@ class _Progress:
             halted=self.halted, stopped=self.stopped, aborted_at=self.current if self.halted else "",
             planned=self.start.planned, soak=self.soak_span,
             proofs=tuple(self.prover.spans) if self.prover else (), already_current=self.start.already_current,
-            bug=self.bug,
         )
         if self.stopped is None:
             return result

@@ -20,14 +20,24 @@ Runner facts this module relies on (GitHub's runner and Gitea's act_runner):
 
 Outside a runner (``GITHUB_ACTIONS`` is not ``true``: GitLab, Jenkins, a laptop) nothing would
 interpret workflow commands, so groups and annotations are written as plain lines instead.
+
+Nothing written here can raise on its content: every writer (the log, ``GITHUB_OUTPUT``, the
+summary; the report's in :mod:`deploy.report`) makes its text writable first
+(:func:`deploy.domain.writable`), whatever the HTTP layer already did. The log is best effort: a
+line the stream refuses (a full disk under a redirected stdout) is dropped, never raised, so no
+safety action (promote's put-back, a rollback) can depend on a log line. The runner's files must
+be regular files (:func:`regular_file`; the report's path follows the same rule).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import json
+import os
 import re
+import stat
 import sys
 import uuid
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
@@ -35,6 +45,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TextIO
 from urllib.parse import quote, quote_plus
+
+from deploy.domain import writable
 
 ANNOTATIONS_PER_KIND = 9
 SUMMARY_LIMIT_BYTES = 1024 * 1024 - 16 * 1024  # margin below the runner's 1 MiB cut-off
@@ -148,7 +160,12 @@ def base64_pieces(secret: str) -> set[str]:
 
 
 def _encodings(secret: str) -> list[bytes]:
-    utf8 = secret.encode("utf-8")
+    """The bytes a secret is sent as. A value read from the environment may hold a byte that is not
+    UTF-8 (as ``\\udcXX``): it is sent as that byte, so that is the form to look for."""
+    try:
+        utf8 = secret.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate outside that range: sent as nothing could encode it
+        utf8 = secret.encode("utf-8", "surrogatepass")
     try:
         latin1 = secret.encode("latin-1")
     except UnicodeEncodeError:
@@ -159,6 +176,61 @@ def _encodings(secret: str) -> list[bytes]:
 def _limit(kind: str) -> int:
     """Annotations of ``kind`` before the cap; one error slot is kept for the run's verdict."""
     return ANNOTATIONS_PER_KIND - (1 if kind == "error" else 0)
+
+
+FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (a named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"),
+              (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular file is, in words; '' for a regular file."""
+    return "" if stat.S_ISREG(mode) else next((kind for test, kind in FILE_KINDS if test(mode)), "not a file")
+
+
+def _discards(info: os.stat_result) -> bool:
+    """/dev/null itself (the same device number), however it is named."""
+    try:
+        null = os.stat(os.devnull)
+    except OSError:
+        return False
+    return stat.S_ISCHR(info.st_mode) and info.st_rdev == null.st_rdev
+
+
+def regular_file(path: str | os.PathLike[str]) -> int:
+    """A descriptor of ``path`` opened to append, if it is a regular file or ``/dev/null``.
+
+    The runner's files (``GITHUB_OUTPUT``, ``GITHUB_STEP_SUMMARY``) and the report are regular
+    files; anything else at those paths is a mistake or a trap, and an ``OSError`` that says what
+    it is: a FIFO nobody reads would block an ``open`` forever (past SIGTERM: nothing interrupts a
+    blocked ``open``), a socket or a device swallows or refuses what is written, a symbolic link
+    loop never resolves. The open itself is non-blocking, so even a FIFO that appears between the
+    check and the open is refused at once rather than waited on. ``/dev/null`` is accepted: it
+    is how a person says "I do not want this file" (``GITHUB_STEP_SUMMARY=/dev/null`` on a laptop).
+    """
+    with contextlib.suppress(FileNotFoundError):  # none yet: created below (through a dangling link too)
+        refuse_unless_regular(path, os.stat(path))  # a loop raises here: too many levels of links
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC
+    descriptor = os.open(path, flags, 0o666)
+    try:
+        refuse_unless_regular(path, os.fstat(descriptor))
+        os.set_blocking(descriptor, True)
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
+def refuse_unless_regular(path: str | os.PathLike[str], info: os.stat_result) -> None:
+    """Raise ``OSError`` naming what ``path`` is, unless it is a regular file or /dev/null."""
+    kind = file_kind(info.st_mode)
+    if kind and not _discards(info):
+        raise OSError(f"{os.fspath(path)} is {kind}, not a regular file")
+
+
+def append_text(path: str, text: str) -> None:
+    """Append ``text`` (made writable) to a runner file that :func:`regular_file` accepts."""
+    with open(regular_file(path), "a", encoding="utf-8") as out:
+        out.write(writable(text))
 
 
 def escape_data(text: str) -> str:
@@ -181,6 +253,9 @@ class Runner:
     _short: list[str] = field(default_factory=list, repr=False)  # forms too short for a window
     _windows: set[str] = field(default_factory=set, repr=False)
     _grams: set[str] = field(default_factory=set, repr=False)
+    _secrets: list[str] = field(default_factory=list, repr=False)  # as registered, to warn about later facts
+    _facts: set[str] = field(default_factory=set, repr=False)
+    _fact_text: str = field(default="", repr=False)  # every fact, NUL-separated: one substring search for all
     _counts: dict[str, int] = field(default_factory=dict, repr=False)
     _annotated: set[tuple[str, str, str]] = field(default_factory=set, repr=False)
 
@@ -195,18 +270,62 @@ class Runner:
         """
         for secret in secrets:
             for value in (secret, *secret.splitlines()) if "\n" in secret else (secret,):
-                self._register(value.strip() if value is not secret else value)
+                value = value.strip() if value is not secret else value
+                self._register(value)
+                if writable(value) != value:  # what every writer turns it into (see writable)
+                    self._register(writable(value))
+
+    def public(self, *facts: str) -> None:
+        """Register the run's own public facts — its SHA, tags, image names, tenant names, digests —
+        which redaction must never censor.
+
+        A secret that is part of a fact hides nothing the fact does not show, and redacting it
+        would censor the fact everywhere (a token service answering with the SHA's first 12
+        characters would take the SHA out of the log and the report): it is not redacted, and a
+        warning says so. A piece of a secret that a fact holds stops counting as a piece of it.
+        Facts may come after the secrets (tenant names, digests): each fact is checked once.
+        """
+        new = [fact for fact in dict.fromkeys(facts) if fact and fact not in self._facts]
+        if not new:
+            return
+        self._facts.update(new)
+        joined = "\0".join(new)
+        self._fact_text = f"{self._fact_text}\0{joined}" if self._fact_text else joined
+        if not self._secrets:
+            return
+        pruned = {window for fact in new for i in range(len(fact) - WINDOW + 1)
+                  if (window := fact[i : i + WINDOW]) in self._windows}
+        if pruned:
+            self._windows -= pruned
+            self._forms = [form for form in self._forms if form not in joined]
+        self._short = [form for form in self._short if form not in joined]
+        for secret in [secret for secret in self._secrets if secret in joined]:
+            self._secrets.remove(secret)
+            self._public_secret(secret)
+
+    def _public_secret(self, secret: str) -> None:
+        self.warning(f"a secret of {len(secret)} characters is part of one of this run's public facts (its SHA, a "
+                     "tag, an image, a tenant name or a digest): it is not redacted, so that those stay readable",
+                     title="secret not redacted")
 
     def _register(self, secret: str) -> None:
-        if len(secret) < MIN_SECRET or secret in self._forms or secret in self._short:
+        if len(secret) < MIN_SECRET or secret in self._secrets:
             return
+        facts = self._fact_text
+        if secret in facts:  # a fact, or a piece of one: see public()
+            self._public_secret(secret)
+            return
+        self._secrets.append(secret)
         forms = secret_forms(secret) | {p for p in base64_pieces(secret) if len(p) >= WINDOW}
         for form in forms - set(self._forms) - set(self._short):
+            if form in facts:
+                continue
             if len(form) < WINDOW:
                 self._short.append(form)
                 continue
             self._forms.append(form)
-            self._windows.update(form[i : i + WINDOW] for i in range(len(form) - WINDOW + 1))
+            windows = (form[i : i + WINDOW] for i in range(len(form) - WINDOW + 1))
+            self._windows.update(window for window in windows if window not in facts)
             self._grams.update(form[i : i + GRAM] for i in range(len(form) - GRAM + 1))
         self._forms.sort(key=len, reverse=True)
         self._short.sort(key=len, reverse=True)
@@ -258,7 +377,7 @@ class Runner:
 
         Each line is capped at :data:`LINE_LIMIT` after redaction: a server's body is not a log line.
         """
-        for raw in text.splitlines() or [""]:
+        for raw in writable(text).splitlines() or [""]:
             line, cut = self._redact_head(raw)
             if line.lstrip().startswith("::"):
                 line = " " + line.lstrip().replace("::", ": :", 1)
@@ -275,7 +394,7 @@ class Runner:
 
     @contextmanager
     def group(self, title: str) -> Iterator[None]:
-        title = self.redact(title)
+        title = self.redact(writable(title))
         self._write(f"::group::{escape_data(title)}" if self.in_actions else f"== {title} ==")
         try:
             yield
@@ -314,7 +433,7 @@ class Runner:
                 )
 
     def _annotate(self, kind: str, message: str, title: str, final: bool = False) -> None:
-        (message, cut), (title, title_cut) = self._redact_head(message), self._redact_head(title)
+        (message, cut), (title, title_cut) = self._redact_head(writable(message)), self._redact_head(writable(title))
         message, title = cap_line(message, LINE_LIMIT, cut), cap_line(title, 256, title_cut)
         if (kind, title, message) in self._annotated:  # said already (a gate re-checked): log it only
             self.log(f"{kind}: {title + ': ' if title else ''}{message}")
@@ -335,8 +454,11 @@ class Runner:
         # Every line is capped, but never a mask: cutting one would leave the secret unmasked.
         if capped and not line.startswith("::add-mask::"):
             line = "\n".join(cap_line(part) for part in line.split("\n"))
-        self.stream.write(line.replace("##[", "##\u200b[") + "\n")
-        self.stream.flush()
+        try:
+            self.stream.write(writable(line).replace("##[", "##\u200b[") + "\n")
+            self.stream.flush()
+        except OSError:  # the log is best effort: a line it refuses must not stop what follows it
+            pass
 
     # -- outputs and summary -------------------------------------------------------------
 
@@ -355,13 +477,12 @@ class Runner:
             for name, value in values.items():  # already bounded: a cut list would not be JSON
                 self._write(f"{name}={value}", capped=False)
             return
-        with open(self.output_path, "a", encoding="utf-8") as out:
-            out.write("".join(format_output(name, value) for name, value in values.items()))
+        append_text(self.output_path, "".join(format_output(name, value) for name, value in values.items()))
 
     def _output_value(self, value: str | Sequence[str], verbatim: bool) -> str:
         if not isinstance(value, str):
-            return bounded_json_list([self.redact(item) for item in value])
-        return value if verbatim else cap_line(self.redact(value), OUTPUT_TEXT_LIMIT)
+            return bounded_json_list([self.redact(writable(item)) for item in value])
+        return writable(value) if verbatim else cap_line(self.redact(writable(value)), OUTPUT_TEXT_LIMIT)
 
     def write_summary(self, markdown: str, redacted: bool = False) -> None:
         """Append the job summary, truncated under the runner's 1 MiB limit.
@@ -371,9 +492,9 @@ class Runner:
         """
         if not self.summary_path:
             return
-        text = truncate_utf8(markdown if redacted else self.redact(markdown), SUMMARY_LIMIT_BYTES)
-        with open(self.summary_path, "a", encoding="utf-8") as out:
-            out.write(text)
+        markdown = writable(markdown)
+        append_text(self.summary_path, truncate_utf8(markdown if redacted else self.redact(markdown),
+                                                     SUMMARY_LIMIT_BYTES))
 
 
 def format_output(name: str, value: str) -> str:

@@ -29,6 +29,8 @@ Behaviours (factories returning a :class:`Behaviour`):
 - :func:`echo_auth` — echoes the request's ``Authorization`` header and query string in the body,
   raw, URL-quoted, base64, HTML-escaped and JSON-escaped (and a Basic header decoded);
 - :func:`truncated` — a 200 with ``Content-Length`` whose body is cut by a connection reset;
+- :func:`applied_then_reset` — relayed upstream (so the upstream acts on it), and the answer
+  replaced by a connection reset: a request that took effect and whose answer was lost;
 - :func:`hang` — the request is read and never answered.
 """
 
@@ -577,6 +579,24 @@ def truncated(status: int = 200, declared: int = 4096, sent: int = 64, content_t
         ex.reset()
 
     return Behaviour(f"{status} cut after {sent}/{declared} bytes", run)
+
+
+def applied_then_reset() -> Behaviour:
+    """Relay the request upstream, where it takes effect, then reset the connection instead of answering."""
+    def run(ex: Exchange) -> None:
+        upstream = ex.server.upstream
+        assert upstream, "applied_then_reset needs an upstream"
+        parts = urlsplit(upstream)
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=ex.server.give_up)
+        headers = {name: value for name, value in ex.seen.headers.items() if name not in HOP_BY_HOP}
+        try:
+            connection.request(ex.seen.method, ex.seen.target, body=ex.seen.body or None, headers=headers)
+            connection.getresponse().read()
+        finally:
+            connection.close()
+        ex.reset()
+
+    return Behaviour("applied, answer lost", run)
 
 
 def hang() -> Behaviour:

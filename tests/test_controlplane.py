@@ -88,7 +88,7 @@ def test_an_odd_optional_field_keeps_the_row_and_a_non_boolean_proof_proves_noth
         {"slug": "a", "verified_on_target": "yes", "healthz_ok": 1, "ssm_exit_code": "0", "error": {"code": 7}},
         {"slug": "b", "verified_on_target": True, "ssm_exit_code": 0, "phase": 3},
     ]}
-    _, (a, b), _, _ = parse_answer(json.dumps(body).encode())
+    a, b = parse_answer(json.dumps(body).encode()).rows
     assert not a.on_target and not a.healthy and a.ssm_exit_code is None
     assert a.error.startswith('{"code": 7}; the CP sent healthz_ok=1, not a boolean: taken as false')
     assert "verified_on_target='yes'" in a.error
@@ -96,8 +96,72 @@ def test_an_odd_optional_field_keeps_the_row_and_a_non_boolean_proof_proves_noth
 
 
 def test_an_older_cps_row_counts_as_verified_and_healthy():
-    ok, rows, _, _ = parse_answer(json.dumps({"ok": True, "results": [{"slug": "a", "phase": "done"}]}).encode())
-    assert ok and rows[0].on_target and rows[0].healthy
+    answer = parse_answer(json.dumps({"ok": True, "results": [{"slug": "a", "phase": "done"}]}).encode())
+    assert answer.ok and answer.rows[0].on_target and answer.rows[0].healthy
+
+
+def test_a_scoped_calls_answer_keeps_only_rows_about_its_own_tenants():
+    body = {"ok": True, "results": [{"slug": s, "verified_on_target": True} for s in ("a", "c", "b", "..", "d")]}
+    answer = parse_answer(json.dumps(body).encode(), asked=frozenset({"a", "b"}))
+    assert [row.slug for row in answer.rows] == ["a", "b"]
+    assert answer.ignored == 3 and answer.ignored_names == ('"c"', '".."', '"d"') and answer.rejected == ()
+
+
+def test_a_row_nested_in_a_kept_row_is_not_a_row_and_takes_nothing_with_it():
+    body = {"ok": True, "results": [{"slug": "a", "verified_on_target": True, "error": {"slug": "zz"}}]}
+    (row,) = parse_answer(json.dumps(body).encode(), asked=frozenset({"a"})).rows
+    assert row.on_target and row.error == ""
+
+
+@pytest.mark.parametrize("order", [(0, 1), (1, 0)])
+def test_of_a_tenants_duplicate_rows_the_worst_counts_in_either_order(order):
+    rows = [{"slug": "a", "verified_on_target": True, "healthz_ok": True},
+            {"slug": "a", "verified_on_target": False, "healthz_ok": True, "error": "rolled over"}]
+    body = {"ok": True, "results": [{"slug": "b"}, *(rows[i] for i in order)]}
+    answer = parse_answer(json.dumps(body).encode(), asked=frozenset({"a", "b"}))
+    assert [row.slug for row in answer.rows] == ["b", "a"]
+    assert not answer.rows[1].on_target and answer.rows[1].error == "rolled over"
+
+
+def test_between_equally_bad_rows_the_first_counts_and_an_error_is_worse():
+    body = {"ok": True, "results": [{"slug": "a", "phase": "one"}, {"slug": "a", "phase": "two"},
+                                    {"slug": "a", "phase": "three", "error": "warned"}]}
+    (row,) = parse_answer(json.dumps(body).encode()).rows
+    assert (row.phase, row.error) == ("three", "warned")
+    body["results"].pop()
+    assert parse_answer(json.dumps(body).encode()).rows[0].phase == "one"
+
+
+def test_rows_of_one_kind_are_equally_bad_so_a_repeat_can_share_the_first():
+    """parse_answer reads a repeated row of a tenant by its kind alone (what its badness depends on)."""
+    from deploy.controlplane import _kind, _row, badness
+
+    rng = random.Random(21)
+    values = [None, True, False, "yes", 0, 1, "", "x", [], {}, "DryRun", "Success"]
+    rows = [{"slug": "a", **{field: rng.choice(values) for field in rng.sample(
+        ["verified_on_target", "healthz_ok", "ssm_status", "error", "phase"], rng.randint(0, 5))}}
+        for _ in range(3000)]
+    seen: dict[tuple, tuple[bool, bool, bool]] = {}
+    for raw in rows:
+        assert seen.setdefault(_kind("a", raw), badness(_row(0, raw))) == badness(_row(0, raw)), raw
+    assert len(seen) > 20
+
+
+def test_an_answer_repeating_one_tenants_row_keeps_one_row_the_worst():
+    rows = b",".join(b'{"slug": "a", "phase": "p%d"}' % i for i in range(200_000))
+    body = b'{"ok": true, "results": [{"slug": "b"}, ' + rows + b', {"slug": "a", "verified_on_target": false}]}'
+    answer = parse_answer(body, asked=frozenset({"a", "b"}))
+    assert [(row.slug, row.phase, row.on_target) for row in answer.rows] == [("b", "", True), ("a", "", False)]
+
+
+def test_a_scoped_call_logs_its_ignored_rows_once_and_records_their_count(client, requests_mock):
+    rows = [{"slug": s, "verified_on_target": True} for s in ("a", *(f"x{i}" for i in range(40)))]
+    requests_mock.post(URL, json={"ok": True, "results": rows})
+    call = client.redeploy("batch 1/9", ["a"], max_stragglers=0)
+    assert call.ok and [row.slug for row in call.rows] == ["a"] and call.ignored == 40
+    lines = [line for line in client.ctx.runner.stream.getvalue().splitlines() if "outside the call" in line]
+    assert lines == ['batch 1/9: ignored 40 rows about tenants outside the call ("x0", "x1", "x2", "x3", "x4", …): '
+                     "a call's answer is about its own tenants"]
 
 
 @pytest.mark.parametrize(

@@ -55,6 +55,7 @@ from tests.hostile import (
     Behaviour,
     HostileServer,
     Seen,
+    applied_then_reset,
     drip_body,
     drip_headers,
     echo_auth,
@@ -129,7 +130,7 @@ class World:
 
     def substitute(self, value: str) -> str:
         return (value.replace("$buildinfo", self.buildinfo).replace("$image2", self.image(REPO2))
-                .replace("$image", self.image(REPO)))
+                .replace("$image", self.image(REPO)).replace("$host", self.hostile.host))
 
     def cp_posts(self, dry_run: bool, slugs: tuple[str, ...] | None = None) -> list[Seen]:
         return [s for s in self.hostile.seen(REDEPLOY, "POST") if cp_call(dry_run, slugs)(s)]
@@ -208,12 +209,19 @@ def action_env(world: World, workdir: Path, inputs: Mapping[str, str]) -> dict[s
     return {**base, **env}
 
 
+def read_text(path: Path) -> str:
+    """A file the run wrote, as text: '' unless it is a regular file (a FIFO would block the test), and any
+    byte that is not UTF-8 kept as a lone surrogate, which :func:`assert_common` then finds."""
+    if not path.is_file():
+        return ""
+    return path.read_bytes().decode("utf-8", "surrogateescape")
+
+
 def read_results(env: Mapping[str, str]) -> tuple[dict[str, str], str, str, dict[str, Any] | None]:
     """(outputs, summary, report text, report) as the run left them; a report that does not parse is None."""
-    outputs_text = Path(env["GITHUB_OUTPUT"]).read_text()
-    summary = Path(env["GITHUB_STEP_SUMMARY"]).read_text()
-    report_file = Path(env["GITHUB_WORKSPACE"]) / env["FLEET_REPORT_PATH"]
-    report_text = report_file.read_text() if report_file.exists() else ""
+    outputs_text = read_text(Path(env["GITHUB_OUTPUT"]))
+    summary = read_text(Path(env["GITHUB_STEP_SUMMARY"]))
+    report_text = read_text(Path(env["GITHUB_WORKSPACE"]) / env["FLEET_REPORT_PATH"])
     try:
         report = json.loads(report_text) if report_text else None
     except ValueError:
@@ -226,27 +234,35 @@ def read_results(env: Mapping[str, str]) -> tuple[dict[str, str], str, str, dict
 
 
 def run_entrypoint(world: World, workdir: Path, inputs: Mapping[str, str], kill_after: float,
-                   measure_rss: bool = False) -> Outcome:
-    """Run once; past ``kill_after`` seconds the whole process group is killed (and the row fails)."""
+                   measure_rss: bool = False, command: list[str] | None = None) -> Outcome:
+    """Run once; past ``kill_after`` seconds the whole process group is killed (and the row fails).
+
+    ``command`` replaces ``python entrypoint.py`` (a wrapper that breaks something first). The log is
+    decoded as the runner shows it, a byte that is not UTF-8 kept as a lone surrogate (see :func:`read_text`).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     env = action_env(world, workdir, inputs)
     rss_file = workdir / "peak-rss-kib"
-    command = [sys.executable, "-c", RSS_WRAPPER, str(rss_file)] if measure_rss else [sys.executable, "entrypoint.py"]
+    if command is None:
+        command = [sys.executable, "entrypoint.py"]
+        if measure_rss:
+            command = [sys.executable, "-c", RSS_WRAPPER, str(rss_file)]
     started = time.monotonic()
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
     try:
-        stdout, stderr = proc.communicate(timeout=kill_after)
+        out, err = proc.communicate(timeout=kill_after)
         timed_out = False
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
+        out, err = proc.communicate()
         timed_out = True
     seconds = time.monotonic() - started
+    stdout, stderr = (data.decode("utf-8", "surrogateescape") for data in (out, err))
     outputs, summary, report_text, report = read_results(env)
     peak = int(rss_file.read_text()) / 1024 if measure_rss and rss_file.exists() else None
-    files_text = "\n".join([Path(env["GITHUB_OUTPUT"]).read_text(), summary, report_text])
+    files_text = "\n".join([read_text(Path(env["GITHUB_OUTPUT"])), summary, report_text])
     return Outcome(proc.returncode, stdout, stderr, outputs, summary, report, files_text,
                    report_text=report_text, seconds=seconds, timed_out=timed_out, peak_rss_mib=peak)
 
@@ -310,6 +326,19 @@ def assert_no_secret_forms(result: ActionResult, *secrets: str) -> None:
     assert not leaks, "secret leaked:\n" + "\n".join(leaks[:10])
 
 
+SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def assert_writable(result: ActionResult) -> None:
+    """Everything the run wrote is UTF-8: no byte that is not (read back as a lone surrogate), anywhere.
+
+    SECURITY.md § Threat model: hostile servers → Unwritable text.
+    """
+    for place, text in (("log", result.stdout), ("stderr", result.stderr), ("files", result.files_text)):
+        found = SURROGATE.search(text)
+        assert found is None, f"not UTF-8 in the {place}: …{text[max(found.start() - 80, 0):found.end() + 40]!r}…"
+
+
 def assert_common(result: Outcome, timeout: float, within: float) -> None:
     """(a)–(d) of the module doc, plus the marker of the other origin appearing nowhere."""
     assert not result.timed_out, f"still running after {result.seconds:.1f} s: killed\n{result.tail()}"
@@ -322,6 +351,7 @@ def assert_common(result: Outcome, timeout: float, within: float) -> None:
     check_report(result.report)
     for name, text in (("stdout", result.stdout), ("stderr", result.stderr)):
         assert "Traceback (most recent call last)" not in text, f"a traceback in {name}\n{result.tail(60)}"
+    assert_writable(result)
     long = [len(line.encode()) for line in result.stdout.splitlines() if len(line.encode()) > LOG_LINE_LIMIT]
     assert not long, f"log lines over 64 KiB: {long[:5]} bytes (SECURITY.md § Body caps)"
     assert_no_secret_forms(result, *SECRETS)
@@ -717,6 +747,302 @@ ROWS: list[Row] = [
 ]
 
 
+# -- second round (issue 21): text nobody can write, records that must be true, rows about others ---
+
+LONE = "\ud800"  # a lone high surrogate: JSON may escape one, UTF-8 cannot encode it
+RAW_BYTES = "\udc80\udcff"  # the low range, what a raw non-UTF-8 byte decodes to under surrogateescape
+UNWRITABLE = f"upstream {LONE} broke {RAW_BYTES} here"  # json.dumps writes it as \ud800 … \udc80\udcff escapes
+SHOWN_UNWRITABLE = "upstream \ufffd broke \ufffd\ufffd here"  # what the run shows of it
+VARIABLE_PATH = "/api/v3/repos/acme/platform/actions/variables/FREEZE"
+
+
+def server_words_kept(result: Outcome, world: World) -> None:
+    """The server's words reach the record, their unwritable code points replaced by U+FFFD."""
+    assert SHOWN_UNWRITABLE in result.stdout, result.tail()
+    assert SHOWN_UNWRITABLE in result.outputs["reason"] + result.summary + result.report_text, result.tail()
+
+
+def tenant_b_stale(result: Outcome, world: World) -> None:
+    """Tenant b reports something that is not the build: stale, with what it reported shown; nothing promoted."""
+    assert (result.code, result.outputs["outcome"]) == (1, "failed"), result.tail()
+    assert _outputs_list(result, "stale") == ["b"], result.outputs
+    assert world.latest() == world.digests[REPO][0], "latest moved without proof"
+
+
+def kill_switch_failed_closed(result: Outcome, world: World) -> None:
+    """The live kill switch could not be read: failed (exit 1) before any deploy call."""
+    assert (result.code, result.outputs["outcome"]) == (1, "failed"), result.tail()
+    assert world.cp_posts(dry_run=False) == []
+
+
+def _putback_states(result: Outcome, world: World) -> tuple[dict[str, Any], dict[str, Any]]:
+    assert (result.code, result.outputs["outcome"]) == (1, "failed"), result.tail()
+    promote = result.report.get("promote")
+    assert promote is not None, f"promote is null in the report\n{result.tail()}"
+    by_image = {p["image"]: p for p in promote["promotions"]}
+    return by_image[world.image(REPO)], by_image[world.image(REPO2)]
+
+
+def put_back_and_recorded(result: Outcome, world: World) -> None:
+    """Image 1 was moved and is back on its previous digest: the registry, the record, the outputs and
+    the reason all say so (image 2 failed and never moved)."""
+    first, second = _putback_states(result, world)
+    (old1, _new1), (old2, _new2) = world.digests[REPO], world.digests[REPO2]
+    assert (world.latest(REPO), world.latest(REPO2)) == (old1, old2), "the registry is not where it was"
+    assert first["state"] == "rolled-back" and first["promoted_digest"] == old1, first
+    assert second["state"] == "failed" and second["previous_digest"] == old2, second
+    assert json.loads(result.outputs["promoted-digest"])[world.image(REPO)] == old1, result.outputs
+    assert "rollback failed" not in result.outputs["reason"], result.outputs["reason"]
+
+
+def put_back_unknown_recorded(result: Outcome, world: World) -> None:
+    """The put-back was sent and nothing could read the tag since: the record says `unknown`, with both
+    digests, never a guess; the output and the reason follow it."""
+    first, _second = _putback_states(result, world)
+    old1, new1 = world.digests[REPO]
+    assert first["state"] == "unknown", first
+    assert first["promoted_digest"] == "" and first["previous_digest"] == old1, first
+    assert old1 in first["detail"] and new1 in first["detail"], first
+    assert json.loads(result.outputs["promoted-digest"])[world.image(REPO)] == "", result.outputs
+    reason = result.outputs["reason"]
+    assert "unknown" in reason and old1 in reason and new1 in reason, reason
+    assert f"left on {new1}" not in reason, reason
+
+
+def _half_promote_unwritable(world: World) -> None:
+    world.hostile.add(json_answer({"errors": [{"code": "DENIED", "message": UNWRITABLE}]}, 500), method="PUT",
+                      path=f"/v2/{REPO2}/manifests/latest")
+
+
+def _putback_after_a_hang(world: World) -> None:
+    """Image 2's PUT hangs to the overall timeout; image 1's put-back PUT then meets one 503."""
+    world.hostile.add(hang(), method="PUT", path=f"/v2/{REPO2}/manifests/latest")
+    world.hostile.add(_registry_error(503), method="PUT", path=f"/v2/{REPO}/manifests/latest", skip=1, times=1)
+
+
+def _putback_answer_lost(world: World) -> None:
+    world.hostile.add(_registry_error(), method="PUT", path=f"/v2/{REPO2}/manifests/latest")
+    world.hostile.add(applied_then_reset(), method="PUT", path=f"/v2/{REPO}/manifests/latest", skip=1)
+
+
+def _putback_read_back_500(times: int | None) -> Callable[[World], None]:
+    """Image 2 fails; image 1's tag reads fail after the promote's two (before, read back) and the
+    put-back's first (where it is now): the read-back of the put-back, and ``times - 1`` more."""
+    def arrange(world: World) -> None:
+        world.hostile.add(_registry_error(), method="PUT", path=f"/v2/{REPO2}/manifests/latest")
+        world.hostile.add(_registry_error(500), method="GET", path=f"/v2/{REPO}/manifests/latest", skip=3,
+                          times=times)
+
+    return arrange
+
+
+PROMOTE_BOTH = {"stages": "promote", "promote-images": "$image,$image2"}
+
+# verify-url credentials: in userinfo (sent as Basic base64(user:password)), or a token as the username
+VU_USER, VU_PASSWORD = "vu-reader", "vuPass-7f3k9q2wX"
+VU_TOKEN = "ghp_VuT0ken9c3e7a1b5d2f8h4j6k0m"
+
+
+def verify_url_credential_hidden(user: str, password: str) -> Callable[[Outcome, World], None]:
+    """No form of the credential the tenants were sent: the password, the token used as a username,
+    and ``base64(user:password)`` (what a 401 page echoes back of a Basic header)."""
+    def check(result: Outcome, world: World) -> None:
+        tenant_unreachable(result, world)
+        basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+        assert_no_secret_forms(result, user if password == "x-oauth-basic" else password, basic)
+
+    return check
+
+
+# rows about tenants outside the call
+
+
+def rollback_call(slugs: tuple[str, ...]) -> Callable[[Seen], bool]:
+    def matches(seen: Seen) -> bool:
+        doc = seen.json()
+        return isinstance(doc, dict) and doc.get("target_tag") == "latest" and doc.get("only_slugs") == list(slugs)
+
+    return matches
+
+
+def _on_target(*slugs: str) -> list[dict[str, Any]]:
+    return [{"slug": s, "phase": "done", "ssm_status": "Success", "healthz_ok": True, "verified_on_target": True}
+            for s in slugs]
+
+
+def _rollback_answers_for_others(world: World) -> None:
+    """Batch 2 halts (ok: false) after c and d shipped; the rollback call for a, b answers with rows for
+    a, b, c, d, and the rollback call for c, d gets a 500."""
+    world.sim.builds["latest"] = "0" * 40
+    world.hostile.add(json_answer({"ok": False, "error": "halted", "results": _on_target("c", "d")}), method="POST",
+                      path=REDEPLOY, when=cp_call(False, ("c", "d")), times=1)
+    world.hostile.add(json_answer({"ok": True, "results": _on_target("a", "b", "c", "d")}), method="POST",
+                      path=REDEPLOY, when=rollback_call(("a", "b")))
+    world.hostile.add(json_answer({"error": "fleet lock held"}, 500), method="POST", path=REDEPLOY,
+                      when=rollback_call(("c", "d")))
+
+
+def only_own_rows_rolled_back(result: Outcome, world: World) -> None:
+    assert (result.code, result.outputs["outcome"]) == (1, "failed"), result.tail()
+    rollback = result.report["rollback"]
+    assert rollback is not None, result.tail()
+    assert _outputs_list(result, "rolled-back") == ["a", "b"], result.outputs
+    assert set(rollback["not_rolled_back"]) == {"c", "d"}, rollback
+    assert "rollback failed" in result.outputs["reason"], result.outputs["reason"]
+
+
+def own_rows_only(result: Outcome, world: World) -> None:
+    """Batch 1 answered ok: false with rows for a, b, c, d: c and d were never asked, so they did not ship."""
+    assert (result.code, result.outputs["outcome"]) == (1, "failed"), result.tail()
+    shipped, not_started = _outputs_list(result, "shipped"), result.report["rollout"]["not_started"]
+    assert shipped == ["a", "b"] and not_started == ["c", "d"], (shipped, not_started)
+    assert result.outputs["result_count"] == "2", result.outputs
+    assert "2 rows about tenants outside the call" in result.stdout, result.tail()
+
+
+def canary_duplicate_worst_row(result: Outcome, world: World) -> None:
+    """The canary's rows say on target, then not: the worst row counts, so the run stops at the canary."""
+    assert (result.code, result.outputs["outcome"]) == (1, "failed"), result.tail()
+    assert result.outputs["aborted-at"] == "canary", result.outputs
+    assert len(world.cp_posts(dry_run=False)) == 1, "a batch started after a canary that was not on target"
+    assert "a" in _outputs_list(result, "stragglers"), result.outputs
+
+
+_MANY_ROWS: bytes | None = None
+
+
+def many_rows_answer() -> bytes:
+    """27.7 MiB: the rows of a and b, then 1.45 million rows about tenants nobody asked for."""
+    global _MANY_ROWS
+    if _MANY_ROWS is None:
+        own = json.dumps(_on_target("a", "b"))[1:-1].encode()
+        others = b",".join(b'{"slug":"u%07d"}' % i for i in range(1_450_000))
+        _MANY_ROWS = b'{"ok": true, "results": [' + own + b"," + others + b"]}"
+    return _MANY_ROWS
+
+
+_REPEATED_ROWS: bytes | None = None
+
+
+def repeated_rows_answer() -> bytes:
+    """31.5 MiB, just under the cap: 1.1 million rows about a (each a little different), then the row of b."""
+    global _REPEATED_ROWS
+    if _REPEATED_ROWS is None:
+        repeats = b",".join(b'{"slug":"a","phase":"%d"}' % i for i in range(1_100_000))
+        _REPEATED_ROWS = b'{"ok": true, "results": [' + repeats + b"," + json.dumps(_on_target("b")[0]).encode() + b"]}"
+    return _REPEATED_ROWS
+
+
+def many_rows_cost_nothing(result: Outcome, world: World) -> None:
+    assert (result.code, result.outputs["outcome"]) == (0, "deployed"), result.tail()
+    assert result.outputs["result_count"] == "4", result.outputs
+    assert len(result.report_text) < 256 * 1024, f"a report of {len(result.report_text)} bytes"
+    peak_rss_bounded(result, world)
+
+
+# the redirect of one tenant to another tenant's path
+
+
+def redirect_refused_as_another_tenants(result: Outcome, world: World) -> None:
+    tenant_unreachable(result, world)
+    assert "leaves the tenant's own path" in result.stdout, result.tail()
+
+
+# a token service that hands out a piece of the run's own facts
+
+
+def facts_intact(result: Outcome, world: World) -> None:
+    """A bearer token equal to the SHA's first 12 characters censors nothing: the report's sha and
+    target_tag, the summary's headline and the log keep them, and a warning says why."""
+    assert result.report["sha"] == SHA and result.report["target_tag"] == TAG, result.report
+    assert f"({SHA[:12]})" in result.summary, result.summary[:400]
+    assert SHA[:12] in result.visible_log(), result.tail()
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("::warning")]
+    assert any("not redacted" in line for line in warnings), warnings
+
+
+def _token_is_the_sha(world: World) -> None:
+    world.hostile.add(token_challenge(world), prefix="/v2/", times=1)
+    world.hostile.add(json_answer({"token": SHA[:12]}), path="/token")
+
+
+def rolled_back_all(result: Outcome, world: World) -> None:
+    """The failure's text is unwritable, and the rollback still runs and is recorded."""
+    assert (result.code, result.outputs["outcome"]) == (1, "failed"), result.tail()
+    assert result.report["rollback"] is not None, result.tail()
+    assert _outputs_list(result, "rolled-back") == ["a", "b", "c", "d"], result.outputs
+    assert "rolled back 4 tenants" in result.outputs["reason"], result.outputs["reason"]
+    assert SHOWN_UNWRITABLE in result.outputs["reason"], result.outputs["reason"]
+
+
+
+ROWS += [
+    # [1] a lone surrogate (or the raw-byte range) in any server's JSON: the record is written, the words kept
+    on("cp-deploy", "unwritable-500", json_answer({"error": UNWRITABLE}, 500), "Unwritable text",
+       check=both(deploy_failed, server_words_kept)),
+    on("cp-deploy", "unwritable-ok-false", json_answer({"ok": False, "error": UNWRITABLE, "results": []}),
+       "Unwritable text", check=both(deploy_failed, server_words_kept)),
+    on("cp-deploy", "unwritable-row-error", json_answer({"ok": True, "results": [
+        {"slug": "a", "verified_on_target": False, "healthz_ok": True, "error": UNWRITABLE},
+        {"slug": "b", "verified_on_target": True, "healthz_ok": True}]}), "Unwritable text",
+       check=both(a_is_a_straggler, server_words_kept)),
+    on("cp-enumerate", "unwritable-500", json_answer({"error": UNWRITABLE}, 500), "Unwritable text",
+       check=both(enumeration_failed, server_words_kept)),
+    on("tenant", "unwritable-git-sha", json_answer({"git_sha": LONE + SHA[1:] + RAW_BYTES}), "Unwritable text",
+       check=tenant_b_stale),
+    on("registry", "unwritable-error", json_answer({"errors": [{"code": "DENIED", "message": UNWRITABLE}]}, 500),
+       "Unwritable text", check=both(latest_unmoved, server_words_kept)),
+    on("token", "unwritable-token", json_answer({"token": f"tok{LONE}en-0123456789"}), "Unwritable text"),
+    Row("forge-kill-switch-unwritable-500", "Unwritable text",
+        lambda w: w.hostile.add(json_answer({"message": UNWRITABLE}, 500), method="GET", path=VARIABLE_PATH),
+        {"disabled-variable": "FREEZE"}, both(kill_switch_failed_closed, server_words_kept)),
+    Row("registry-unwritable-error-puts-image-1-back", "Unwritable text", _half_promote_unwritable, PROMOTE_BOTH,
+        both(put_back_and_recorded, server_words_kept)),
+    Row("cp-deploy-unwritable-ok-false-then-rollback", "Unwritable text",
+        lambda w: (w.sim.builds.update(latest="0" * 40), w.hostile.add(
+            json_answer({"ok": False, "error": UNWRITABLE, "results": _on_target("c", "d")}), method="POST",
+            path=REDEPLOY, when=cp_call(False, ("c", "d")), times=1)),
+        {"on-failure": "rollback", "timeout": "8"}, rolled_back_all),
+    # [2] the put-back retries within its own grace, not the overall deadline it was granted after
+    Row("registry-putback-retried-within-its-grace", "All-or-nothing promote", _putback_after_a_hang,
+        {**PROMOTE_BOTH, "request-timeout": "20", "rollout-timeout": "30"}, put_back_and_recorded),
+    # [3] a put-back applied whose confirmation was lost: re-read, record what the tag is (or unknown)
+    Row("registry-putback-applied-answer-lost", "All-or-nothing promote", _putback_answer_lost, PROMOTE_BOTH,
+        put_back_and_recorded),
+    Row("registry-putback-read-back-500", "All-or-nothing promote", _putback_read_back_500(1), PROMOTE_BOTH,
+        put_back_and_recorded),
+    Row("registry-putback-unreadable-is-unknown", "All-or-nothing promote", _putback_read_back_500(None),
+        PROMOTE_BOTH, put_back_unknown_recorded),
+    # [4] a tenant echoing the credential verify-url carries, as a password or as a token-username
+    on("tenant", "echo-verify-url-userinfo", echo_auth(401), "Redaction",
+       inputs={"verify-url": f"http://{VU_USER}:{VU_PASSWORD}@$host/tenants/{{slug}}/buildinfo"},
+       check=verify_url_credential_hidden(VU_USER, VU_PASSWORD)),
+    on("tenant", "echo-verify-url-token-username", echo_auth(401), "Redaction",
+       inputs={"verify-url": f"http://{VU_TOKEN}:x-oauth-basic@$host/tenants/{{slug}}/buildinfo"},
+       check=verify_url_credential_hidden(VU_TOKEN, "x-oauth-basic")),
+    # [5] rows about tenants outside the call are ignored; a tenant's duplicate rows: the worst counts
+    Row("cp-rollback-rows-outside-the-call", "Out-of-call rows", _rollback_answers_for_others,
+        {"on-failure": "rollback", "timeout": "8"}, only_own_rows_rolled_back),
+    on("cp-deploy", "rows-outside-the-call", json_answer({"ok": False, "error": "halted by the CP",
+                                                          "results": _on_target("a", "b", "c", "d")}),
+       "Out-of-call rows", check=own_rows_only, slugs=("a", "b")),
+    on("cp-deploy", "canary-duplicate-rows", json_answer({"ok": True, "results": [
+        *_on_target("a"), {"slug": "a", "verified_on_target": False, "healthz_ok": True, "error": "rolled over"}]}),
+       "Out-of-call rows", inputs={"canary": "a"}, check=canary_duplicate_worst_row, slugs=("a",)),
+    # [6] 1.45 million rows about unknown tenants cost nothing kept
+    on("cp-deploy", "1.45m-rows-outside-the-call", lambda w: respond(200, many_rows_answer()), "Out-of-call rows",
+       inputs={"timeout": "30"}, check=many_rows_cost_nothing, measure_rss=True, within=25.0, slugs=("a", "b")),
+    on("cp-deploy", "1.1m-rows-about-one-tenant", lambda w: respond(200, repeated_rows_answer()), "Out-of-call rows",
+       inputs={"timeout": "30"}, check=many_rows_cost_nothing, measure_rss=True, within=25.0, slugs=("a", "b")),
+    # [9] a same-origin redirect from one tenant's path to another's
+    on("tenant", "redirect-to-another-tenant", redirect("/tenants/a/buildinfo"), "Redirects",
+       check=redirect_refused_as_another_tenants),
+    # [10] a bearer token equal to a piece of the run's own facts
+    Row("token-equal-to-the-sha-prefix", "Redaction", _token_is_the_sha,
+        {"verify-url": "$buildinfo", "promote-images": "$image"}, facts_intact),
+]
+
+
 @pytest.mark.parametrize("row", ROWS, ids=[row.id for row in ROWS])
 def test_hostile_server(row: Row, world: World, tmp_path: Path) -> None:
     """Each row checks the SECURITY.md § "Threat model: hostile servers" paragraph in ``row.paragraph``
@@ -769,7 +1095,7 @@ class Live:
     def result(self) -> Outcome:
         self._reader.join(timeout=5)
         outputs, summary, report_text, report = read_results(self.env)
-        files_text = "\n".join([Path(self.env["GITHUB_OUTPUT"]).read_text(), summary, report_text])
+        files_text = "\n".join([read_text(Path(self.env["GITHUB_OUTPUT"])), summary, report_text])
         return Outcome(self.proc.returncode if self.proc.returncode is not None else -1, "\n".join(self.lines), "",
                        outputs, summary, report, files_text, report_text=report_text)
 
@@ -919,3 +1245,88 @@ def test_allow_insecure_http_never_sends_the_password_to_an_http_realm_of_an_htt
         sent = request.url + (request.body.decode() if isinstance(request.body, bytes) else str(request.body or ""))
         leaked = [name for name, form in secret_forms(REGISTRY_PASSWORD).items() if form in sent]
         assert not leaked, f"the password went over plain http to {request.netloc}: {leaked[:3]}"
+
+
+# -- an unexpected exception in a tenant read or a proof: an internal error, never a verdict ---------
+
+# requests before 2.32.2 has no HTTPAdapter.get_connection_with_tls_context, which the tenant read path
+# (the lean GET, and it alone) calls: what a machine ran when pyproject.toml allowed requests 2.31.
+WITHOUT_ADAPTER_METHOD = (
+    "import runpy, sys\n"
+    "import deploy.http\n"
+    "def route(self, url, origin):\n"
+    "    return self._adapter.get_connection_as_in_requests_2_31(url)\n"
+    "deploy.http.Client._route = route\n"
+    "sys.argv = ['entrypoint.py']\n"
+    "runpy.run_path('entrypoint.py', run_name='__main__')\n"
+)
+# A bug in reading an answer after the first N reads (the snapshot's), so it strikes in a proof.
+BUG_AFTER_READS = (
+    "import runpy, sys\n"
+    "import deploy.buildinfo as buildinfo\n"
+    "real, reads, after = buildinfo._parse, [], int(sys.argv[1])\n"
+    "def broken(*args, **kwargs):\n"
+    "    reads.append(1)\n"
+    "    if len(reads) > after:\n"
+    "        raise KeyError('a bug in reading an answer')\n"
+    "    return real(*args, **kwargs)\n"
+    "buildinfo._parse = broken\n"
+    "sys.argv = ['entrypoint.py']\n"
+    "runpy.run_path('entrypoint.py', run_name='__main__')\n"
+)
+
+
+def assert_internal_error(result: Outcome, kind: str) -> None:
+    """Exit 1, `failed`, the reason says internal error, the traceback is in the log, and no tenant was
+    given a verdict for it; outputs and the report written all the same."""
+    assert not result.timed_out, result.tail()
+    assert (result.code, result.outputs.get("outcome")) == (1, "failed"), result.tail()
+    assert "internal error" in result.outputs["reason"] and kind in result.outputs["reason"], result.outputs
+    assert "Traceback (most recent call last)" in result.stdout, result.tail()
+    assert result.report is not None, result.tail()
+    check_report(result.report)
+    assert _outputs_list(result, "unreachable") == [] and _outputs_list(result, "stale") == [], result.outputs
+    assert "probing it" not in result.everything(), "an internal error became a tenant's verdict"
+
+
+def test_a_tenant_read_path_that_cannot_run_fails_the_run_as_an_internal_error(world: World, tmp_path: Path) -> None:
+    """Issue 21 [11]: with requests 2.31 (allowed once) every tenant was "unreachable … internal error
+    probing it: AttributeError". A programming error is the run's, not a tenant's: it fails the run
+    before any deploy call (the snapshot is the first read)."""
+    inputs = {"verify-url": "$buildinfo", "promote-images": "$image"}
+    result = run_entrypoint(world, tmp_path / "run", inputs, kill_after=15,
+                            command=[sys.executable, "-c", WITHOUT_ADAPTER_METHOD])
+    assert_internal_error(result, "AttributeError")
+    assert world.cp_posts(dry_run=False) == [], "a deploy call after the tenant reads broke"
+    assert world.latest() == world.digests[REPO][0]
+
+
+def test_a_bug_in_a_proof_fails_the_run_as_an_internal_error_and_rolls_nothing_back(world: World,
+                                                                                    tmp_path: Path) -> None:
+    """Issue 21 [11]: a bug while proving batch 1 is not evidence against the build: no rollback call,
+    the call that was made still in the report."""
+    world.sim.builds["latest"] = "0" * 40
+    inputs = {"verify-url": "$buildinfo", "on-failure": "rollback", "timeout": "8"}
+    result = run_entrypoint(world, tmp_path / "run", inputs, kill_after=15,
+                            command=[sys.executable, "-c", BUG_AFTER_READS, str(len(TENANTS))])
+    assert_internal_error(result, "KeyError")
+    assert [seen.json()["target_tag"] for seen in world.cp_posts(dry_run=False)] == [TAG], "a rollback call was made"
+    assert find_call(_calls(result), ("a", "b")) is not None, _calls(result)
+    assert result.report["rollback"] is None
+
+
+def test_a_bug_in_a_rollbacks_proof_fails_the_run_as_an_internal_error_with_the_rollback_recorded(
+        world: World, tmp_path: Path) -> None:
+    """Issue 21 [11]: the rollback's calls were made, then its proof hit a bug: an internal error, and
+    the report still has the rollback and its calls (the snapshot and batch 1's proof read 6 times)."""
+    world.sim.builds["latest"] = "0" * 40
+    world.hostile.add(json_answer({"ok": False, "error": "halted", "results": _on_target("c", "d")}), method="POST",
+                      path=REDEPLOY, when=cp_call(False, ("c", "d")), times=1)
+    inputs = {"verify-url": "$buildinfo", "on-failure": "rollback", "timeout": "8"}
+    result = run_entrypoint(world, tmp_path / "run", inputs, kill_after=15,
+                            command=[sys.executable, "-c", BUG_AFTER_READS, str(len(TENANTS) + 2)])
+    assert_internal_error(result, "KeyError")
+    sent = [seen.json()["target_tag"] for seen in world.cp_posts(dry_run=False)]
+    assert sent.count("latest") == 2, sent
+    rollback = result.report["rollback"]
+    assert rollback is not None and [call["label"] for call in rollback["calls"]] == ["rollback 1/2", "rollback 2/2"]

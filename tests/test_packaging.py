@@ -376,3 +376,26 @@ def test_third_party_actions_are_pinned_by_major_version_or_commit(path):
         uses = step.get("uses", "")
         if uses and not THIS_ACTION.match(uses):
             assert re.fullmatch(r"[\w.-]+/[\w.-]+(/[\w./-]+)?@(v\d+|[0-9a-f]{40})", uses), f"{path.name}: {uses}"
+
+
+# -- the versions the package allows ----------------------------------------------------------------
+
+
+def test_the_pins_are_inside_the_bounds_and_urllib3_is_held_below_its_next_major():
+    """deploy/http.py subclasses urllib3's pools and Retry: a new major may change what it overrides."""
+    bounds = {normalized(Requirement(r).name): Requirement(r).specifier for r in pyproject()["project"]["dependencies"]}
+    runtime = pins(ROOT / "requirements.txt")
+    assert set(bounds) == set(runtime) == {"requests", "urllib3"}
+    assert all(runtime[name] in spec for name, spec in bounds.items()), (runtime, bounds)
+    assert "3.0" not in bounds["urllib3"] and "2.99" in bounds["urllib3"]
+
+
+def test_ci_runs_the_demo_and_the_end_to_end_tests_on_the_lowest_versions_allowed_before_the_test_command():
+    lowest = subprocess.run([sys.executable, "scripts/lowest_requirements.py"], cwd=ROOT, capture_output=True,
+                            text=True, check=True).stdout.split()
+    assert lowest[:2] == ["requests==2.32.2", "urllib3==2.6"], lowest  # 2.32.2: get_connection_with_tls_context
+    assert {line.partition("==")[0] for line in lowest[2:]} == {"pytest", "requests-mock", "PyYAML", "jsonschema"}
+    ci = (ROOT / ".ci" / "run").read_text()
+    step = ci[ci.index("step lowest-versions"):ci.index("step image")]
+    assert '-m deploy demo' in step and "tests/test_*_e2e.py" in step and "lowest_requirements.py --check" in step
+    assert ci.rstrip().splitlines()[-1] == "python -m pytest"  # the README's test command stays last

@@ -196,3 +196,48 @@ def test_a_secret_escaped_more_than_it_must_be_is_redacted(encode):
     runner = Runner(io.StringIO())
     runner.mask(secret)
     assert runner.redact(f"denied {encode(secret)} end") == f"denied {MASK} end"
+
+
+# -- the run's own facts are never censored (issue 21 [10]) --------------------------------------
+
+SHA = "8ddce85f3b2a4c6d9e0f1a2b3c4d5e6f708192a3"
+
+
+def test_a_secret_that_is_part_of_a_public_fact_is_not_redacted_and_is_warned_about():
+    r, stream = runner()
+    r.public(SHA, f"staging-{SHA[:7]}")
+    r.mask(SHA[:12])  # a token service's "token"
+    assert r.redact(f"deploying {SHA} as staging-{SHA[:7]} ({SHA[:12]})") == (
+        f"deploying {SHA} as staging-{SHA[:7]} ({SHA[:12]})")
+    assert f"::add-mask::{SHA[:12]}" not in stream.getvalue()
+    assert "::warning title=secret not redacted::a secret of 12 characters is part of" in stream.getvalue()
+
+
+def test_a_fact_learned_after_a_secret_takes_the_pieces_it_holds_back():
+    r, _ = runner()
+    token = "tok-" + "dd1e70" + "-9f8e7d6c"
+    r.mask(token)
+    assert "dd1e70" not in r.redact("tenant-dd1e70")  # a piece of the token, before it was a fact
+    r.public("tenant-dd1e70")  # a tenant name the CP enumerated later
+    assert r.redact("tenant-dd1e70 is verified") == "tenant-dd1e70 is verified"
+    assert MASK in r.redact(f"echoed {token}") and "9f8e7d6c" not in r.redact(f"echoed {token}")
+
+
+def test_a_fact_that_holds_a_whole_secret_says_so_once_registered():
+    r, stream = runner()
+    r.mask("dd1e70ab")
+    r.public("sha256:00dd1e70ab11")
+    assert r.redact("now sha256:00dd1e70ab11") == "now sha256:00dd1e70ab11"
+    assert "secret not redacted" in stream.getvalue()
+
+
+def test_a_verify_url_credential_is_registered_in_every_form_it_is_sent_in():
+    from deploy.config import secrets_in
+
+    token = "ghp_T0ken9c3e7a1b5d2f8h4j6k0m"
+    user_token = secrets_in({"FLEET_VERIFY_URL": f"https://{token}:x-oauth-basic@h/{{slug}}"})
+    assert token in user_token and b64(f"{token}:x-oauth-basic") in user_token
+    assert token in secrets_in({"FLEET_VERIFY_URL": f"https://{token}@h/{{slug}}"})
+    password = secrets_in({"FLEET_VERIFY_URL": "https://reader:p%40ss-w0rd-9@h/{slug}"})
+    assert "p@ss-w0rd-9" in password and b64("reader:p@ss-w0rd-9") in password
+    assert "reader" not in password  # a username beside a real password is no credential

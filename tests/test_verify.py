@@ -259,6 +259,48 @@ def test_redirect_loop_is_bounded_and_reported(tenant_stub) -> None:
     assert tenant_stub.call_count == 4  # one round: the request and three redirects
 
 
+@pytest.mark.parametrize("credentials", ["", "reader:pw-8c1d@"])  # the lean GET; requests' path (userinfo)
+@pytest.mark.parametrize(("location", "followed"), [
+    ("/t1/v2/buildinfo", True),
+    ("/t1", True),
+    ("/t2/buildinfo", False),  # another tenant on the same host: its answer must not prove t1
+    ("/t1/../t2/buildinfo", False),
+    ("/t1/%2e%2e/t2/buildinfo", False),  # dot segments a server decodes
+    ("/t1%2F..%2Ft2/buildinfo", False),
+    ("/buildinfo", False),
+    ("/t10/buildinfo", False),  # a prefix of the text is not the tenant's segment
+])
+def test_a_redirect_is_followed_only_on_the_tenants_own_path(tenant_stub, location, followed, credentials) -> None:
+    """SECURITY.md § Redirects: same origin is not enough where tenants share a host (issue 21 [9])."""
+    tenant_stub.get("/t1/buildinfo", status_code=302, headers={"Location": location})
+    tenant_stub.get(ANY, json={"git_sha": SHA})  # wherever it lands, the build is reported
+    template = tenant_stub.url(PATH).replace("http://", f"http://{credentials}")
+    result = Run(replace(SETTINGS, url_template=template, budget=10.0))(rows("t1"))
+    if followed:
+        assert result.slugs("verified") == ("t1",), result.verdicts
+        return
+    assert result.slugs("unreachable") == ("t1",), result.verdicts
+    assert "a redirect that leaves the tenant's own path (/t1), not followed" in result.verdicts[0].detail
+    assert {seen.path for seen in tenant_stub.request_history} == {"/t1/buildinfo"}
+
+
+@pytest.mark.parametrize(("location", "followed"), [
+    ("/v2/buildinfo?tenant=t1", True), ("/buildinfo?tenant=t2", False), ("/buildinfo", False)])
+def test_a_tenant_named_in_the_query_keeps_its_name_through_a_redirect(tenant_stub, location, followed) -> None:
+    tenant_stub.get("/buildinfo", [{"status_code": 302, "headers": {"Location": location}},
+                                   {"json": {"git_sha": SHA}}])
+    tenant_stub.get(ANY, json={"git_sha": SHA})
+    template = tenant_stub.url("/buildinfo?tenant={slug}")
+    result = Run(replace(SETTINGS, url_template=template, budget=10.0, interval=20.0))(rows("t1"))
+    assert result.slugs("verified" if followed else "unreachable") == ("t1",), result.verdicts
+
+
+def test_a_tenant_named_in_the_host_may_redirect_anywhere_on_its_host() -> None:
+    tenant = buildinfo_url("https://{slug}.example.test/buildinfo", "t1")
+    assert tenant == "https://t1.example.test/buildinfo"
+    assert tenant.redirect_refusal("https://t1.example.test/elsewhere/info") == ""
+
+
 @pytest.mark.parametrize("slug", ["acme eu/2?x=1", "..", ".", "a/../b", "[x](https://evil.test)", "b\n"])
 def test_a_slug_that_cannot_be_a_tenant_name_is_reported_not_polled(tenant_stub, slug) -> None:
     """SECURITY.md § Parsing: `..` must never become a path segment of verify-url."""
