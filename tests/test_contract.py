@@ -246,13 +246,13 @@ def test_the_token_is_never_printed_even_when_the_cp_echoes_it():
 # -- the command line -----------------------------------------------------------------------------------
 
 
-def run_cli(*args: str, token: str | None = CP_TOKEN, module: bool = True) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, token: str | None = CP_TOKEN, module: bool = False) -> subprocess.CompletedProcess[str]:
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "CP_TOKEN_FOR_CHECK": token or ""}
     command = [sys.executable, "-m", "deploy.contract"] if module else [sys.executable, "-m", "deploy", "contract"]
     return subprocess.run([*command, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
 
 
-@pytest.mark.parametrize("module", [True], ids=["python -m deploy.contract"])
+@pytest.mark.parametrize("module", [False, True], ids=["fleet-rollout contract", "python -m deploy.contract"])
 def test_the_command_takes_the_token_from_the_named_variable_and_exits_0_without_a_fail(sim, module):
     _fleet, server = sim
     proc = run_cli(server.url, "--token-env", "CP_TOKEN_FOR_CHECK", "--redeploy-path", PATH, "--target-tag",
