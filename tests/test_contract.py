@@ -281,3 +281,28 @@ def test_a_bad_command_line_exits_2_and_sends_nothing(sim, args, error):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert error in proc.stderr and proc.stdout == ""
     assert server.requests == []
+
+
+# -- the README says what the code does -----------------------------------------------------------------
+
+
+def readme_table(heading: str) -> list[str]:
+    """The first column of the first table under ``heading`` in the README, backticks removed."""
+    section = (ROOT / "README.md").read_text().split(f"\n{heading}\n", 1)[1]
+    rows = [line for line in section.split("\n\n| ", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+            if not line.startswith("| ---")]
+    return [row.strip("| ").split(" |", 1)[0].strip("`") for row in rows]
+
+
+def test_the_readme_lists_every_check_in_order():
+    assert readme_table("### Check your endpoint") == CHECKS
+
+
+def test_the_readme_names_every_body_field_the_action_sends(fleet, action):
+    """A real run (canary and batches) against the simulator: the fields it sent are the README's."""
+    _sim, server = fleet([TenantSpec("a"), TenantSpec("b"), TenantSpec("c")])
+    result = action(server, canary="a", batch_size="2", verify_url="")
+    assert result.code == 0, result.stdout
+
+    sent = {key for body in bodies(server) for key in body}
+    assert sent == set(readme_table("### The request"))
