@@ -1,7 +1,7 @@
 """Progressive proof: how far a bad build gets, and what the proof costs a good one.
 
 The simulator (CP + tenants' ``/buildinfo``) runs in a process of its own; the client runs
-``deploy.main.run`` in a fresh process too (interpreter start and imports left out of its
+``deploy.action.run`` in a fresh process too (interpreter start and imports left out of its
 figures). Two measurements:
 
 1. **Blast radius on a bad build**, a matrix. 100 tenants, batch size 10, each deploy call 0.05 s,

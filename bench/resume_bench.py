@@ -4,7 +4,7 @@ Not a test: it prints a table. The simulator (CP + tenants' ``/buildinfo``) runs
 own, fresh for every run, set up in the state a failed first run leaves: 1000 tenants, 990 of them
 already reporting the target SHA (``TenantSpec(running=SHA)``), and 10 that do not, spread through
 the fleet (every 100th tenant: dead during the first run, now fixed, so healthy here). The client,
-the re-run, runs ``deploy.main.run`` in a fresh process (interpreter start and imports left out of
+the re-run, runs ``deploy.action.run`` in a fresh process (interpreter start and imports left out of
 its figures) with batch size 25, canary off, max-stragglers 0, soak 0, ``verify-url`` set
 (``verify-each-batch: true``, the default; interval 1 s, budget 600 s), stages rollout + verify
 (promote off: it would add the same fixed cost to both modes), once with ``skip-current: true``
@@ -14,7 +14,7 @@ Printed per mode: the deploy calls the CP took and the tenants they redeployed (
 simulator, served at ``/_bench/calls``), the ``/buildinfo`` GETs (counted by a component in front
 of the fleet, at ``/_bench/buildinfo``: those before the first deploy call are the snapshot round,
 the later ones the per-batch proofs and the verify stage), the snapshot's own time (from the report),
-the wall time of ``deploy.main.run`` (median of ``--repeat`` runs, interleaved), the exit code and
+the wall time of ``deploy.action.run`` (median of ``--repeat`` runs, interleaved), the exit code and
 the ``already-current`` output's length (items and bytes). Two row sets: deploys instant
 (``time_scale=0``), and every deploy call taking 0.25 s (a tenant's 5 sim-second
 ``deploy_seconds`` scaled to 0.25 s; a real CP call takes minutes, so the saving is in calls).

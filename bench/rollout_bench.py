@@ -67,7 +67,7 @@ def stamps(url: str) -> list[float]:
 
 
 def in_process_run(url: str, workdir: Path, batch_size: int) -> tuple[float, float, int]:
-    from deploy.main import run
+    from deploy.action import run
 
     cpu, wall = time.process_time(), time.perf_counter()
     code = run(env_for(url, workdir, batch_size), stream=io.StringIO())

@@ -4,7 +4,7 @@ Each size runs plan, canary, batches of 25, verify, promote and report against t
 tenants and registry, in a process of its own; deploys are instant and every tenant reports the
 build at once), with the client in a fresh process too, so that its figures are its own:
 
-- client CPU: user + system time of ``deploy.main.run`` (the interpreter start and imports are
+- client CPU: user + system time of ``deploy.action.run`` (the interpreter start and imports are
   the same at every size, and are left out), and the same per tenant;
 - wall: the same run, end to end;
 - peak RSS: the client process's high-water mark (imports included);
@@ -45,7 +45,7 @@ MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.ima
 CLIENT = """
 import io, json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
-from deploy.main import run
+from deploy.action import run
 import os
 cpu, wall = time.process_time(), time.perf_counter()
 code = run(dict(os.environ), stream=io.StringIO())

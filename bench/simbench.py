@@ -29,11 +29,11 @@ from deploy.sim.server import Request, Response  # noqa: E402
 SHA = "8ddce85f3b2a4c6d9e0f1a2b3c4d5e6f708192a3"
 TAG = f"staging-{SHA[:7]}"
 
-# Runs in the client's own process: its CPU and wall for deploy.main.run, as one JSON line.
+# Runs in the client's own process: its CPU and wall for deploy.action.run, as one JSON line.
 CLIENT = """
 import io, json, os, sys, time
 sys.path.insert(0, sys.argv[1])
-from deploy.main import run
+from deploy.action import run
 cpu, wall = time.process_time(), time.perf_counter()
 code = run(dict(os.environ), stream=io.StringIO())
 cpu, wall = time.process_time() - cpu, time.perf_counter() - wall

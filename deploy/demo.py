@@ -7,6 +7,15 @@ the log it prints on a laptop or in GitLab (plain ``== Rollout ==`` groups), the
 verified, ``latest`` moves to the build's multi-arch index and ``ok=true``. The Markdown job summary
 is written only where the caller's ``GITHUB_STEP_SUMMARY`` says; ``--report PATH`` keeps the JSON report.
 
+The outputs are the run's, with ``report`` saying where the report really is: ``PATH`` when kept,
+empty when it went with the simulator (the run itself wrote it in a temporary workspace). Run as a
+step of a job, the demo appends them to that job's ``GITHUB_OUTPUT`` too, as the action would: the
+step asked for the demo, so its outputs are the demo's, and a workflow trying the tool can read
+``steps.<id>.outputs.ok`` like the real action's. They are printed either way.
+
+It runs the pipeline through :func:`deploy.action.run`, what the container runs; the command line
+(:mod:`deploy.main`) dispatches here and is never imported from here.
+
 ``--bad-build`` replays the same fleet with a bad build: the CP's rows say every tenant is on
 target, but ``/buildinfo`` keeps the previous build (``FleetSim.bad_builds``). The canary's proof
 fails, so the rollout stops after the canary: one deploy call, ``ok=false``, exit 1, ``latest`` not moved.
@@ -25,7 +34,9 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from deploy.action import run
 from deploy.report import text_summary
+from deploy.runner import format_output, parse_output_file
 from deploy.sim import local_registry
 from deploy.sim.fleet import FleetSim, TenantSpec
 from deploy.sim.registry import SimRegistry
@@ -101,17 +112,48 @@ def demo_env(sim_url: str, workdir: Path, token: str, registry_host: str, bad_bu
 
 def caller_env() -> dict[str, str]:
     """The caller's environment without what would point the demo elsewhere: their own FLEET_* and
-    INPUT_* configuration, and, inside a job, the job's outputs file and workflow-command log format.
-    ``GITHUB_STEP_SUMMARY`` stays: set, it receives the Markdown summary."""
+    INPUT_* configuration, and, inside a job, the job's outputs file (the demo writes the outputs
+    there itself, once it knows where the report is: see :func:`publish_outputs`) and
+    workflow-command log format. ``GITHUB_STEP_SUMMARY`` stays: set, it receives the Markdown summary."""
     return {name: value for name, value in os.environ.items()
             if not name.startswith(("FLEET_", "INPUT_")) and name not in ("GITHUB_OUTPUT", "GITHUB_ACTIONS")}
 
 
+def keep_report(written: Path, report: str | None) -> str:
+    """Copy the run's report to ``report``; returns where it is kept ('' when not asked, or on failure)."""
+    if not report:
+        return ""
+    try:
+        Path(report).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(written, report)
+    except OSError as exc:
+        print(f"fleet-rollout demo: could not keep the JSON report at {report}: {exc}", file=sys.stderr)
+        return ""
+    return report
+
+
+def publish_outputs(outputs: dict[str, str], job_output: str | None) -> bool:
+    """Print the outputs as ``name=value`` lines, and append them to the caller's ``GITHUB_OUTPUT``
+    when it is set; ``False`` when that file could not be written (said on stderr)."""
+    for name, value in outputs.items():
+        print(f"{name}={value}")
+    if not job_output:
+        return True
+    try:
+        with open(job_output, "a", encoding="utf-8") as out:
+            out.write("".join(format_output(name, value) for name, value in outputs.items()))
+    except OSError as exc:
+        print(f"fleet-rollout demo: could not write the outputs to GITHUB_OUTPUT ({job_output}): {exc}",
+              file=sys.stderr)
+        return False
+    print(f"# the outputs are also written to GITHUB_OUTPUT ({job_output})")
+    return True
+
+
 def main(report: str | None = None, bad_build: bool = False) -> int:
     """Run the demo; ``report``: where to keep the JSON report (it is otherwise deleted with the sim);
-    ``bad_build``: ship a build that never really swaps, which the canary's proof stops."""
-    from deploy.main import run  # what the container runs, not a re-implementation
-
+    ``bad_build``: ship a build that never really swaps, which the canary's proof stops.
+    Exit code: the run's; 1 as well when the report or the outputs could not be written where asked."""
     fleet, sim_registry = demo_fleet(bad_build), SimRegistry()
     with ExitStack() as stack:
         server = stack.enter_context(SimServer([fleet, sim_registry]))
@@ -121,23 +163,23 @@ def main(report: str | None = None, bad_build: bool = False) -> int:
             print(f"# the build is bad: the CP will say {TAG} is on target, but /buildinfo keeps the previous "
                   "build, so the canary's proof stops the rollout", flush=True)
         registry_host = stack.enter_context(demo_registry(workdir, server, sim_registry))
-        env = {**caller_env(), **demo_env(server.url, workdir, fleet.token, registry_host, bad_build)}
+        outputs_file = workdir / "outputs"  # the run's own GITHUB_OUTPUT: read back, then published
+        env = {**caller_env(), **demo_env(server.url, workdir, fleet.token, registry_host, bad_build),
+               "GITHUB_OUTPUT": str(outputs_file)}
         print(flush=True)
         code = run(env)
         written = workdir / "fleet-rollout-report.json"
+        kept = keep_report(written, report)
+        outputs = parse_output_file(outputs_file.read_text(encoding="utf-8") if outputs_file.exists() else "")
+        outputs["report"] = kept
+        published = publish_outputs(outputs, os.environ.get("GITHUB_OUTPUT"))
         print(f"\n# summary (exit code {code})\n")
         print(text_summary(json.loads(written.read_text(encoding="utf-8"))), flush=True)
-        if report:
-            try:
-                Path(report).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(written, report)
-            except OSError as exc:
-                print(f"fleet-rollout demo: could not keep the JSON report at {report}: {exc}", file=sys.stderr)
-                return code or 1
-            print(f"# the JSON report is kept at {report}")
-        else:
+        if kept:
+            print(f"# the JSON report is kept at {kept}")
+        elif not report:
             print("# the JSON report goes with the simulator; keep it with: fleet-rollout demo --report PATH")
-    return code
+    return code or (0 if published and kept == (report or "") else 1)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,13 @@
-"""One run of the action: environment in, exit code out; outputs and report written always.
+"""The command line: ``fleet-rollout``, ``python -m deploy`` and the container's ``entrypoint.py``.
 
-``entrypoint.py`` (the container), the ``fleet-rollout`` console script (GitLab CI, Jenkins,
-a laptop) and ``python -m deploy`` all call :func:`cli`, so every CI system gets the identical
-pipeline. Configuration comes only from the environment: an argument never starts a deploy (the
-bare command does), it asks for help, the version or the demo, or is an error.
-Exit codes: 0 deployed, planned or skipped; 1 failed or aborted; 2 configuration error (or a bad argument).
-An internal error — an exception nothing expected (a bug, or an installed dependency the code
-cannot run on), in a stage, a tenant read, a proof or a rollback — is exit 1 too: ``reason``
-says "internal error", its traceback is in the log, outputs and the report are written, and it
-is never a verdict on a tenant, a call or a tag, nor a reason to roll back.
+All three call :func:`cli`, so every CI system gets the identical program. Configuration comes
+only from the environment: an argument never starts a deploy (the bare command does, through
+:func:`deploy.action.run`); it asks for help, the version, the demo or the contract check, or is
+an error. This module only dispatches: nothing imports it but the entry points, and the demo
+(imported when asked for: a run needs no simulator) runs the pipeline through :mod:`deploy.action`,
+not through here.
+Exit codes: 0 deployed, planned or skipped; 1 failed, aborted or an internal error (see
+:mod:`deploy.action`); 2 configuration error (or a bad argument).
 """
 
 from __future__ import annotations
@@ -17,69 +16,19 @@ import argparse
 import io
 import os
 import sys
-import traceback
-from collections.abc import Mapping, Sequence
-from typing import NoReturn, TextIO
+import textwrap
+from collections.abc import Sequence
+from typing import Any, NoReturn, TextIO
 
-from deploy import __version__, cancel, config, pipeline, report
-from deploy.clock import Clock
-from deploy.errors import ConfigErrors, DeployFailed
-from deploy.runner import Runner
+from deploy import __version__, cancel, config, contract
+from deploy.action import PROG, run
 
+__all__ = ["PROG", "cli", "main", "parser", "run"]  # run: deploy.action.run, kept here for existing callers
 
-def run(env: Mapping[str, str], stream: TextIO | None = None, clock: Clock | None = None) -> int:
-    sources = config.InputSources.read(env)
-    env = sources.env
-    runner_env = config.RunnerEnv.from_env(env)
-    runner = Runner(stream or sys.stdout, runner_env.output_path, runner_env.summary_path, runner_env.in_actions)
-    runner.public(*config.public_facts(env))  # first: a secret that is one of them is not masked
-    runner.mask(*config.secrets_in(env))
-    runner.log(f"{PROG} {__version__}")  # the first line a reader sees (masks are consumed by the runner)
-    for warning in config.short_secret_warnings(env):
-        runner.warning(warning, title="short secret")
-    for warning in sources.warnings():
-        runner.warning(warning, title="unknown variable")
-    for note in sources.notes():
-        runner.log(note)
-    record = pipeline.Run()
-    report_path = runner_env.report_path(env)
-    try:
-        with cancel.armed():
-            if config.kill_switch(env):
-                record.skip("kill switch: input `disabled` is set")
-            elif sources.literal:
-                raise ConfigErrors(sources.errors())
-            else:
-                settings = config.load(env)
-                report_path = settings.report_path
-                pipeline.execute(settings, record, runner, clock or Clock())
-    except ConfigErrors as exc:
-        record.fail(_configuration_error(exc, runner), exit_code=2)
-    except DeployFailed as exc:  # a cancellation between stages
-        record.fail(str(exc))
-    except Exception as exc:  # noqa: BLE001 - a bug must still leave outputs and a report behind
-        runner.log(traceback.format_exc())
-        record.fail(f"internal error ({type(exc).__name__}: {exc}); this is a bug in fleet-rollout, please report it")
-    report.publish(record, runner, report_path, runner_env.workspace)  # not armed: a signal cannot cut it
-    runner.finish()
-    return record.exit_code
-
-
-def _configuration_error(exc: ConfigErrors, runner: Runner) -> str:
-    """One error per bad input, named as the user set it: the input inside Actions, the
-    ``FLEET_*`` variable elsewhere (GitLab, a laptop), where there are no inputs."""
-    messages = []
-    for error in exc.errors:
-        subject = error.input_name if runner.in_actions else config.env_name(error.input_name)
-        messages.append(error.naming(subject))
-        runner.error(messages[-1], title=error.title if runner.in_actions else "")
-    return "configuration error: " + "; ".join(messages)
-
-
-PROG = "fleet-rollout"
 USAGE = """\
-fleet-rollout                       run the rollout the FLEET_* variables describe
-       fleet-rollout demo [--report PATH]  the same pipeline against a local simulator
+fleet-rollout                                  run the rollout the FLEET_* variables describe
+       fleet-rollout demo [--report PATH] [--bad-build]
+       fleet-rollout contract URL [--token-env NAME] [--test-tenant SLUG] [...]
        fleet-rollout -h | --help | --version"""
 DESCRIPTION = """\
 Ship one build to a fleet of tenants through a control plane, prove it runs on every tenant,
@@ -89,18 +38,35 @@ Run without arguments, it reads its whole configuration from FLEET_* environment
 (below) and runs the rollout; no argument ever starts one. GITHUB_OUTPUT, GITHUB_STEP_SUMMARY
 and GITHUB_WORKSPACE are used when set; without GITHUB_OUTPUT the outputs are printed as
 name=value lines at the end of the log."""
+RUN_HELP = "run the rollout the FLEET_* variables describe (what the action's container runs)"
+DEMO_HELP = ("the same pipeline against a local simulator: a control plane with five tenants (one dead) and a "
+             "registry on loopback, then the log, the outputs and a short summary. Sends nothing outside this "
+             "machine; FLEET_* variables are ignored")
+CONTRACT_HELP = ("check a control plane's redeploy-fleet endpoint against the README's control-plane contract: "
+                 "dry runs only, plus one deploy of --test-tenant when it is named. One PASS/FAIL/WARN/SKIP line "
+                 "per check; exit 1 on a FAIL")
+DEMO_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
+    (("--report",), {"metavar": "PATH", "help": "keep the run's JSON report at PATH (the report output then "
+                                                "says PATH; without it the report goes with the simulator)"}),
+    (("--bad-build",), {"action": "store_true",
+                        "help": "ship a bad build: the CP says every tenant is on target but /buildinfo keeps the "
+                                "previous build, so the canary's proof stops the rollout after the canary "
+                                "(exit 1, latest not moved)"}),
+)
 EXIT_CODES = """\
 exit codes:
-  0  deployed, planned (dry run) or skipped (kill switch, superseded)
+  0  deployed, planned (dry run) or skipped (kill switch, superseded); contract: no FAIL
   1  failed (rollout, coverage, verify, promote, timeout or cancel), aborted (kill switch set
-     mid-rollout: the fleet is mixed), or an internal error (its traceback is in the log)
+     mid-rollout: the fleet is mixed), or an internal error (its traceback is in the log);
+     contract: a FAIL
   2  configuration error (nothing was sent), or a bad command line"""
 
 
 def _variables() -> str:
     """Every FLEET_* variable with its default, generated from :data:`deploy.config.DEFAULTS`."""
     width = max(len(config.env_name(name)) for name in config.DEFAULTS)
-    lines = ["environment (an empty or unset variable means the default; - means none):"]
+    lines = ["environment (an empty or unset variable means the default; - means none;",
+             "what each one means: the README's Inputs table, or the action's action.yml):"]
     for name, default in config.DEFAULTS.items():
         shown = "secret, never printed" if name in config.SECRET_INPUTS else default or "-"
         lines.append(f"  {config.env_name(name):<{width}}  {shown}")
@@ -108,51 +74,95 @@ def _variables() -> str:
     return "\n".join(lines)
 
 
+COLUMN = 20  # where a command's description starts in the top-level help
+
+
+class _Options:
+    """Adds arguments to a parser and keeps them, so the top-level help can list every command's
+    options with their descriptions without reaching into argparse's private state."""
+
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        self.parser = parser
+        self.added: list[tuple[tuple[str, ...], dict[str, Any]]] = []
+
+    def add_argument(self, *flags: str, **kwargs: Any) -> None:
+        self.parser.add_argument(*flags, **kwargs)
+        self.added.append((flags, kwargs))
+
+    def described(self, indent: int = 4, width: int = 100) -> list[str]:
+        """``--report PATH   keep the run's …``, one entry per option, wrapped under ``width``."""
+        names = [_label(flags, kwargs) for flags, kwargs in self.added]
+        column = max(COLUMN, indent + max(len(name) for name in names) + 2)
+        lines = []
+        for name, (_flags, kwargs) in zip(names, self.added, strict=True):
+            text = textwrap.wrap(kwargs["help"], width - column, break_on_hyphens=False) or [""]
+            lines.append(f"{' ' * indent}{name:<{column - indent}}{text[0]}")
+            lines += [" " * column + more for more in text[1:]]
+        return lines
+
+
+def _label(flags: tuple[str, ...], kwargs: dict[str, Any]) -> str:
+    """``--report PATH``, ``--bad-build``, or a positional's metavar (``URL``)."""
+    if not flags[0].startswith("-"):
+        return str(kwargs.get("metavar", flags[0]))
+    return " ".join([*flags, kwargs["metavar"]] if "metavar" in kwargs else flags)
+
+
+def _commands(demo: _Options, contract_options: _Options) -> str:
+    """The commands and their options, for the top-level help (each command's own --help says the same)."""
+    def entry(name: str, text: str) -> list[str]:
+        wrapped = textwrap.wrap(text, 100 - COLUMN, break_on_hyphens=False)
+        return [f"  {name:<{COLUMN - 2}}{wrapped[0]}", *(" " * COLUMN + line for line in wrapped[1:])]
+
+    return "\n".join(["commands:", *entry("(none)", RUN_HELP), *entry("demo", DEMO_HELP), *demo.described(),
+                      *entry("contract URL", CONTRACT_HELP), *contract_options.described()])
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         """Usage, the error and where to read more, on stderr; exit 2 (never a run)."""
         self.exit(2, f"{self.format_usage()}{self.prog}: error: {message}\n"
-                     f"Run '{PROG} --help' for the FLEET_* variables and the exit codes.\n")
+                     f"Run '{PROG} --help' for the commands, the FLEET_* variables and the exit codes.\n")
 
 
 def parser() -> argparse.ArgumentParser:
-    top = _Parser(
-        prog=PROG, usage=USAGE, description=DESCRIPTION, epilog=f"{_variables()}\n\n{EXIT_CODES}",
-        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
-    )
+    top = _Parser(prog=PROG, usage=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     top.add_argument("--version", action="version", version=f"{PROG} {__version__}",
                      help="print the version and exit")
-    commands = top.add_subparsers(dest="command", metavar="COMMAND", help=argparse.SUPPRESS)  # see USAGE
-    demo = commands.add_parser(
-        "demo", prog=f"{PROG} demo",
-        description="Start a simulated control plane with five tenants (one dead) and a registry on loopback, "
-                    "run the real pipeline against it, then print the log, the outputs and a short summary. "
-                    "Sends nothing outside this machine; FLEET_* variables are ignored.",
-        allow_abbrev=False,
-    )
-    demo.add_argument("--report", metavar="PATH", help="keep the run's JSON report at PATH")
-    demo.add_argument("--bad-build", action="store_true",
-                      help="ship a bad build: the CP says every tenant is on target but /buildinfo keeps the "
-                           "previous build, so the canary's proof stops the rollout after the canary "
-                           "(exit 1, latest not moved)")
+    commands = top.add_subparsers(dest="command", metavar="COMMAND", help=argparse.SUPPRESS)  # see the description
+    demo = _Options(commands.add_parser("demo", prog=f"{PROG} demo", description=DEMO_HELP + ".",
+                                        allow_abbrev=False))
+    for flags, kwargs in DEMO_OPTIONS:
+        demo.add_argument(*flags, **kwargs)
+    contract_parser = commands.add_parser("contract", prog=f"{PROG} contract", description=contract.DESCRIPTION,
+                                          allow_abbrev=False)
+    contract_options = _Options(contract_parser)
+    contract.add_arguments(contract_options)
+    top.description = f"{DESCRIPTION}\n\n{_commands(demo, contract_options)}"
+    top.epilog = f"{_variables()}\n\n{EXIT_CODES}"
+    top.set_defaults(contract_error=contract_parser.error)
     return top
 
 
 def main(argv: Sequence[str]) -> int:
-    """The command line: help, version, the demo, or — only with no argument at all — a run."""
+    """The command line: help, version, the demo, the contract check, or — only with no argument
+    at all — a run."""
     cli_parser = parser()
-    for arg in argv:  # `--dry-run`, `--batch-size=2`: an input passed as an option, which it never is
+    run_options = argv if not argv or argv[0] != "contract" else ()  # contract's options share inputs' names
+    for arg in run_options:  # `--dry-run`, `--batch-size=2`: an input passed as an option, which it never is
         name = arg.removeprefix("--").partition("=")[0]
         if arg.startswith("--") and name in config.DEFAULTS:
             cli_parser.error(f"{arg!r}: inputs are environment variables here; set {config.env_name(name)}")
     args = cli_parser.parse_args(argv)
-    if args.command == "demo":
-        from deploy import demo  # the simulator is not needed by a run
+    try:
+        if args.command == "demo":
+            from deploy import demo  # the simulator is not needed by a run
 
-        try:
             return demo.main(report=args.report, bad_build=args.bad_build)
-        except KeyboardInterrupt:  # Ctrl-C in a terminal: stop quietly, as any command-line tool does
-            return 130
+        if args.command == "contract":
+            return contract.run(args, os.environ, sys.stdout, args.contract_error)
+    except KeyboardInterrupt:  # Ctrl-C in a terminal: stop quietly, as any command-line tool does
+        return 130
     if argv:  # e.g. a lone "--": whatever it is, it is not the bare command
         cli_parser.error(f"unexpected arguments {' '.join(argv)!r}; run {PROG} with no arguments to deploy")
     cancel.install()

@@ -8,6 +8,7 @@ reader that leaves early (``| head -1``) costs no traceback and no report.
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -133,6 +134,60 @@ def test_an_input_passed_as_an_option_is_refused_naming_its_environment_variable
     proc = cli([*launchers["console script"], "--dry-run"], clean_env())
     assert proc.returncode == 2 and proc.stdout == ""
     assert "'--dry-run': inputs are environment variables here; set FLEET_DRY_RUN" in proc.stderr
+
+
+TOP_LEVEL_OPTIONS = {  # every option of every command, as the top-level help shows it
+    "demo": ["--report PATH", "--bad-build"],
+    "contract URL": ["URL", "--token-env NAME", "--redeploy-path PATH", "--target-tag TAG", "--test-tenant SLUG",
+                     "--request-timeout SECONDS", "--rollout-timeout SECONDS", "--cp-worst-case SECONDS",
+                     "--allow-insecure-http"],
+}
+
+
+def test_help_lists_every_command_and_every_option_with_a_description(launchers):
+    text = cli([*launchers["console script"], "--help"], clean_env()).stdout
+    commands = text.split("\ncommands:\n", 1)[1].split("\n\n", 1)[0]
+
+    assert "fleet-rollout demo [--report PATH] [--bad-build]" in text  # the usage names --bad-build too
+    assert re.search(r"^  \(none\) +run the rollout", commands, re.M)
+    for command, options in TOP_LEVEL_OPTIONS.items():
+        assert re.search(rf"^  {re.escape(command)} +\w", commands, re.M), command
+        for option in options:
+            assert re.search(rf"^    {re.escape(option)} +\w", commands, re.M), option
+    assert re.search(r"^  --version +print the version", text, re.M)
+    assert re.search(r"^  -h, --help +show this help", text, re.M)
+
+
+def deploy_imports() -> dict[str, set[str]]:
+    """Module → the ``deploy`` modules it imports anywhere (at the top or inside a function)."""
+    graph: dict[str, set[str]] = {}
+    for path in (ROOT / "deploy").rglob("*.py"):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        found = graph.setdefault(module, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names if alias.name.startswith("deploy")}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("deploy"):
+                found.add(node.module or "")
+                found |= {f"{node.module}.{alias.name}" for alias in node.names}  # `from deploy import demo`
+    return {module: {name for name in found if name in graph and name != module} for module, found in graph.items()}
+
+
+def test_no_module_imports_in_a_circle_and_only_the_entry_points_import_the_command_line():
+    graph = deploy_imports()
+    assert "deploy.demo" in graph["deploy.main"] and "deploy.action" in graph["deploy.demo"]  # the graph is read
+
+    def cycle_from(module: str, path: tuple[str, ...]) -> tuple[str, ...] | None:
+        for imported in sorted(graph[module]):
+            if imported in path:
+                return (*path[path.index(imported):], imported)
+            if (found := cycle_from(imported, (*path, imported))) is not None:
+                return found
+        return None
+
+    cycles = {cycle for module in graph if (cycle := cycle_from(module, (module,))) is not None}
+    assert cycles == set()
+    assert {module for module, imported in graph.items() if "deploy.main" in imported} == {"deploy.__main__"}
 
 
 def test_demo_help_prints_the_demos_usage_and_starts_nothing(launchers):

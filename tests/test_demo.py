@@ -11,6 +11,7 @@ import sys
 
 from deploy import demo
 from deploy.report import OUTPUT_NAMES
+from deploy.runner import parse_output_file
 from deploy.sim.fleet import FleetSim
 from deploy.sim.registry import SimRegistry
 from tests.actions_runner import ROOT
@@ -66,10 +67,12 @@ def test_the_demo_command_quarantines_the_dead_tenant_and_promotes():
     assert_dead_tenant_handled(proc.stdout)
     assert_plain_log_and_text_summary(proc.stdout)
     assert "fleet-rollout demo --report PATH" in proc.stdout  # how to keep the report, which goes otherwise
+    assert outputs_of(proc.stdout)["report"] == ""  # it went with the simulator: no path to a deleted file
 
 
-def test_the_demo_writes_only_its_report_where_asked_and_markdown_only_to_the_users_step_summary(tmp_path):
-    """Run inside a job: the job's outputs file, log format and FLEET_* configuration are not the demo's."""
+def test_in_a_job_the_demo_writes_its_outputs_report_and_markdown_where_the_job_says(tmp_path):
+    """Run as a step: the outputs go to the job's GITHUB_OUTPUT too (with report=PATH, the kept report),
+    the Markdown to its step summary; the job's log format and FLEET_* configuration are not the demo's."""
     job_output, summary, kept = tmp_path / "job_output", tmp_path / "step_summary.md", tmp_path / "kept" / "r.json"
     job_output.touch()
     env = {**laptop_env(), "GITHUB_ACTIONS": "true", "GITHUB_OUTPUT": str(job_output),
@@ -84,7 +87,30 @@ def test_the_demo_writes_only_its_report_where_asked_and_markdown_only_to_the_us
     assert report["outcome"] == "deployed" and report["rollout"]["quarantined"] == ["philbrew-erton"]
     assert f"# the JSON report is kept at {kept}" in proc.stdout
     assert "### Tenants" in summary.read_text() and "```mermaid" in summary.read_text()
-    assert job_output.read_text() == ""
+    assert outputs_of(proc.stdout)["report"] == str(kept)
+    written = parse_output_file(job_output.read_text())
+    assert written == outputs_of(proc.stdout)  # the same outputs, printed and written
+    assert written["ok"] == "true" and written["report"] == str(kept) and set(written) == set(OUTPUT_NAMES)
+    assert f"# the outputs are also written to GITHUB_OUTPUT ({job_output})" in proc.stdout
+
+
+def test_report_output_names_the_kept_report_and_an_unwritable_job_output_fails_the_demo(tmp_path, monkeypatch,
+                                                                                         capsys):
+    """``--report`` relative to where the demo runs: ``report=`` says that path; a GITHUB_OUTPUT that
+    cannot be written is said on stderr and the demo exits 1, although the run itself succeeded."""
+    monkeypatch.setattr(demo.shutil, "which", lambda name: None)
+    for name in set(os.environ) - set(laptop_env()):
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GITHUB_OUTPUT", str(tmp_path))  # a directory: cannot be appended to
+
+    code = demo.main(report="out/demo.json")
+
+    printed = capsys.readouterr()
+    assert code == 1
+    assert "could not write the outputs to GITHUB_OUTPUT" in printed.err
+    assert outputs_of(printed.out)["ok"] == "true" and outputs_of(printed.out)["report"] == "out/demo.json"
+    assert load_report((tmp_path / "out" / "demo.json").read_text())["outcome"] == "deployed"
 
 
 def test_without_docker_registry_the_demo_uses_the_simulators_registry(monkeypatch, capsys):

@@ -109,25 +109,105 @@ def test_workflows_pass_this_action_only_declared_inputs_and_secrets_only_from_s
         given = step.get("with", {})
         assert set(given) <= inputs, f"{path.name}: unknown inputs {set(given) - inputs}"
         for secret in set(given) & set(config.SECRET_INPUTS):
-            assert str(given[secret]).startswith("${{ secrets."), f"{path.name}: {secret} must come from a secret"
+            from_secret = re.match(r"\$\{\{ secrets[.\[]", str(given[secret]))  # secrets.X or secrets[matrix.x]
+            assert from_secret, f"{path.name}: {secret} must come from a secret"
 
 
-def test_the_gitea_example_names_the_action_by_full_url():
-    uses = [step.get("uses", "") for step in steps_of(load_yaml(EXAMPLES / "gitea.yml"))]
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("gitea*.yml")), ids=lambda p: p.name)
+def test_the_gitea_examples_name_the_action_by_full_url_pinned_by_commit(path):
+    uses = [step.get("uses", "") for step in steps_of(load_yaml(path))]
     ours = [u for u in uses if "fleet-rollout@" in u]
-    assert ours and all(u.startswith("https://") for u in ours)
+    assert ours and all(re.fullmatch(r"https://\S+/fleet-rollout@[0-9a-f]{40}", u) for u in ours)
 
 
-def test_the_production_example_rolls_latest_back_to_the_previous_digest():
+def test_ci_lints_every_example():
+    """.ci/run lints examples by glob: a new example must match one, or it is never linted."""
+    script = (ROOT / ".ci" / "run").read_text()
+    globs = re.findall(r"examples/[\w*.-]+\.yml", script)
+    linted = {path.name for pattern in globs for path in EXAMPLES.glob(pattern.removeprefix("examples/"))}
+    assert linted == {path.name for path in EXAMPLES.glob("*.yml")}
+
+
+def action_steps(workflow: dict[str, Any], job: str) -> list[dict[str, Any]]:
+    """The ``with:`` of every step of ``job`` that uses this action."""
+    return [step.get("with", {}) for step in workflow["jobs"][job]["steps"] if THIS_ACTION.match(step.get("uses", ""))]
+
+
+@pytest.mark.parametrize("path", GITHUB_EXAMPLES, ids=lambda p: p.name)
+def test_no_workflow_input_is_named_like_an_action_input(path):
+    """On Gitea a workflow_dispatch/workflow_call input named like an action input replaces it in runs.env."""
+    triggers = load_yaml(path).get(True) or {}  # YAML 1.1 reads the key `on` as True
+    names = {name for trigger in ("workflow_dispatch", "workflow_call")
+             for name in ((triggers.get(trigger) or {}).get("inputs") or {})}
+    assert not names & set(manifest()["inputs"]), path.name
+
+
+def test_the_production_example_rolls_back_on_failure_and_never_waits_for_approval_to():
     workflow = load_yaml(EXAMPLES / "github-production.yml")
-    rollback = [
-        step["with"] for step in steps_of(workflow)
-        if THIS_ACTION.match(step.get("uses", "")) and step["with"].get("stages") == "promote"
-    ]
-    assert rollback and "previous-digest" in rollback[0]["promote-source"]
-    assert workflow["jobs"]["rollout"]["outputs"]["previous-digest"] == "${{ steps.rollout.outputs.previous-digest }}"
-    deploy = workflow["jobs"]["rollout"]["steps"][0]["with"]
+    [deploy] = action_steps(workflow, "rollout")
     assert deploy["canary"] and deploy["required-checks"].strip()
+    assert deploy["on-failure"] == "rollback"  # before latest moves: inside the approved job
+    assert workflow["jobs"]["rollout"]["environment"] == "production"
+    assert workflow["jobs"]["rollout"]["outputs"]["previous-digest"] == "${{ steps.rollout.outputs.previous-digest }}"
+    rollback = workflow["jobs"]["rollback"]  # after latest moved: the tag back, then the fleet
+    assert rollback["environment"] != "production", "an automatic rollback must not wait for reviewers"
+    tag_back, fleet_back = action_steps(workflow, "rollback")
+    assert tag_back["stages"] == "promote" and "previous-digest" in tag_back["promote-source"]
+    assert fleet_back["stages"] == "rollout" and fleet_back["target-tag"] == "latest"
+    assert fleet_back["on-failure"] == "hold" and fleet_back["skip-if-superseded"] is False
+    assert "promoted-digest" in rollback["if"] and "failure" in rollback["if"]
+
+
+def test_the_manual_rollback_example_redeploys_the_build_it_is_given_and_moves_latest_back():
+    workflow = load_yaml(EXAMPLES / "github-manual-rollback.yml")
+    inputs = workflow[True]["workflow_dispatch"]["inputs"]
+    [step] = action_steps(workflow, "rollback")
+    assert step["sha"] == "${{ inputs.build-sha }}" and inputs["build-sha"]["required"] is True
+    assert step["target-tag"] == "${{ inputs.build-tag }}" and step["dry-run"] == "${{ inputs.preview }}"
+    assert step.get("stages", "rollout,verify,promote") == "rollout,verify,promote"
+    assert step["skip-if-superseded"] is False and step["on-failure"] == "hold"
+    assert step["verify-url"] and step["promote-images"] and "disabled" not in step
+    assert workflow["concurrency"]["group"] == load_yaml(EXAMPLES / "github-production.yml")["concurrency"]["group"]
+
+
+def test_the_pull_request_example_is_a_dry_run_that_sends_no_registry_credentials():
+    workflow = load_yaml(EXAMPLES / "github-pr-dry-run.yml")
+    [step] = action_steps(workflow, "plan")
+    assert set(workflow[True]) == {"pull_request"}
+    assert step["dry-run"] is True
+    assert not {"promote-images", "registry-password", "registry-username"} & set(step)
+    assert "head.repo.full_name == github.repository" in workflow["jobs"]["plan"]["if"]  # forks get no secrets
+
+
+def test_the_promotion_example_ships_staging_first_then_production_behind_reviewers_by_digest():
+    workflow = load_yaml(EXAMPLES / "github-promotion.yml")
+    jobs = workflow["jobs"]
+    [staging], [production] = action_steps(workflow, "staging"), action_steps(workflow, "production")
+    assert jobs["staging"]["environment"] == "staging" and jobs["production"]["environment"] == "production"
+    assert "staging" in jobs["production"]["needs"] and "needs.staging.outputs.ok == 'true'" in jobs["production"]["if"]
+    assert staging["cp-url"] != production["cp-url"]
+    assert staging["promote-tag"] != production.get("promote-tag", "latest")
+    assert production["promote-source"] == "${{ needs.build.outputs.digest }}"
+    assert jobs["build"]["outputs"]["digest"] == "${{ steps.push.outputs.digest }}"
+    assert staging["on-failure"] == production["on-failure"] == "rollback"
+
+
+@pytest.mark.parametrize("name", ["github-multi-region.yml", "gitea-multi-region.yml"])
+def test_the_multi_region_examples_prove_every_region_in_rings_then_promote_once(name):
+    workflow = load_yaml(EXAMPLES / name)
+    jobs = workflow["jobs"]
+    legs = {job: action_steps(workflow, job) for job in ("ring-1", "ring-2")}
+    for job, [leg] in legs.items():
+        assert leg["stages"] == "rollout,verify" and leg["on-failure"] == "rollback", job
+        assert leg["cp-url"] == "${{ matrix.cp-url }}" and leg["verify-url"] == "${{ matrix.verify-url }}"
+        assert any(step.get("if") == "steps.leg.outputs.ok != 'true'" for step in jobs[job]["steps"]), job
+    assert len(jobs["ring-1"]["strategy"]["matrix"]["include"]) == 1  # the first ring: one region alone
+    assert len(jobs["ring-2"]["strategy"]["matrix"]["include"]) >= 2
+    assert "ring-1" in jobs["ring-2"]["needs"] and jobs["ring-2"]["strategy"]["fail-fast"] is False
+    [promote] = action_steps(workflow, "promote")
+    assert promote["stages"] == "promote" and {"ring-1", "ring-2"} <= set(jobs["promote"]["needs"])
+    assert promote["promote-source"] == "${{ needs.build.outputs.digest }}"
+    assert not [job for job in jobs if job != "promote" and "promote" in str(action_steps(workflow, job))]
 
 
 def test_the_gitlab_example_sets_only_fleet_variables_that_are_inputs_and_no_secret():
