@@ -548,17 +548,7 @@ def load(env: Mapping[str, str]) -> Config:
                     gates=gates, forge=forge, report_path=RunnerEnv.from_env(env).workspace / report, timeout=timeout,
                     analysis=analysis, run_key=run_key(env))
 
-    timeout_ok = not any(error.input_name in ("timeout", "cp-tenant-timeout", "cp-settle-seconds", "verify-budget")
-                         for error in inputs.errors)
-    needed = rollout.call_worst_case + loaded.rollback_reserve
-    if timeout_ok and "rollout" in stages and not rollout.dry_run and timeout < needed:
-        kept = (f", plus the {loaded.rollback_reserve:g} s kept for on-failure: rollback (one call's worst case "
-                f"and verify-budget)" if loaded.rollback_reserve else "")
-        inputs.fail(
-            "timeout",
-            f"{timeout:g} s is shorter than one deploy call's worst case (cp-tenant-timeout + "
-            f"cp-settle-seconds = {rollout.call_worst_case:g} s){kept}: no batch could ever start",
-        )
+    _check_time(inputs, loaded)
 
     if "verify" in stages and not verify.url_template and promote.images and "promote" in stages:
         inputs.fail(
@@ -573,6 +563,45 @@ def load(env: Mapping[str, str]) -> Config:
     if inputs.errors:
         raise ConfigErrors(inputs.errors)
     return loaded
+
+
+TIME_INPUTS = ("timeout", "cp-tenant-timeout", "cp-settle-seconds", "verify-budget", "verify-interval",
+               "soak-seconds", "batch-soak-seconds")
+
+
+def _check_time(inputs: _Inputs, config: Config) -> None:
+    """Durations that cannot fit together, each error stating the minimum that does.
+
+    ``timeout`` must hold the first deploy call's worst case, its proof, the canary's soak (or a
+    batch's bake) and, with ``on-failure: rollback``, the room kept for a rollback: a run whose
+    first step cannot finish would deploy a tenant and die at the deadline. (The whole plan's worst
+    case is checked once the fleet is known, before any side effect.)"""
+    if any(error.input_name in TIME_INPUTS for error in inputs.errors):
+        return  # one of them is already wrong: a sum of it would say nothing
+    rollout, verify, timeout = config.rollout, config.verify, config.timeout
+    proving = config.wants("verify") and bool(verify.url_template)
+    if proving and verify.interval > verify.budget:
+        inputs.fail("verify-interval", f"{verify.interval:g} s is longer than verify-budget ({verify.budget:g} s): a "
+                                       "tenant would be read once at most; make it at most verify-budget")
+    waits = (("verify-budget", verify.budget if proving else 0.0),
+             ("soak-seconds", rollout.soak_seconds if rollout.canary else 0.0),
+             ("batch-soak-seconds", rollout.batch_soak_seconds))
+    for name, seconds in waits:
+        if seconds > timeout:
+            inputs.fail(name, f"{seconds:g} s is longer than timeout ({timeout:g} s): the run would die waiting; "
+                              f"make timeout at least {seconds:g} s more than the rest of the run needs")
+    if not config.wants("rollout") or rollout.dry_run:
+        return
+    parts = [("one deploy call's worst case (cp-tenant-timeout + cp-settle-seconds)", rollout.call_worst_case),
+             ("its proof (verify-budget)", verify.budget if proving else 0.0),
+             ("the canary's soak (soak-seconds)", rollout.soak_seconds if rollout.canary else 0.0),
+             ("a batch's bake (batch-soak-seconds)", 0.0 if rollout.canary else rollout.batch_soak_seconds),
+             ("kept for on-failure: rollback (one call's worst case + verify-budget)", config.rollback_reserve)]
+    needed = sum(seconds for _what, seconds in parts)
+    if timeout < needed:
+        shown = " + ".join(f"{what} {seconds:g} s" for what, seconds in parts if seconds)
+        inputs.fail("timeout", f"must be at least {needed:g} s here ({shown}), or the first step could never "
+                               f"finish (got {timeout:g} s)")
 
 
 def _control_plane(

@@ -40,7 +40,7 @@ from deploy.registry import Manifest
 from deploy.rollout import RolloutResult, StopKind, enumerate_fleet, run_rollout
 from deploy.runner import Runner, counted, listing
 from deploy.settings import Config, OnFailure
-from deploy.verify import Verdict, VerifyResult, described_failures, failing_listing, verify_tenants
+from deploy.verify import TenantVerdict, Verdict, VerifyResult, described_failures, failing_listing, verify_tenants
 
 
 class Outcome(StrEnum):
@@ -197,6 +197,7 @@ class _Stages:
                                       current=current, before=run.snapshot)
         if self.prover is not None and self.prover.verdicts:  # what was proven, even if the run stops here
             run.verify = self.prover.result(run.fleet)
+        run.verify = _with_unhealthy_canary(run.verify, run.rollout, config.rollout.canary)
         if run.rollout.internal_error is not None:  # recorded above; a bug fails the run, never rolls back
             raise run.rollout.internal_error
         if run.rollout.stopped == StopKind.SKIPPED:
@@ -425,6 +426,21 @@ class _Stages:
             run.promote = promote_images(config.promote, self.registry_client, self.ctx, self.pinned)
         if not run.promote.ok:
             raise DeployFailed(f"promote failed: {run.promote.error}")
+
+
+def _with_unhealthy_canary(verify: VerifyResult | None, rollout: RolloutResult, canary: str) -> VerifyResult | None:
+    """A canary halted by its CP row's ``healthz_ok: false`` is ``unhealthy`` in the verdicts (and so in
+    the ``unhealthy`` output), proof or no proof: a failed canary is always in the list of its failure."""
+    row = rollout.rows.get(canary) if canary else None
+    if rollout.aborted_at != "canary" or row is None or row.healthy or not rollout.halted:
+        return verify
+    why = "the CP reported healthz_ok: false" + (f" ({row.error})" if row.error else "")
+    verdict = TenantVerdict(slug=canary, state=Verdict.UNHEALTHY, running="", detail=f"{why}; not polled",
+                            seconds=0.0, call="canary")
+    if verify is None:
+        return VerifyResult(verdicts=(verdict,), rounds=0, started=0.0, seconds=0.0)
+    others = tuple(v for v in verify.verdicts if v.slug != canary)
+    return replace(verify, verdicts=(verdict, *others))
 
 
 def _after_final_check(verify: VerifyResult, fresh: VerifyResult) -> VerifyResult:

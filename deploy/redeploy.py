@@ -113,8 +113,9 @@ class Redeployer:
             return self._result(attempt, slugs, shipped, first, attempts, quiet_at=ended)
         quiet_at = unknown_ended + self.worst_case
         settled = self._settle(label, scope, quiet_at) if self.tenants is not None else {}
+        every_one_moved = all(slug in settled and settled[slug].verified_on_target for slug in scope)
         return self._result(attempt, slugs, {**shipped, **settled}, first, attempts, quiet_at=quiet_at,
-                            state=CallState.UNKNOWN)
+                            state=CallState.ANSWERED if every_one_moved else CallState.UNKNOWN)
 
     def _wait_before_retry(self, attempt: CallResult, delay: float) -> float:
         """``retry-delays`` after an attempt that did nothing; the CP's worst case, at least, after one

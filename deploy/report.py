@@ -43,7 +43,7 @@ DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}|-")
 OUTPUT_NAMES = (
     "ok", "outcome", "reason", "result_count", "quarantined", "stragglers", "verified",
     "stale", "unreachable", "unhealthy", "promoted-digest", "previous-digest", "report", "shipped", "aborted-at",
-    "already-current", "rolled-back",
+    "already-current", "rolled-back", "not-started",
 )
 # Outputs made only of our own words, numbers, digests and paths: redacting them could only
 # corrupt them (a 3-character token "tru" turned "true" into "***e").
@@ -66,7 +66,7 @@ def outputs(run: Run, report_shown: str) -> dict[str, str | list[str]]:
         "result_count": str(rollout.result_count if rollout else 0),
         "quarantined": _listed(rollout.quarantined if rollout else ()),
         "stragglers": _listed(rollout.stragglers if rollout else ()),
-        "verified": str(len(verify.slugs(Verdict.VERIFIED)) if verify else 0),
+        "verified": str(_verified_at_the_end(run)),
         "stale": _listed(verify.slugs(Verdict.STALE) if verify else ()),
         "unreachable": _listed(verify.slugs(Verdict.UNREACHABLE) if verify else ()),
         "unhealthy": _listed(verify.slugs(Verdict.UNHEALTHY) if verify else ()),
@@ -77,7 +77,16 @@ def outputs(run: Run, report_shown: str) -> dict[str, str | list[str]]:
         "aborted-at": rollout.aborted_at if rollout else "",
         "already-current": _listed(rollout.already_current if rollout else ()),
         "rolled-back": _listed(run.rollback.rolled_back if run.rollback else ()),
+        "not-started": _listed(rollout.not_started if rollout else ()),
     }
+
+
+def _verified_at_the_end(run: Run) -> int:
+    """Tenants proven on sha and still on it: a rollback took the rolled-back ones off it."""
+    if run.verify is None:
+        return 0
+    rolled_back = set(run.rollback.rolled_back) if run.rollback else set()
+    return sum(1 for slug in run.verify.slugs(Verdict.VERIFIED) if slug not in rolled_back)
 
 
 def publish(run: Run, runner: Runner, report_path: Path, workspace: Path) -> None:
@@ -340,12 +349,13 @@ def _facts(run: Run, cell: _Cell) -> list[str]:
         rows.append(("Fleet", f"{len(run.fleet)} tenants"))
     if run.rollout:
         r = run.rollout
-        rows.append(("Shipped", f"{len(r.shipped)} (result rows: {r.result_count})"))
+        went_back = f"; {len(run.rollback.rolled_back)} since rolled back" if run.rollback else ""
+        rows.append(("Shipped", f"{len(r.shipped)} (result rows: {r.result_count}{went_back})"))
         rows.append(("Quarantined", listing(r.quarantined) or "none"))
         if r.stragglers and not r.quarantined:
             rows.append(("Stragglers", listing(r.stragglers)))
-        if r.halted and r.not_started:
-            rows.append(("Not started", f"{len(r.not_started)} (the rollout halted first)"))
+        if r.not_started:
+            rows.append(("Not started", f"{len(r.not_started)} (no call reached them: {listing(r.not_started)})"))
         if r.already_current:
             rows.append(("Already current", f"{len(r.already_current)} not redeployed: their verify-url reported sha "
                                             "before the rollout (to ship a rebuild of the same commit, set "

@@ -35,11 +35,13 @@ class Verdict(StrEnum):
     STALE = "stale"  # it still reported another SHA when the budget ran out
     UNREACHABLE = "unreachable"  # it never answered usefully
     UNHEALTHY = "unhealthy"  # the CP said healthz_ok: false, so it was not polled
+    UNPROVEN = "unproven"  # the overall timeout cut its proof short: no verdict either way
     QUARANTINED = "quarantined"  # the coverage gate's: a tolerated straggler, never polled
 
 
-STATES = (Verdict.VERIFIED, Verdict.STALE, Verdict.UNREACHABLE, Verdict.UNHEALTHY)  # what polling can conclude
-FAILING = (Verdict.STALE, Verdict.UNREACHABLE, Verdict.UNHEALTHY)
+# What polling can conclude, and which of those fail a proof.
+STATES = (Verdict.VERIFIED, Verdict.STALE, Verdict.UNREACHABLE, Verdict.UNHEALTHY, Verdict.UNPROVEN)
+FAILING = (Verdict.STALE, Verdict.UNREACHABLE, Verdict.UNHEALTHY, Verdict.UNPROVEN)
 
 
 SHOWN_DETAILS = 3  # failing tenants described one by one in a halt's reason; more are listed by state
@@ -112,6 +114,7 @@ class _Stage:
     pending: list[_Pending]
     label: str = "verify"  # what the log lines are about: the verify stage, or a call's proof
     decisive: bool = False  # a SHA reported decides at once: another one is stale, not polled again
+    cut: bool = False  # the overall timeout (or the room kept for a rollback) shortened verify-budget
     rounds: int = 0
     verified: int = 0  # counted as verdicts come in: a round's progress line costs nothing per tenant
 
@@ -120,10 +123,11 @@ class _Stage:
               deadline: Deadline, label: str, expected: Mapping[str, str], decisive: bool) -> _Stage:
         start = clock.now()
         wanted = "the SHA it ran before" if expected else sha[:12]
+        left = deadline.remaining()
         stage = cls(settings=settings, wanted=wanted, clock=clock, start=start,
-                    end=start + min(settings.budget, deadline.remaining()), started=deadline.elapsed(),
+                    end=start + min(settings.budget, left), started=deadline.elapsed(),
                     order=tuple(dict.fromkeys(row.slug for row in rows)), verdicts={}, pending=[], label=label,
-                    decisive=decisive)
+                    decisive=decisive, cut=left < settings.budget)
         for row in {row.slug: row for row in rows}.values():  # the latest row of a slug wins
             if not TENANT_RE.match(row.slug):
                 stage.verdicts[row.slug] = TenantVerdict(slug=row.slug, state=Verdict.UNREACHABLE, running="",
@@ -191,7 +195,7 @@ class _Stage:
         elapsed = self.clock.now() - self.start
         verdicts = dict(self.verdicts)
         for tenant in self.pending:
-            verdicts[tenant.slug] = _give_up(tenant, self.rounds, elapsed)
+            verdicts[tenant.slug] = _cut_short(tenant, elapsed) if self.cut else _give_up(tenant, self.rounds, elapsed)
         return VerifyResult(verdicts=tuple(verdicts[slug] for slug in self.order), rounds=self.rounds,
                             started=self.started, seconds=elapsed)
 
@@ -239,6 +243,14 @@ def verify_tenants(
     result = stage.result()
     _report(result, stage.wanted, runner, label, "" if expected else "; latest must not move")
     return result
+
+
+def _cut_short(tenant: _Pending, elapsed: float) -> TenantVerdict:
+    """A tenant still waiting when the overall timeout cut the budget short: not a verdict on it."""
+    last = f"; last read: {tenant.problem}" if tenant.problem else ""
+    return TenantVerdict(slug=tenant.slug, state=Verdict.UNPROVEN, running=tenant.running, seconds=elapsed,
+                         detail=f"cut by the overall timeout after {format_seconds(elapsed)} s, before it reported "
+                                f"the build{last}")
 
 
 def _give_up(tenant: _Pending, rounds: int, elapsed: float) -> TenantVerdict:

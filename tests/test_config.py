@@ -361,3 +361,31 @@ def test_the_commit_a_tag_names_by_its_hex_suffix(tag, named):
 def test_a_tag_whose_suffix_agrees_with_sha_or_names_no_commit_loads():
     for tag in ("staging-8ddce85", "sha-8ddce85f3b2a", "release-20241101", "latest-build"):
         assert config.load({**BASE, "FLEET_TARGET_TAG": tag}).rollout.target_tag == tag
+
+
+VERIFYING = {"verify_url": "https://{slug}.example.com/buildinfo"}
+
+
+@pytest.mark.parametrize(("overrides", "input_name", "words"), [
+    ({**VERIFYING, "timeout": "600"}, "timeout",
+     "must be at least 630 s here (one deploy call's worst case (cp-tenant-timeout + cp-settle-seconds) 390 s + "
+     "its proof (verify-budget) 240 s)"),
+    ({**VERIFYING, "on_failure": "rollback", "timeout": "1000"}, "timeout",
+     "must be at least 1260 s here (one deploy call's worst case (cp-tenant-timeout + cp-settle-seconds) 390 s + its "
+     "proof (verify-budget) 240 s + kept for on-failure: rollback (one call's worst case + verify-budget) 630 s)"),
+    ({"canary": "t1", "soak_seconds": "300", "timeout": "600"}, "timeout",
+     "must be at least 690 s here (one deploy call's worst case (cp-tenant-timeout + cp-settle-seconds) 390 s + "
+     "the canary's soak (soak-seconds) 300 s)"),
+    ({"batch_soak_seconds": "900", "timeout": "1000"}, "timeout", "a batch's bake (batch-soak-seconds) 900 s"),
+    ({"canary": "t1", "soak_seconds": "4000", "timeout": "3600"}, "soak-seconds",
+     "4000 s is longer than timeout (3600 s)"),
+    ({**VERIFYING, "verify_budget": "5000"}, "verify-budget", "5000 s is longer than timeout (3600 s)"),
+    ({**VERIFYING, "verify_interval": "300"}, "verify-interval", "300 s is longer than verify-budget (240 s)"),
+])
+def test_durations_that_cannot_fit_together_name_the_minimum_that_does(overrides, input_name, words):
+    assert words in errors_for(**overrides)[input_name]
+
+
+def test_durations_that_fit_load_and_a_dry_run_needs_no_room_to_deploy():
+    assert config.load({**BASE, "FLEET_VERIFY_URL": "https://{slug}.example.com/buildinfo"}).timeout == 3600
+    assert config.load({**BASE, "FLEET_TIMEOUT": "100", "FLEET_DRY_RUN": "true"}).timeout == 100

@@ -115,6 +115,7 @@ def test_a_re_run_after_an_unhealthy_canary_deploys_the_canary_again_not_batch_1
 
     for result in (first, second):
         assert (result.code, result.outputs["aborted-at"]) == (1, "canary"), result.stdout
+        assert listed(result, "unhealthy") == ["t01"], result.outputs
     assert second.report["snapshot"]["tenants"][0] == {"slug": "t01", "sha": SHA, "problem": ""}
     assert calls(sim) == [["t01"], ["t01"]]
     assert "Canary | t01 already reported sha and was deployed again" in second.summary

@@ -153,7 +153,8 @@ def test_a_report_path_outside_the_workspace_is_a_configuration_error(action, pa
 def test_a_timeout_shorter_than_one_deploy_call_is_a_configuration_error(action) -> None:
     result = action(None, cp_url="https://cp.example.test", cp_token=CP_TOKEN, timeout="1.5")
     assert result.code == 2
-    assert "timeout: 1.5 s is shorter than one deploy call's worst case" in result.outputs["reason"]
+    assert "timeout must be at least 1.95 s here (one deploy call's worst case (cp-tenant-timeout + " \
+           "cp-settle-seconds) 1.95 s)" in result.outputs["reason"]
 
 
 def test_outside_actions_a_configuration_error_names_the_environment_variable(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ make a build answer 5xx or slowly once a tenant runs it, on every tenant or on s
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -72,14 +73,14 @@ class Fault:
     """One scripted CP failure, consumed by the next authorized, valid call it matches (not recorded)."""
 
     kind: str  # "502" | "503-html" | "503-busy" | "500" | "403" | "409" | "hang" | "reset" | "ok-false" |
-    #            "500-after" | "gateway-504" (any other kind drops the connection)
+    #            "500-after" | "reset-after" | "gateway-504" (any other kind drops the connection)
     on: str = "deploy"  # "deploy" | "enumerate" | "any"
     seconds: float = 0.0  # "hang": real seconds before the (abandoned) answer; "gateway-504": before the 504
 
     @property
     def deploys(self) -> bool:
         """The CP still deploys the call (the answer is what fails): the rest never reach its logic."""
-        return self.kind in ("500-after", "gateway-504")
+        return self.kind in ("500-after", "reset-after", "gateway-504")
 
     def matches(self, dry_run: bool) -> bool:
         return self.on == "any" or self.on == ("enumerate" if dry_run else "deploy")
@@ -167,9 +168,11 @@ class FleetSim:
     bad_builds: set[str] = field(default_factory=set)  # target tags that never really swap (/buildinfo keeps the old)
     request_rate: float = 10.0  # requests per real second each tenant's /metrics counts (deploy.sim.metrics)
     build_health: dict[str, Health] = field(default_factory=dict)  # target tag → how that build serves, fleet-wide
+    answer_loss: float = 0.0  # the share of deploy answers lost after the deploy took effect (the connection drops)
     replays: list[dict[str, Any]] = field(default_factory=list)  # bodies answered from an Idempotency-Key, not deployed
     deploy_log: list[DeployRecord] = field(default_factory=list)  # every tenant redeploy, with its times
     _keys: dict[str, _Keyed] = field(default_factory=dict, repr=False)
+    _losses: random.Random = field(default_factory=lambda: random.Random(7), repr=False)  # seeded: runs repeat
     _traffic: Traffic = field(default_factory=Traffic, repr=False)
     _running: dict[str, _Deployed] = field(default_factory=dict)  # slug → its last deploy
     _buildinfo_hits: dict[str, int] = field(default_factory=dict)
@@ -231,6 +234,10 @@ class FleetSim:
             time.sleep(fault.seconds)
             return Response.text(GATEWAY_504, 504, "text/html")
         response = self._keyed_deploy(key, body)
+        if fault is None and self.answer_loss and self._losses.random() < self.answer_loss:
+            fault = Fault("reset-after")
+        if fault is not None and fault.kind == "reset-after":  # deployed, then the answer is lost
+            return Response(reset=True)
         if fault is not None:  # 500-after: deployed, then the answer is an error
             return Response.json({"ok": False, "error": "internal error after the redeploy"}, 500)
         return response
