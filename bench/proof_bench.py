@@ -86,6 +86,9 @@ def client_env(url: str, workdir: Path, *, tenants: int, batch_size: int, canary
         "FLEET_VERIFY_URL": f"{url}/tenants/{{slug}}/buildinfo", "FLEET_VERIFY_INTERVAL": f"{interval:g}",
         "FLEET_VERIFY_BUDGET": f"{budget:g}", "FLEET_VERIFY_EACH_BATCH": "true" if each_batch else "false",
         "FLEET_TIMEOUT": "7200",
+        # the simulated CP answers within 0.25 s: its declared worst case, which the plan is checked against
+        "FLEET_CP_TENANT_TIMEOUT": "0.3", "FLEET_CP_SETTLE_SECONDS": "0.1", "FLEET_ROLLOUT_TIMEOUT": "2",
+        "FLEET_REQUEST_TIMEOUT": "2",
         "GITHUB_WORKSPACE": str(workdir), "GITHUB_OUTPUT": str(workdir / "output"),
         "GITHUB_STEP_SUMMARY": str(workdir / "summary.md"),
     }

@@ -104,6 +104,9 @@ def client_env(url: str, workdir: Path, *, batch_size: int, skip_current: bool) 
         "FLEET_VERIFY_BUDGET": "600", "FLEET_VERIFY_EACH_BATCH": "true",
         "FLEET_SKIP_CURRENT": "true" if skip_current else "false", "FLEET_ON_FAILURE": "hold",
         "FLEET_TIMEOUT": "7200",
+        # the simulated CP answers within 0.25 s: its declared worst case, which the plan is checked against
+        "FLEET_CP_TENANT_TIMEOUT": "0.3", "FLEET_CP_SETTLE_SECONDS": "0.1", "FLEET_ROLLOUT_TIMEOUT": "2",
+        "FLEET_REQUEST_TIMEOUT": "2",
         "GITHUB_WORKSPACE": str(workdir), "GITHUB_OUTPUT": str(workdir / "output"),
         "GITHUB_STEP_SUMMARY": str(workdir / "summary.md"),
     }

@@ -57,6 +57,9 @@ def env_for(url: str, workdir: Path, batch_size: int) -> dict[str, str]:
     return {
         "FLEET_CP_URL": url, "FLEET_CP_TOKEN": TOKEN, "FLEET_SHA": SHA, "FLEET_STAGES": "rollout",
         "FLEET_BATCH_SIZE": str(batch_size), "FLEET_MAX_STRAGGLERS": "0", "FLEET_SOAK_SECONDS": "0",
+        # the simulated CP answers at once: its declared worst case, which the plan is checked against
+        "FLEET_CP_TENANT_TIMEOUT": "0.3", "FLEET_CP_SETTLE_SECONDS": "0.1", "FLEET_ROLLOUT_TIMEOUT": "2",
+        "FLEET_REQUEST_TIMEOUT": "2",
         "GITHUB_WORKSPACE": str(workdir), "GITHUB_OUTPUT": str(workdir / "out"),
         "GITHUB_STEP_SUMMARY": str(workdir / "summary"),
     }

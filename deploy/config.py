@@ -57,6 +57,7 @@ from deploy.settings import (
     RolloutSettings,
     VerifySettings,
 )
+from deploy.waves import BatchSize, parse_batch_sizes
 
 T = TypeVar("T")
 
@@ -73,6 +74,7 @@ DEFAULTS: dict[str, str] = {
     "canary": "",
     "soak-seconds": "60",
     "batch-size": "3",
+    "max-batch-size": "",
     "batch-soak-seconds": "0",
     "max-stragglers": "1",
     "rollout-timeout": "600",
@@ -661,7 +663,8 @@ def _rollout_settings(inputs: _Inputs, sha: str, cp_worst_case: tuple[float, flo
         target_tag=tag,
         canary=inputs.text("canary"),
         soak_seconds=inputs.duration("soak-seconds"),
-        batch_size=inputs.count("batch-size", 1, MAX_BATCH_SIZE),
+        batch_sizes=inputs.parse("batch-size", lambda v: parse_batch_sizes(v, MAX_BATCH_SIZE), (BatchSize(count=3),)),
+        max_batch_size=inputs.count("max-batch-size", 1, MAX_BATCH_SIZE) if inputs.raw("max-batch-size") else 0,
         batch_soak_seconds=inputs.duration("batch-soak-seconds"),
         max_stragglers=inputs.count("max-stragglers", 0, MAX_STRAGGLERS),
         cp_tenant_timeout=cp_worst_case[0],

@@ -163,7 +163,7 @@ def to_roll_back(calls: Sequence[CallResult], snapshot: Snapshot | None, sha: st
 
 
 def roll_back(tenants: Sequence[str], forward: Sequence[CallResult], snapshot: Snapshot | None, build: str,
-              config: Config, ctx: Context) -> RollbackResult:
+              config: Config, ctx: Context, fleet: int = 0) -> RollbackResult:
     """Redeploy ``tenants`` with the rollback tag, batch by batch, then verify each is back.
 
     A tenant is back when it reports ``build`` (the commit rollback-tag's image was built from,
@@ -173,7 +173,8 @@ def roll_back(tenants: Sequence[str], forward: Sequence[CallResult], snapshot: S
     outcome): that call's worst case is waited out first. Every batch is tried (a failed one does
     not stop the others: the more goes back, the better); none starts without time for the CP's
     worst case, and a call cut short (the deadline, a cancellation) ends the rollback with what
-    it has. Never raises for what the CP or a tenant does.
+    it has. Each call takes ``max-batch-size`` tenants, or the largest call of ``batch-size`` in a
+    fleet of ``fleet``. Never raises for what the CP or a tenant does.
     """
     rollout, verify = config.rollout, config.verify
     tag = rollout.rollback_tag
@@ -193,7 +194,8 @@ def roll_back(tenants: Sequence[str], forward: Sequence[CallResult], snapshot: S
                 before=lambda slug: config.sha)
             redeployer = Redeployer(client, config.http.retry_delays, rollout.call_worst_case, config.run_key, ctx,
                                     tenants_back)
-            calls, errors = _redeploy_back(tuple(tenants), redeployer, rollout, ctx)
+            size = rollout.largest_call(fleet or len(tenants))
+            calls, errors = _redeploy_back(tuple(tenants), redeployer, rollout, ctx, size)
         if not cancel.requested() and reader is not None:
             try:
                 result_verify = _verify_back(tenants, expected, config, ctx, reader)
@@ -242,11 +244,11 @@ def _wait_out(tenants: Sequence[str], forward: Sequence[CallResult], rollout: Ro
     return []
 
 
-def _redeploy_back(tenants: tuple[str, ...], client: Redeployer, rollout: RolloutSettings,
-                   ctx: Context) -> tuple[list[CallResult], list[str]]:
+def _redeploy_back(tenants: tuple[str, ...], client: Redeployer, rollout: RolloutSettings, ctx: Context,
+                   size: int) -> tuple[list[CallResult], list[str]]:
     """The rollback's CP calls, and what went wrong in a few words (the tenants are listed once, later):
     the first failed call and how many failed, then why the rollback stopped early, if it did."""
-    batches = [tenants[i:i + rollout.batch_size] for i in range(0, len(tenants), rollout.batch_size)]
+    batches = [tenants[i:i + size] for i in range(0, len(tenants), size)]
     calls: list[CallResult] = []
     failed: list[str] = []
     stopped = ""
@@ -256,7 +258,7 @@ def _redeploy_back(tenants: tuple[str, ...], client: Redeployer, rollout: Rollou
         if left < rollout.call_worst_case:
             stopped = (f"could not start {label}: {left:.0f} s left of timeout, less than one call's worst case "
                        f"({rollout.call_worst_case:g} s)")
-            ctx.runner.error(f"{stopped}; roll back by hand: {listing(tenants[(number - 1) * rollout.batch_size:])}",
+            ctx.runner.error(f"{stopped}; roll back by hand: {listing(tenants[(number - 1) * size:])}",
                              title="rollback")
             break
         ctx.runner.log(f"{label}: redeploying {', '.join(slugs)} with {rollout.rollback_tag}")

@@ -29,7 +29,7 @@ from deploy.buildinfo import BuildinfoClient
 from deploy.clock import Clock, Deadline
 from deploy.context import Context
 from deploy.controlplane import ControlPlaneClient, TenantRow
-from deploy.errors import Abort, DeployFailed, Inconclusive, Skip
+from deploy.errors import Abort, ConfigError, ConfigErrors, DeployFailed, Inconclusive, Skip
 from deploy.fleetstate import RollbackResult, Snapshot, roll_back, take_snapshot, to_roll_back
 from deploy.forge import ForgeClient
 from deploy.gates import ChecksResult, live_kill_switch, newer_head, wait_for_required_checks
@@ -37,10 +37,11 @@ from deploy.promote import PromoteResult, check_rollback_tag, check_sources, pro
 from deploy.proof import Prover
 from deploy.redeploy import Redeployer, Tenants
 from deploy.registry import Manifest
-from deploy.rollout import RolloutResult, StopKind, enumerate_fleet, run_rollout
+from deploy.rollout import Plan, RolloutResult, StopKind, enumerate_fleet, make_plan, run_rollout
 from deploy.runner import Runner, counted, listing
 from deploy.settings import Config, OnFailure
 from deploy.verify import TenantVerdict, Verdict, VerifyResult, described_failures, failing_listing, verify_tenants
+from deploy.waves import Timing, compressed, fitting
 
 
 class Outcome(StrEnum):
@@ -97,7 +98,7 @@ class Run:
     def timeline(self) -> list[Span]:
         spans = list(self.spans)
         if self.rollout:
-            spans += [Span(c.label, c.started, c.seconds) for c in self.rollout.calls]
+            spans += [Span(f"{c.label} ({len(c.slugs)})", c.started, c.seconds) for c in self.rollout.calls]
             if self.rollout.soak:
                 spans.append(Span("soak", self.rollout.soak.started, self.rollout.soak.seconds))
             spans += [Span(p.label, p.started, p.seconds) for p in self.rollout.proofs
@@ -141,6 +142,7 @@ class _Stages:
         self.prover: Prover | None = None
         self.pinned: dict[str, Manifest] = {}  # image → the source manifest the preflight read: what promote moves
         self.rollback_build = ""  # the commit rollback-tag's image was built from: what a rollback must prove
+        self.rollout_plan: Plan | None = None
         self.guarded = False  # the superseded guard and kill switch were read right before promote
         self.guard_off = False  # the superseded guard could not read the head once: warned, then logged
 
@@ -187,14 +189,13 @@ class _Stages:
     def rollout(self, cp: ControlPlaneClient) -> None:
         config, run, ctx = self.config, self.record, self.forward
         dry_run = config.rollout.dry_run
-        current = run.snapshot.current(config.sha) if run.snapshot and config.rollout.skip_current else ()
         if not dry_run and config.verify.url_template:
             self.reader = BuildinfoClient(config.verify.field, config.verify.concurrency, ctx)
         self.prover = None if dry_run else self.rollout_prover()
         with self.stage("Rollout", record=False):
             run.rollout = run_rollout(config.rollout, None if dry_run else self.redeployer(cp), run.fleet, ctx,
-                                      prover=self.prover, checkpoint=None if dry_run else self.between_calls,
-                                      current=current, before=run.snapshot)
+                                      plan=self.rollout_plan, prover=self.prover,
+                                      checkpoint=None if dry_run else self.between_calls, before=run.snapshot)
         if self.prover is not None and self.prover.verdicts:  # what was proven, even if the run stops here
             run.verify = self.prover.result(run.fleet)
         run.verify = _with_unhealthy_canary(run.verify, run.rollout, config.rollout.canary)
@@ -242,7 +243,8 @@ class _Stages:
             raise failure
         try:
             with self.stage("Rollback"):
-                run.rollback = roll_back(tenants, rollout.calls, run.snapshot, self.rollback_build, config, self.ctx)
+                run.rollback = roll_back(tenants, rollout.calls, run.snapshot, self.rollback_build, config, self.ctx,
+                                         len(run.fleet))
             if run.rollback.internal_error is not None:  # recorded above; a bug fails the run as one
                 raise run.rollback.internal_error
             said = (f"rolled back {counted(len(run.rollback.rolled_back), 'tenant')}" if run.rollback.ok
@@ -291,6 +293,40 @@ class _Stages:
                 self.check_rollback_tag()
         if config.wants("rollout"):
             self.snapshot()
+            self.plan_calls()
+
+    def plan_calls(self) -> None:
+        """The calls the rollout will make, said before anything moves, and refused when their
+        worst case cannot fit in what is left of ``timeout`` (exit 2, naming sizes that would)."""
+        config, run, runner = self.config, self.record, self.ctx.runner
+        rollout = config.rollout
+        if rollout.canary and rollout.canary not in run.fleet:
+            return  # the rollout says so (exit 1) before any call
+        current = run.snapshot.current(config.sha) if run.snapshot and rollout.skip_current else ()
+        plan = self.rollout_plan = make_plan(rollout, run.fleet, current)
+        if plan.already_current:
+            runner.log(f"skip-current: {counted(len(plan.already_current), 'tenant')} already report the build's "
+                       f"commit, not redeployed (to ship a rebuild of the same commit, set skip-current: false): "
+                       f"{listing(plan.already_current)}")
+        if rollout.canary and rollout.canary in current:
+            runner.log(f"canary {rollout.canary}: already reports the build; redeployed anyway: a re-run starts "
+                       "again from the canary (its proof and soak) before any batch")
+        timing = Timing(call=rollout.call_worst_case, bake=rollout.batch_soak_seconds,
+                        soak=rollout.soak_seconds if rollout.canary else 0.0, kept=config.planned_reserve)
+        sizes = [len(call) for call in plan.calls]
+        worst, left = timing.worst(len(sizes), bool(rollout.canary)), self.ctx.deadline.remaining()
+        canary = "canary 1, then " if rollout.canary else ""
+        runner.log(f"plan: {counted(len(sizes), 'deploy call')} ({canary}{compressed(sizes[bool(rollout.canary):])}"
+                   f" tenants), at worst {worst:g} s = {timing.described(len(sizes), bool(rollout.canary))}; "
+                   f"{left:.0f} s left of timeout")
+        if worst > left:
+            deployed = sum(sizes[bool(rollout.canary):])
+            advice = fitting(rollout.batch_sizes, len(run.fleet), deployed, rollout.max_batch_size, timing, left,
+                             bool(rollout.canary))
+            raise ConfigErrors([ConfigError(
+                "batch-size", f"cannot finish inside timeout: its plan of {counted(len(sizes), 'call')} takes up to "
+                              f"{worst:g} s ({timing.described(len(sizes), bool(rollout.canary))}), and {left:.0f} s "
+                              f"are left; {advice}, or raise timeout")])
 
     def check_rollback_tag(self) -> None:
         """The build a rollback goes back to, read before anything moves: a missing tag is found now."""

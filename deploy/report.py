@@ -419,7 +419,8 @@ def _merged(spans: list[Span], prefix: str) -> list[Span]:
     merged = []
     for first, last in itertools.pairwise(edges):
         group = batches[first:last]
-        numbers = f"{group[0].name.removeprefix(prefix).split('/')[0]}–{group[-1].name.removeprefix(prefix)}"
+        until = group[-1].name.removeprefix(prefix).split(" ")[0]  # "7/9", without a call's size
+        numbers = f"{group[0].name.removeprefix(prefix).split('/')[0]}–{until}"
         end = group[-1].started + group[-1].seconds
         merged.append(Span(f"{prefix.replace('batch ', 'batches ')}{numbers}", group[0].started,
                            end - group[0].started))

@@ -23,6 +23,7 @@ from deploy.redeploy import Redeployer
 from deploy.runner import Runner, counted, listing
 from deploy.settings import OnFailure, RolloutSettings
 from deploy.verify import SHOWN_DETAILS
+from deploy.waves import BatchSize, call_sizes, split
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -148,42 +149,57 @@ def enumerate_fleet(client: ControlPlaneClient, runner: Runner) -> tuple[tuple[s
     return fleet, call.rejected
 
 
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """The deploy calls a rollout makes, canary first, and the tenants it leaves alone: one plan for
+    the dry run, the time check and the run itself."""
+
+    calls: tuple[tuple[str, ...], ...]
+    canary: str
+    already_current: tuple[str, ...]  # in fleet order: skip-current's, the canary never among them
+
+
+def make_plan(settings: RolloutSettings, fleet: Sequence[str], current: Sequence[str] = ()) -> Plan:
+    """The calls for ``fleet``: the canary alone, then ``batch-size``'s waves (capped by
+    ``max-batch-size``) over the tenants not ``current`` — the canary is deployed even then, so a
+    re-run exposes one tenant first exactly like a first run."""
+    canary = settings.canary
+    skip = frozenset(current) - {canary}
+    rest = [slug for slug in fleet if slug not in skip and slug != canary]
+    sizes = call_sizes(settings.batch_sizes, len(fleet), len(rest), settings.max_batch_size)
+    calls = ((canary,), *split(rest, sizes)) if canary else split(rest, sizes)
+    return Plan(calls=calls, canary=canary, already_current=tuple(slug for slug in fleet if slug in skip))
+
+
 def plan_batches(fleet: Sequence[str], canary: str, batch_size: int) -> tuple[tuple[str, ...], ...]:
+    """Fixed-size batches after an optional canary (the plan of one ``batch-size`` number)."""
     rest = [slug for slug in fleet if slug != canary]
-    batches = [tuple(rest[i : i + batch_size]) for i in range(0, len(rest), batch_size)]
-    return ((canary,), *batches) if canary else tuple(batches)
+    batches = split(rest, call_sizes((BatchSize(count=batch_size),), len(fleet), len(rest)))
+    return ((canary,), *batches) if canary else batches
 
 
 def run_rollout(
     settings: RolloutSettings, client: Redeployer | None, fleet: tuple[str, ...], ctx: Context, *,
-    prover: Prover | None = None, checkpoint: Callable[[str], None] | None = None, current: Sequence[str] = (),
+    plan: Plan | None = None, prover: Prover | None = None, checkpoint: Callable[[str], None] | None = None,
     before: Snapshot | None = None,
 ) -> RolloutResult:
-    """Canary, soak, then the batches; never raises for what the CP or a tenant does.
+    """The ``plan``'s calls in order — canary, soak, then the batches; never raises for what the CP
+    or a tenant does.
 
     ``prover`` proves each call's tenants before the next call (verify-each-batch), watches the
     canary through its soak and each batch through its bake. ``checkpoint(label)`` runs before
     every call after the first and may stop the rollout on purpose: :class:`~deploy.errors.Skip`
     (superseded) or :class:`~deploy.errors.Abort` (the live kill switch); the result then says
-    which, and where. ``current`` tenants already run the build (the snapshot saw it): they get
-    no call at all — except the canary, which is always deployed, proven and soaked, so a re-run
-    exposes one tenant first exactly like a first run. ``before`` is that snapshot: a tenant that
-    ran a build before and fails to start the new one is evidence against the build, and halts.
+    which, and where. ``before`` is the snapshot: a tenant that ran a build before and fails to
+    start the new one is evidence against the build, and halts.
     """
     if settings.canary and settings.canary not in fleet:
         raise DeployFailed(f"canary {settings.canary!r} is not in the fleet the CP enumerated")
     runner = ctx.runner
-    skip = frozenset(current) - {settings.canary}
-    if skip:
-        runner.log(f"skip-current: {counted(len(skip), 'tenant')} already report the build's commit, not redeployed "
-                   f"(to ship a rebuild of the same commit, set skip-current: false): "
-                   f"{listing(tuple(slug for slug in fleet if slug in skip))}")
-    if settings.canary and settings.canary in current:
-        runner.log(f"canary {settings.canary}: already reports the build; redeployed anyway: a re-run starts again "
-                   "from the canary (its proof and soak) before any batch")
-    batches = plan_batches([slug for slug in fleet if slug not in skip], settings.canary, settings.batch_size)
+    plan = plan or make_plan(settings, fleet)
+    batches = plan.calls
     result = RolloutResult(fleet=fleet, max_stragglers=settings.max_stragglers, planned=batches,
-                           dry_run=settings.dry_run, already_current=tuple(slug for slug in fleet if slug in skip))
+                           dry_run=settings.dry_run, already_current=plan.already_current)
     if settings.dry_run:
         _log_plan(result, settings, runner)
         return result

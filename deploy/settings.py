@@ -13,6 +13,7 @@ from pathlib import Path
 
 from deploy import http
 from deploy.domain import ImageRef
+from deploy.waves import BatchSize
 
 STAGES: tuple[str, ...] = ("rollout", "verify", "promote")
 
@@ -98,7 +99,7 @@ class RolloutSettings:
     target_tag: str
     canary: str
     soak_seconds: float
-    batch_size: int
+    batch_sizes: tuple[BatchSize, ...]  # the calls after the canary: counts or percentages, the last repeated
     max_stragglers: int
     cp_tenant_timeout: float
     cp_settle_seconds: float
@@ -107,7 +108,19 @@ class RolloutSettings:
     on_failure: OnFailure = OnFailure.HOLD
     rollback_tag: str = ""  # the tag a rollback deploys: rollback-tag, or promote-tag's value when empty
     batch_soak_seconds: float = 0.0  # each batch's bake: its tenants watched this long after its proof
+    max_batch_size: int = 0  # the most tenants the CP takes in one call; 0: no cap
 
+    @property
+    def batch_size(self) -> int:
+        """One number for a call whose fleet is not known yet (the enumeration's ``batch_size``):
+        the largest count, else ``max-batch-size``, else 1."""
+        counts = [size.count for size in self.batch_sizes if size.count]
+        return min(max(counts), self.max_batch_size or max(counts)) if counts else self.max_batch_size or 1
+
+    def largest_call(self, fleet: int) -> int:
+        """The most tenants one call of this plan takes in a fleet of ``fleet``: a rollback's call size."""
+        largest = max(size.tenants(fleet) for size in self.batch_sizes)
+        return min(largest, self.max_batch_size) if self.max_batch_size else largest
     @property
     def call_worst_case(self) -> float:
         """How long the CP may take to answer a scoped call: its slowest tenant, then the settle."""
@@ -222,10 +235,15 @@ class Config:
         return stage in self.stages
 
     @property
+    def planned_reserve(self) -> float:
+        """:attr:`rollback_reserve` as the run would keep it: what a dry run's plan leaves for a rollback too."""
+        if self.rollout.on_failure != OnFailure.ROLLBACK or not self.wants("rollout"):
+            return 0.0
+        return self.rollout.call_worst_case + (self.verify.budget if self.verify.url_template else 0.0)
+
+    @property
     def rollback_reserve(self) -> float:
         """Seconds of ``timeout`` the snapshot, rollout and verify leave to a rollback: one call's
         worst case and the proof after it. None without ``on-failure: rollback``, nor for a run
         that deploys nothing (a dry run, ``stages`` without rollout): it cannot roll back."""
-        if self.rollout.on_failure != OnFailure.ROLLBACK or self.rollout.dry_run or not self.wants("rollout"):
-            return 0.0
-        return self.rollout.call_worst_case + (self.verify.budget if self.verify.url_template else 0.0)
+        return 0.0 if self.rollout.dry_run else self.planned_reserve

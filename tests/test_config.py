@@ -38,7 +38,7 @@ def test_defaults_load_and_target_tag_derives_from_sha():
     [
         ({"max_stragglers": "abc"}, "max-stragglers", "whole number"),
         ({"max_stragglers": "-1"}, "max-stragglers", "must be 0 or more"),
-        ({"batch_size": "0"}, "batch-size", "at least 1"),
+        ({"batch_size": "0"}, "batch-size", "a call takes at least one tenant"),
         ({"cp_url": "http://cp.example.com"}, "cp-url", "https://"),
         ({"cp_url": "cp.example.com"}, "cp-url", "http(s) URL"),
         ({"rollout_timeout": "60"}, "rollout-timeout", "below request-timeout"),
@@ -309,7 +309,8 @@ def test_url_credentials_never_reach_the_log_outputs_summary_or_report(fleet, ac
 def test_a_number_in_another_script_or_with_underscores_is_refused(value):
     """float() and \\d accept these; an input that only looks like a number must not pass."""
     assert "expected" in errors_for(timeout=value)["timeout"]
-    assert "expected a whole number" in errors_for(batch_size=value)["batch-size"]
+    assert "is neither a count of tenants (5) nor a percentage of the fleet (10%)" in \
+        errors_for(batch_size=value)["batch-size"]
 
 
 def test_a_bad_timeout_is_one_error_not_two():

@@ -11,10 +11,12 @@ from deploy.controlplane import CallResult, CallState
 from deploy.fleetstate import _redeploy_back
 from deploy.runner import Runner
 from deploy.settings import RolloutSettings
+from deploy.waves import BatchSize
 from tests.support import SHA
 
-ROLLOUT = RolloutSettings(target_tag="staging", canary="", soak_seconds=0, batch_size=3, max_stragglers=1,
-                          cp_tenant_timeout=300, cp_settle_seconds=90, dry_run=False, rollback_tag="latest")
+ROLLOUT = RolloutSettings(target_tag="staging", canary="", soak_seconds=0, batch_sizes=(BatchSize(count=3),),
+                          max_stragglers=1, cp_tenant_timeout=300, cp_settle_seconds=90, dry_run=False,
+                          rollback_tag="latest")
 
 
 class RefusingCP:
@@ -34,7 +36,7 @@ def rollback_calls(timeout: float) -> tuple[list[str], list[str]]:
     clock = FakeClock()
     cp = RefusingCP(clock)
     ctx = Context(Runner(stream=io.StringIO()), Deadline.starting_now(clock, timeout))
-    _calls, errors = _redeploy_back(tuple("abcdefghi"), cp, ROLLOUT, ctx)  # type: ignore[arg-type]
+    _calls, errors = _redeploy_back(tuple("abcdefghi"), cp, ROLLOUT, ctx, 3)  # type: ignore[arg-type]
     return cp.asked, errors
 
 

@@ -15,12 +15,13 @@ from deploy.controlplane import CallResult, CallState, TenantRow
 from deploy.redeploy import READ_FROM_TENANT, Redeployer, Tenants, call_key
 from deploy.runner import Runner
 from deploy.settings import RolloutSettings
+from deploy.waves import BatchSize
 from tests.support import SHA
 
 OLD = "0" * 40
 WORST = 390.0  # cp-tenant-timeout + cp-settle-seconds
-ROLLOUT = RolloutSettings(target_tag="staging-8ddce85", canary="", soak_seconds=0, batch_size=3, max_stragglers=0,
-                          cp_tenant_timeout=300, cp_settle_seconds=90, dry_run=False)
+ROLLOUT = RolloutSettings(target_tag="staging-8ddce85", canary="", soak_seconds=0, batch_sizes=(BatchSize(count=3),),
+                          max_stragglers=0, cp_tenant_timeout=300, cp_settle_seconds=90, dry_run=False)
 
 
 @dataclass

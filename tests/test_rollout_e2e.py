@@ -217,7 +217,8 @@ def test_a_dry_run_plans_with_dry_run_calls_only(fleet, action):
 
 def test_the_overall_timeout_stops_cleanly_with_outputs_and_report(fleet, action):
     _sim, server = fleet([TenantSpec("dead", dead=True), *healthy("a")])  # the dead one takes 1.95 s
-    result = action(server, batch_size="1", timeout="1.2", cp_tenant_timeout="0.5", cp_settle_seconds="0.2",
+    # the plan (2 calls of a declared 0.7 s worst case) fits in 1.5 s; the dead tenant's call does not
+    result = action(server, batch_size="1", timeout="1.5", cp_tenant_timeout="0.5", cp_settle_seconds="0.2",
                     verify_url="")
 
     assert result.code == 1
@@ -236,8 +237,9 @@ def test_retries_never_run_past_the_overall_timeout(fleet, action):
 
 
 def test_a_batch_that_the_cp_could_not_answer_in_time_is_not_started(fleet, action):
-    sim, server = fleet([TenantSpec("slow", deploy_seconds=240), *healthy("b")])  # 240 sim s: 1.2 s
-    result = action(server, batch_size="1", timeout="3", verify_url="")  # worst case per call: 1.95 s
+    """The plan fits (2 calls × 1.95 s in 4 s), but the first call overruns the CP's declared worst case."""
+    sim, server = fleet([TenantSpec("slow", deploy_seconds=500), *healthy("b")])  # 500 sim s: 2.5 s
+    result = action(server, batch_size="1", timeout="4", verify_url="")  # worst case per call: 1.95 s
 
     assert result.code == 1
     assert "less than the CP's worst case" in result.outputs["reason"]

@@ -155,8 +155,8 @@ def test_the_summary_opens_with_a_gantt_of_real_durations():
     gantt = text.split("```mermaid\n", 1)[1].split("```", 1)[0].splitlines()
     assert gantt[:3] == ["gantt", "    dateFormat x", "    axisFormat %M:%S"]
     assert gantt[3:] == [
-        "    section Rollout", "    canary 2.5 s :1000, 3500", "    soak 0.5 s :3500, 4000",
-        "    batch 1/1 3.0 s :4000, 7000", "    section Verify", "    verify 1.2 s :7500, 8750",
+        "    section Rollout", "    canary (1) 2.5 s :1000, 3500", "    soak 0.5 s :3500, 4000",
+        "    batch 1/1 (1) 3.0 s :4000, 7000", "    section Verify", "    verify 1.2 s :7500, 8750",
     ]
     assert text.index("### Timeline") < text.index("| Fleet |") < text.index("### Tenants")
 

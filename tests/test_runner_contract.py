@@ -161,7 +161,8 @@ def test_outside_actions_a_configuration_error_names_the_environment_variable(tm
     code, stdout = run_entrypoint({"GITHUB_WORKSPACE": str(tmp_path), "FLEET_BATCH_SIZE": "many"})
     assert code == 2
     assert "error: FLEET_CP_URL is required for the rollout and verify stages" in stdout
-    assert "error: FLEET_BATCH_SIZE: expected a whole number (got 'many')" in stdout
+    assert "error: FLEET_BATCH_SIZE: 'many' is neither a count of tenants (5) nor a percentage of the fleet (10%) " \
+           "(got 'many')" in stdout
     assert "cp-url: cp-url" not in stdout and "input cp-url" not in stdout
 
 
