@@ -21,6 +21,10 @@ figures). Two measurements:
    Printed per cell: the tenants the CP was asked to deploy by that run (counted by the simulator),
    the exit code and ``aborted-at``. Target in every cell: the canary alone with a canary, one
    batch (10) without. A contrast row: the stale build with ``verify-each-batch: false``.
+   A **bad metrics** row: a build that reports its SHA everywhere but answers 30 % of requests with
+   a 500 (``FleetSim.build_health``), with a real Prometheus (Debian's ``prometheus``) scraping the
+   tenants and ``analysis-url`` set (soak and bake 6 s, ``analysis-interval`` 1 s, 5 s windows), and
+   without analysis for contrast: every proof passes, so only the analysis stops it.
 2. **Cost on a healthy fleet.** 1000 tenants, batch size 25, canary on, soak 0, deploys instant
    (``time_scale=0``, settle 0: every tenant reports the SHA when its call returns), ``verify-url``
    set (interval 1 s, budget 600 s). Promote is off (stages rollout + verify): promote would add the
@@ -42,6 +46,7 @@ import multiprocessing
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -49,9 +54,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from simbench import SHA, TAG, Calls, run_client, run_clients  # noqa: E402
+from simbench import SHA, TAG, Calls, one_client, run_client, run_clients, serving  # noqa: E402
 
+from deploy.sim import local_prometheus  # noqa: E402
 from deploy.sim.fleet import FleetSim, healthy_fleet  # noqa: E402
+from deploy.sim.metrics import Health  # noqa: E402
 from deploy.sim.server import SimServer  # noqa: E402
 
 TOKEN = "bench-token-5d2f8b"
@@ -70,7 +77,8 @@ def serve(tenants: int, bad: str, call_seconds: float,
         spec.reverts_after = 0.2 / scale if bad == "revert after proof" else None
         spec.alternates = bad == "half-swapped"
     fleet = FleetSim(specs, builds={TAG: SHA}, token=TOKEN, time_scale=scale,
-                     bad_builds={TAG} if bad == "stale" else set())
+                     bad_builds={TAG} if bad == "stale" else set(),
+                     build_health={TAG: Health(error_ratio=0.3)} if bad == "bad metrics" else {})
     with SimServer([Calls(fleet), fleet], record=False) as server:
         url_queue.put(server.url)
         time.sleep(24 * 3600)
@@ -141,10 +149,49 @@ def blast_radius(tenants: int, batch_size: int) -> None:
     hit = sum(len(slugs) for slugs in contrast["calls"])
     print(f"{'stale, no proof':>18} {'yes':>6} {'first':>6} {hit:>11} {contrast['code']:>4} {'-':>11} "
           f"{contrast['wall']:>7.2f}  - (contrast: verify-each-batch false)")
+    missed += bad_metrics(tenants, batch_size)
     print(f"cells that missed the target: {missed} of {len(reasons)}")
     for bad, canary, name, reason in reasons:
         cut = reason if len(reason) <= 160 else reason[:157] + "..."
         print(f"  {bad}, {'canary' if canary else 'no canary'}, {name}: {cut}")
+
+
+ERRORS = ('errors: sum by (tenant) (rate(http_requests_total{tenant=~"{tenants}",code=~"5.."}[5s])) / '
+          'sum by (tenant) (rate(http_requests_total{tenant=~"{tenants}"}[5s])) < 0.05')
+
+
+def bad_metrics(tenants: int, batch_size: int) -> int:
+    """The bad-metrics rows (see the module doc); how many missed the target (with analysis only)."""
+    missed = 0
+    for canary in (True, False):
+        for analysis in (True, False):
+            with serving(serve, (tenants, "bad metrics", 0.05)) as url, tempfile.TemporaryDirectory() as root:
+                names = [f"tenant-{i:0{len(str(tenants))}d}" for i in range(1, tenants + 1)]
+                targets = {slug: f"{url}/tenants/{slug}/metrics" for slug in names}
+                prometheus = local_prometheus.start_prometheus(Path(root), targets)
+                try:
+                    prometheus.wait_for_scrapes(2)
+                    extra = {"FLEET_ANALYSIS_URL": prometheus.url, "FLEET_ANALYSIS_QUERY": ERRORS,
+                             "FLEET_ANALYSIS_INTERVAL": "1"} if analysis else {}
+
+                    def env(url: str, workdir: Path, extra: dict[str, str] = extra, canary: bool = canary
+                            ) -> dict[str, str]:
+                        return {**client_env(url, workdir, tenants=tenants, batch_size=batch_size, canary=canary,
+                                             each_batch=True, budget=1.0, interval=0.2, soak=6.0), **extra}
+
+                    f = one_client(url, env, {"calls": "/_bench/calls"})
+                finally:
+                    prometheus.stop()
+            hit = sum(len(slugs) for slugs in f["calls"])
+            want = 1 if canary else batch_size
+            met = f["code"] != 0 and hit <= want
+            missed += analysis and not met
+            target = f"{want} ({'met' if met else 'MISSED'})" if analysis else "- (contrast: no analysis)"
+            aborted_at = f["outputs"].get("aborted-at", "") or "-"
+            label = "bad metrics" if analysis else "bad metrics, off"
+            print(f"{label:>18} {'yes' if canary else 'no':>6} {'first':>6} {hit:>11} {f['code']:>4} "
+                  f"{aborted_at:>11} {f['wall']:>7.2f}  {target}")
+    return missed
 
 
 def healthy_cost(tenants: int, batch_size: int, repeat: int, call_seconds: float) -> None:

@@ -13,7 +13,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,18 +70,24 @@ def run_clients(serve: Callable[..., None], serve_args: tuple[Any, ...],
     """:func:`run_client` for several client runs, one after the other, against one simulator (a
     re-run finds the fleet as the run before left it); the figures of each, ``bench_paths`` read
     after each."""
+    with serving(serve, serve_args) as url:
+        return [one_client(url, env_for, bench_paths) for env_for in envs]
+
+
+@contextmanager
+def serving(serve: Callable[..., None], serve_args: tuple[Any, ...]) -> Iterator[str]:
+    """``serve(*serve_args, url_queue)`` in a process of its own while the block runs; yields its URL."""
     queue: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
     sim = multiprocessing.Process(target=serve, args=(*serve_args, queue), daemon=True)
     sim.start()
     try:
-        url = queue.get(timeout=60)
-        return [_one_client(url, env_for, bench_paths) for env_for in envs]
+        yield queue.get(timeout=60)
     finally:
         sim.terminate()
         sim.join()
 
 
-def _one_client(url: str, env_for: Callable[[str, Path], dict[str, str]],
+def one_client(url: str, env_for: Callable[[str, Path], dict[str, str]],
                 bench_paths: Mapping[str, str]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)

@@ -20,7 +20,7 @@ from typing import TextIO
 
 from deploy import __version__, cancel, config, pipeline, report
 from deploy.clock import Clock
-from deploy.errors import ConfigErrors, DeployFailed
+from deploy.errors import ConfigError, ConfigErrors, DeployFailed
 from deploy.runner import Runner
 
 PROG = "fleet-rollout"
@@ -53,6 +53,7 @@ def run(env: Mapping[str, str], stream: TextIO | None = None, clock: Clock | Non
             else:
                 settings = config.load(env)
                 report_path = settings.report_path
+                runner.log(config.effective_settings(env, settings))
                 pipeline.execute(settings, record, runner, clock or Clock())
     except ConfigErrors as exc:
         record.fail(_configuration_error(exc, runner), exit_code=2)
@@ -71,7 +72,10 @@ def _configuration_error(exc: ConfigErrors, runner: Runner) -> str:
     ``FLEET_*`` variable elsewhere (GitLab, a laptop), where there are no inputs."""
     messages = []
     for error in exc.errors:
-        subject = error.input_name if runner.in_actions else config.env_name(error.input_name)
-        messages.append(error.naming(subject))
+        if runner.in_actions:
+            messages.append(error.naming(error.input_name))
+        else:  # the advice in the words of where the user is: FLEET_* variables, not YAML inputs
+            said = ConfigError(error.input_name, config.in_environment_terms(error.message), about=error.about)
+            messages.append(said.naming(config.env_name(error.input_name)))
         runner.error(messages[-1], title=error.title if runner.in_actions else "")
     return "configuration error: " + "; ".join(messages)

@@ -252,31 +252,16 @@ class Analyzer:
         which keeps watching and reports what it would have done). Sleeps on the run's clock,
         within the overall deadline (:class:`~deploy.errors.DeadlineExceeded` otherwise).
         """
+        return self.start(step, tenants, seconds).finish()
+
+    def start(self, step: str, tenants: Sequence[str], seconds: float) -> StepWatch:
+        """A watch that the caller drives (:meth:`StepWatch.tick` whenever it has a moment, and
+        :meth:`StepWatch.finish` at the end): a soak or a bake that also polls ``/buildinfo``."""
         rendered = [(query, promql.render(query, tenants)) for query in self.settings.queries]
-        first = len(self.evaluations)
-        streaks = _Streaks(self.settings.failure_limit)
-        clock, interval = self.ctx.clock, self.settings.interval
-        end = clock.now() + max(seconds, 0.0)
-        at = min(clock.now() + interval, end)
-        decision: _Decision | None = None
-        every = f", every {interval:g} s" if seconds > interval else ""
+        every = f", every {self.settings.interval:g} s" if seconds > self.settings.interval else ""
         self.ctx.runner.log(f"analysis · {step}: {len(self.settings.queries)} queries over {len(set(tenants))} "
                             f"tenant(s), " + (f"for {seconds:g} s{every}" if seconds > 0 else "once"))
-        while True:
-            self._sleep_until(at, step)
-            found = streaks.add(self._round(step, rendered))
-            decision = decision or found
-            if (decision and not self.settings.dry_run) or clock.now() >= end:
-                break
-            at = min(at + interval, end)
-        pending, rounds = streaks.open(), 0
-        while decision is None and pending & streaks.open() and rounds < 2 * self.settings.failure_limit:
-            self._sleep_until(clock.now() + interval, step)
-            decision = streaks.add(self._round(step, rendered))
-            rounds += 1
-        result = self._result(step, decision, tuple(self.evaluations[first:]), seconds)
-        self.ctx.runner.log(f"analysis · {step}: {result.verdict} — {result.reason}")
-        return result
+        return StepWatch(self, step, rendered, seconds)
 
     def _sleep_until(self, at: float, step: str) -> None:
         wait = at - self.ctx.clock.now()
@@ -293,6 +278,17 @@ class Analyzer:
             self.ctx.runner.log(f"analysis · {step} · {evaluation.summary} → {evaluation.verdict} "
                                 f"({evaluation.at:.1f} s)")
         return evaluations
+
+    def _settle(self, step: str, rendered: Sequence[tuple[AnalysisQuery, str]], streaks: _Streaks,
+                decision: _Decision | None) -> _Decision | None:
+        """A streak still open when a watch ends: evaluate again every interval, at most twice the
+        failure limit, so a step never passes on a last evaluation that failed."""
+        pending, rounds = streaks.open(), 0
+        while decision is None and pending & streaks.open() and rounds < 2 * self.settings.failure_limit:
+            self._sleep_until(self.ctx.clock.now() + self.settings.interval, step)
+            decision = streaks.add(self._round(step, rendered))
+            rounds += 1
+        return decision
 
     def _result(self, step: str, decision: _Decision | None, evaluations: tuple[Evaluation, ...],
                 seconds: float) -> StepResult:
@@ -374,6 +370,59 @@ class Analyzer:
         if not isinstance(result, list):
             return replace(base, detail=f"the vector's result is not a list: {http.compact_json(result, 80)}")
         return _judge_vector(query, result, base)
+
+
+class StepWatch:
+    """One step's analysis as it happens: evaluated when due, decided at the end.
+
+    :meth:`finish` drives it alone to its end (sleeping until each evaluation is due): that is
+    :meth:`Analyzer.watch`. A soak or a bake that also polls the tenants' ``/buildinfo`` calls
+    :meth:`tick` after each of its rounds — an evaluation then comes at the first round after it is
+    due — and :meth:`finish` when its own watch is over.
+    """
+
+    def __init__(self, analyzer: Analyzer, step: str, rendered: Sequence[tuple[AnalysisQuery, str]],
+                 seconds: float) -> None:
+        self.analyzer, self.step, self.rendered, self.seconds = analyzer, step, rendered, seconds
+        clock, interval = analyzer.ctx.clock, analyzer.settings.interval
+        self.first = len(analyzer.evaluations)
+        self.streaks = _Streaks(analyzer.settings.failure_limit)
+        self.end = clock.now() + max(seconds, 0.0)
+        self.due = min(clock.now() + interval, self.end)  # the first evaluation sees the build running
+        self.decision: _Decision | None = None
+        self.rounds = 0
+        self.last = float("-inf")  # clock time of the last evaluation
+
+    def over(self) -> bool:
+        """Decided (and not report-only, which watches to the end), or evaluated at the end of its time."""
+        decided = self.decision is not None and not self.analyzer.settings.dry_run
+        return decided or self.last >= self.end
+
+    def tick(self) -> bool:
+        """Evaluate if an evaluation is due; True once the step is decided (the caller may stop early)."""
+        clock = self.analyzer.ctx.clock
+        if self.over() or clock.now() < self.due:
+            return self.over()
+        self.last = clock.now()
+        found = self.streaks.add(self.analyzer._round(self.step, self.rendered))
+        self.decision = self.decision or found
+        self.rounds += 1
+        self.due = min(self.due + self.analyzer.settings.interval, self.end)
+        if self.due <= clock.now() < self.end:  # a slow round: the next one is due now, not in the past
+            self.due = clock.now()
+        return self.over()
+
+    def finish(self) -> StepResult:
+        """The step's result: the evaluations still due (the one at the end included) made, and an
+        open failure streak settled (see the module doc)."""
+        analyzer = self.analyzer
+        while not self.over():
+            analyzer._sleep_until(self.due, self.step)
+            self.tick()
+        self.decision = analyzer._settle(self.step, self.rendered, self.streaks, self.decision)
+        result = analyzer._result(self.step, self.decision, tuple(analyzer.evaluations[self.first:]), self.seconds)
+        analyzer.ctx.runner.log(f"analysis · {self.step}: {result.verdict} — {result.reason}")
+        return result
 
 
 def _judge_vector(query: AnalysisQuery, result: list[Any], base: Evaluation) -> Evaluation:

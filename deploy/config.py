@@ -142,6 +142,21 @@ def env_name(input_name: str) -> str:
     return "FLEET_" + input_name.upper().replace("-", "_")
 
 
+_SAID_AS_YAML = re.compile(r"\b(" + "|".join(sorted(map(re.escape, DEFAULTS), key=len, reverse=True))
+                           + r"): (?=\S)")
+_HYPHENATED = re.compile(r"(?<![\w./-])(" + "|".join(sorted((re.escape(name) for name in DEFAULTS if "-" in name),
+                                                             key=len, reverse=True)) + r")(?![\w/-])")
+
+
+def in_environment_terms(message: str) -> str:
+    """A message about inputs, said to someone who sets ``FLEET_*`` variables (GitLab, a laptop):
+    ``stages: rollout,promote`` becomes ``FLEET_STAGES=rollout,promote`` and ``verify-url``
+    ``FLEET_VERIFY_URL``. (Single-word inputs are renamed only where written as a setting: "the
+    overall timeout" is prose.)"""
+    message = _SAID_AS_YAML.sub(lambda match: env_name(match.group(1)) + "=", message)
+    return _HYPHENATED.sub(lambda match: env_name(match.group(1)), message)
+
+
 EXPRESSION_RE = re.compile(r"^\s*\$\{\{.*\}\}\s*$", re.DOTALL)
 
 
@@ -259,6 +274,43 @@ def run_key(env: Mapping[str, str]) -> str:
         return f"fleet-rollout:{uuid.uuid4().hex}"
     repository = re.sub(r"[^A-Za-z0-9._/-]", "", env.get("GITHUB_REPOSITORY", ""))
     return f"fleet-rollout:{repository}:{run}.{attempt if attempt.isdigit() else '1'}"
+
+
+ROLLOUT_INPUTS = ("canary", "soak-seconds", "batch-size", "max-batch-size", "batch-soak-seconds", "max-stragglers",
+                  "rollout-timeout", "skip-current", "on-failure", "rollback-tag", "dry-run", "redeploy-path")
+VERIFY_INPUTS = ("verify-field", "verify-budget", "verify-interval", "verify-concurrency", "verify-each-batch")
+PROMOTE_INPUTS = ("promote-tag", "promote-source", "allow-single-arch", "registry-username")
+GATE_INPUTS = ("required-checks", "disabled-variable")
+
+
+def effective_settings(env: Mapping[str, str], config: Config) -> str:
+    """One line for the start of the log: the stages that run, and every input set to something
+    other than its default that has no effect in this run, with why — an input silently ignored
+    is a setting the user believes in and does not have."""
+    def given(name: str) -> bool:
+        value = env.get(env_name(name), "").strip()
+        return bool(value) and value != DEFAULTS[name]
+
+    rollout, verify = config.rollout, config.verify
+    idle: dict[str, str] = {}
+    if not config.wants("rollout"):
+        idle.update((name, "stages has no rollout") for name in ROLLOUT_INPUTS if given(name))
+    else:
+        if not rollout.canary and given("soak-seconds"):
+            idle["soak-seconds"] = "no canary"
+        if rollout.on_failure != OnFailure.ROLLBACK and given("rollback-tag"):
+            idle["rollback-tag"] = "on-failure is hold"
+    if not verify.url_template:
+        idle.update((name, "verify-url is empty") for name in VERIFY_INPUTS if given(name))
+    elif not config.wants("verify"):
+        idle.update((name, "stages has no verify") for name in VERIFY_INPUTS if given(name))
+    if not (config.promote.images and config.wants("promote")):
+        why = "promote-images is empty" if not config.promote.images else "stages has no promote"
+        idle.update((name, why) for name in PROMOTE_INPUTS if given(name))
+    if rollout.dry_run:
+        idle.update((name, "a dry run reads no gate") for name in GATE_INPUTS if given(name))
+    ignored = ", ".join(f"{name} ({why})" for name, why in idle.items()) or "none"
+    return f"effective settings: stages {','.join(config.stages)}; inputs set that have no effect here: {ignored}"
 
 
 def kill_switch(env: Mapping[str, str]) -> bool:
@@ -558,6 +610,7 @@ def load(env: Mapping[str, str]) -> Config:
             "is empty but promote-images is set: latest never moves without proof. "
             "Set verify-url, or say stages: rollout,promote to promote unverified on purpose",
         )
+    _check_something_to_do(inputs, loaded)
     if gates.disabled_variable and not forge.token:
         inputs.fail("disabled-variable", "needs github-token to read the variable live")
     if gates.required_checks and not forge.token:
@@ -604,6 +657,21 @@ def _check_time(inputs: _Inputs, config: Config) -> None:
         shown = " + ".join(f"{what} {seconds:g} s" for what, seconds in parts if seconds)
         inputs.fail("timeout", f"must be at least {needed:g} s here ({shown}), or the first step could never "
                                f"finish (got {timeout:g} s)")
+
+
+def _check_something_to_do(inputs: _Inputs, config: Config) -> None:
+    """A run whose requested stages could do nothing is an error, not a green job that moved
+    nothing: rollout always deploys, verify needs verify-url, promote needs promote-images."""
+    if config.wants("rollout"):
+        return
+    idle: list[tuple[str, str]] = []  # (why a stage would do nothing, the input that would give it work)
+    if config.wants("verify") and not config.verify.url_template:
+        idle.append(("verify has no verify-url to read", "verify-url"))
+    if config.wants("promote") and not config.promote.images:
+        idle.append(("promote has no promote-images to move", "promote-images"))
+    if idle and len(idle) == len(config.stages):
+        inputs.fail("stages", f"is {','.join(config.stages)}, which would do nothing: "
+                              f"{'; '.join(why for why, _ in idle)}. Set {' and '.join(name for _, name in idle)}")
 
 
 def _control_plane(
@@ -782,7 +850,7 @@ def _promote_settings(inputs: _Inputs, target_tag: str, insecure: bool) -> Promo
     if not TAG_RE.match(tag):
         inputs.fail("promote-tag", f"not a valid image tag (got {tag!r})")
     source = inputs.parse("promote-source", parse_source, "") if inputs.raw("promote-source") else target_tag
-    if images and not source:
+    if images and not source and not any(error.input_name in ("sha", "target-tag") for error in inputs.errors):
         inputs.fail("promote-source", "nothing to promote: set sha, target-tag or promote-source")
     username, password = inputs.text("registry-username"), inputs.text("registry-password")
     if bool(username) != bool(password):

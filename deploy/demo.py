@@ -20,6 +20,12 @@ It runs the pipeline through :func:`deploy.action.run`, what the container runs;
 target, but ``/buildinfo`` keeps the previous build (``FleetSim.bad_builds``). The canary's proof
 fails, so the rollout stops after the canary: one deploy call, ``ok=false``, exit 1, ``latest`` not moved.
 
+``--bad-metrics`` ships a build that starts, reports its SHA and then answers 30 % of requests with
+a 500 (``FleetSim.build_health``): every proof passes, and only metric analysis can tell. A real
+Prometheus (Debian's ``prometheus``, started on loopback for the demo) scrapes the tenants' metrics;
+the canary's analysis during its soak fails, so the rollout stops after the canary (exit 1,
+``latest`` not moved). Without the ``prometheus`` binary it says so and exits 2.
+
 The registry is Debian's ``docker-registry`` when it is installed, otherwise the simulator's own.
 """
 
@@ -37,8 +43,9 @@ from pathlib import Path
 from deploy.action import run
 from deploy.report import text_summary
 from deploy.runner import format_output, parse_output_file
-from deploy.sim import local_registry
+from deploy.sim import local_prometheus, local_registry
 from deploy.sim.fleet import FleetSim, TenantSpec
+from deploy.sim.metrics import Health
 from deploy.sim.registry import SimRegistry
 from deploy.sim.server import SimServer
 
@@ -49,8 +56,9 @@ REPOSITORY = "acme/platform-tenant"
 TOKEN = "sim-Q7vXk2mZ9pLw"  # no 6 characters of it occur in the log, so redaction hides nothing else
 
 
-def demo_fleet(bad_build: bool = False) -> FleetSim:
-    """The five tenants; with ``bad_build`` the build never really swaps (the CP says it did)."""
+def demo_fleet(bad_build: bool = False, bad_metrics: bool = False) -> FleetSim:
+    """The five tenants; with ``bad_build`` the build never really swaps (the CP says it did); with
+    ``bad_metrics`` it swaps, and fails 30 % of its requests."""
     tenants = [
         TenantSpec("hongming", deploy_seconds=40, settle_seconds=60),
         TenantSpec("reno-stars", deploy_seconds=55, settle_seconds=120),
@@ -58,7 +66,25 @@ def demo_fleet(bad_build: bool = False) -> FleetSim:
         TenantSpec("philbrew-erton", dead=True),
         TenantSpec("acme-prod", deploy_seconds=50, settle_seconds=90),
     ]
-    return FleetSim(tenants, builds={TAG: SHA}, time_scale=SCALE, token=TOKEN, bad_builds={TAG} if bad_build else set())
+    return FleetSim(tenants, builds={TAG: SHA}, time_scale=SCALE, token=TOKEN, bad_builds={TAG} if bad_build else set(),
+                    build_health={TAG: Health(error_ratio=0.3)} if bad_metrics else {})
+
+
+ANALYSIS_QUERY = ('errors: sum by (tenant) (rate(http_requests_total{tenant=~"{tenants}",code=~"5.."}[5s])) / '
+                  'sum by (tenant) (rate(http_requests_total{tenant=~"{tenants}"}[5s])) < 0.05')
+
+
+@contextmanager
+def demo_prometheus(workdir: Path, server: SimServer, fleet: FleetSim) -> Iterator[str]:
+    """A real Prometheus scraping the demo's tenants every second, its first samples in; yields its URL."""
+    targets = {tenant.slug: f"{server.url}/tenants/{tenant.slug}/metrics" for tenant in fleet.tenants}
+    prometheus = local_prometheus.start_prometheus(workdir / "prometheus", targets)
+    try:
+        print(f"# metrics: Debian's prometheus at {prometheus.url}, scraping the tenants every second", flush=True)
+        prometheus.wait_for_scrapes(2)
+        yield prometheus.url
+    finally:
+        prometheus.stop()
 
 
 @contextmanager
@@ -150,11 +176,16 @@ def publish_outputs(outputs: dict[str, str], job_output: str | None) -> bool:
     return True
 
 
-def main(report: str | None = None, bad_build: bool = False) -> int:
+def main(report: str | None = None, bad_build: bool = False, bad_metrics: bool = False) -> int:
     """Run the demo; ``report``: where to keep the JSON report (it is otherwise deleted with the sim);
-    ``bad_build``: ship a build that never really swaps, which the canary's proof stops.
+    ``bad_build``: ship a build that never really swaps, which the canary's proof stops;
+    ``bad_metrics``: one that fails 30 % of requests, which the canary's metric analysis stops.
     Exit code: the run's; 1 as well when the report or the outputs could not be written where asked."""
-    fleet, sim_registry = demo_fleet(bad_build), SimRegistry()
+    if bad_metrics and not shutil.which("prometheus"):
+        print("fleet-rollout demo: --bad-metrics needs a real Prometheus: install Debian's prometheus "
+              "(apt-get install --no-install-recommends prometheus)", file=sys.stderr)
+        return 2
+    fleet, sim_registry = demo_fleet(bad_build, bad_metrics), SimRegistry()
     with ExitStack() as stack:
         server = stack.enter_context(SimServer([fleet, sim_registry]))
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fleet-demo-")))
@@ -162,10 +193,17 @@ def main(report: str | None = None, bad_build: bool = False) -> int:
         if bad_build:
             print(f"# the build is bad: the CP will say {TAG} is on target, but /buildinfo keeps the previous "
                   "build, so the canary's proof stops the rollout", flush=True)
+        if bad_metrics:
+            print(f"# the build is bad: it reports {SHA[:12]} everywhere, then answers 30% of requests with a 500; "
+                  "only metric analysis can tell, during the canary's soak", flush=True)
         registry_host = stack.enter_context(demo_registry(workdir, server, sim_registry))
         outputs_file = workdir / "outputs"  # the run's own GITHUB_OUTPUT: read back, then published
         env = {**caller_env(), **demo_env(server.url, workdir, fleet.token, registry_host, bad_build),
                "GITHUB_OUTPUT": str(outputs_file)}
+        if bad_metrics:  # a rate() needs a few scrapes in its window: a soak of 6 s, evaluated every second
+            analysis_url = stack.enter_context(demo_prometheus(workdir, server, fleet))
+            env.update(FLEET_ANALYSIS_URL=analysis_url, FLEET_ANALYSIS_QUERY=ANALYSIS_QUERY,
+                       FLEET_ANALYSIS_INTERVAL="1", FLEET_SOAK_SECONDS="6")
         print(flush=True)
         code = run(env)
         written = workdir / "fleet-rollout-report.json"

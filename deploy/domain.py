@@ -121,6 +121,10 @@ def parse_image(value: str, allow_insecure: bool) -> ImageRef:
         raise ValueError(f"{shown}: only http:// or https:// (or no scheme: https)")
     if not repository or not ("." in host or ":" in host or host == "localhost"):
         raise ValueError(f"{shown}: expected host[:port]/repository, e.g. ghcr.io/acme/app")
+    if ":" in repository:
+        tag = repository.rpartition(":")[2]
+        raise ValueError(f"{shown}: remove the tag ':{tag[:40]}' — promote-images names repositories only (the tag "
+                         "that moves is promote-tag; the build it moves to is target-tag, or promote-source)")
     if not REPOSITORY_RE.match(repository):
         raise ValueError(f"{shown}: repository must be lowercase path components")
     hostname = urlsplit("//" + host).hostname or host

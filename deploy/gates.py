@@ -99,14 +99,19 @@ def newer_head(gates: GateSettings, sha: str, client: ForgeClient | None, runner
     when the guard is off for this run.
 
     A head we cannot read (no token, no branch, an API error) is *not* superseded: warn and carry
-    on. ``quiet`` logs that instead of warning again: the guard is asked before every deploy call,
-    and one annotation says it is off. Heads compare like verify compares a tenant's build: by
-    prefix of at least 7 characters, any case.
+    on. ``quiet`` logs that instead of warning again, and only a reason not said yet: the guard is
+    asked before every deploy call, and one annotation says it is off. Heads compare like verify
+    compares a tenant's build: by prefix of at least 7 characters, any case.
     """
     if not gates.skip_if_superseded:
         return ""
     title = "Superseded guard off"
-    warn = (lambda message, title: runner.log(f"{title}: {message}")) if quiet else runner.warning
+    def warn(message: str, title: str) -> None:
+        if not quiet:
+            runner.warning(message, title=title)
+        elif not runner.has_said("warning", message, title):  # a reason already said is not said again
+            runner.log(f"{title}: {message}")
+
     if client is None:
         warn("no github-token, so the branch head cannot be read; deploying without the guard", title=title)
         return None

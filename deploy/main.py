@@ -27,7 +27,7 @@ __all__ = ["PROG", "cli", "main", "parser", "run"]  # run: deploy.action.run, ke
 
 USAGE = """\
 fleet-rollout                                  run the rollout the FLEET_* variables describe
-       fleet-rollout demo [--report PATH] [--bad-build]
+       fleet-rollout demo [--report PATH] [--bad-build] [--bad-metrics]
        fleet-rollout contract URL [--token-env NAME] [--test-tenant SLUG] [...]
        fleet-rollout -h | --help | --version"""
 DESCRIPTION = """\
@@ -52,6 +52,10 @@ DEMO_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
                         "help": "ship a bad build: the CP says every tenant is on target but /buildinfo keeps the "
                                 "previous build, so the canary's proof stops the rollout after the canary "
                                 "(exit 1, latest not moved)"}),
+    (("--bad-metrics",), {"action": "store_true",
+                          "help": "ship a build that reports its SHA but fails 30%% of requests: a real Prometheus "
+                                  "(Debian's prometheus, needed) scrapes the tenants, and the canary's metric "
+                                  "analysis stops the rollout after the canary (exit 1, latest not moved)"}),
 )
 EXIT_CODES = """\
 exit codes:
@@ -158,7 +162,7 @@ def main(argv: Sequence[str]) -> int:
         if args.command == "demo":
             from deploy import demo  # the simulator is not needed by a run
 
-            return demo.main(report=args.report, bad_build=args.bad_build)
+            return demo.main(report=args.report, bad_build=args.bad_build, bad_metrics=args.bad_metrics)
         if args.command == "contract":
             return contract.run(args, os.environ, sys.stdout, args.contract_error)
     except KeyboardInterrupt:  # Ctrl-C in a terminal: stop quietly, as any command-line tool does

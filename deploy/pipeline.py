@@ -18,6 +18,7 @@ tenant that went back to another build since its proof fails the run there.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, replace
@@ -25,6 +26,7 @@ from enum import StrEnum
 from typing import NoReturn
 
 from deploy import cancel
+from deploy.analysis import Analyzer, StepResult, StepVerdict
 from deploy.buildinfo import BuildinfoClient
 from deploy.clock import Clock, Deadline
 from deploy.context import Context
@@ -48,6 +50,7 @@ class Outcome(StrEnum):
     """How a run ended: the ``outcome`` output, and the headline of the summary and the report."""
 
     DEPLOYED = "deployed"  # every requested stage succeeded
+    PROMOTED = "promoted"  # stages: promote alone (a manual promotion or a tag moved back), and it succeeded
     PLANNED = "planned"  # a dry run: the fleet enumerated, the batches printed
     SKIPPED = "skipped"  # kill switch or superseded: exit 0, ok=false
     ABORTED = "aborted"  # the live kill switch stopped the rollout between calls: the fleet is mixed, exit 1
@@ -78,6 +81,7 @@ class Run:
     promote: PromoteResult | None = None
     snapshot: Snapshot | None = None
     rollback: RollbackResult | None = None
+    analysis: list[StepResult] = field(default_factory=list)  # each step's metric analysis (analysis-url), in order
     notes: dict[str, str] = field(default_factory=dict)  # stage → why it did not run
     spans: list[Span] = field(default_factory=list)
     seconds: float = 0.0
@@ -93,7 +97,7 @@ class Run:
 
     @property
     def ok(self) -> bool:
-        return self.outcome in (Outcome.DEPLOYED, Outcome.PLANNED)
+        return self.outcome in (Outcome.DEPLOYED, Outcome.PROMOTED, Outcome.PLANNED)
 
     def timeline(self) -> list[Span]:
         spans = list(self.spans)
@@ -105,6 +109,7 @@ class Run:
                       if p.label.startswith(("proof", "bake"))]
         if self.rollback:
             spans += [Span(c.label, c.started, c.seconds) for c in self.rollback.calls]
+        spans += [Span(_analysis_label(step), step.at, 0.0) for step in self.analysis]
         return sorted(spans, key=lambda s: s.started)
 
 
@@ -124,7 +129,8 @@ def execute(config: Config, run: Run, runner: Runner, clock: Clock) -> None:
     finally:
         run.seconds = ctx.deadline.elapsed()
     if not run.outcome:
-        run.outcome = Outcome.PLANNED if config.rollout.dry_run else Outcome.DEPLOYED
+        run.outcome = (Outcome.PLANNED if config.rollout.dry_run
+                       else Outcome.PROMOTED if config.stages == ("promote",) else Outcome.DEPLOYED)
 
 
 class _Stages:
@@ -143,6 +149,7 @@ class _Stages:
         self.pinned: dict[str, Manifest] = {}  # image → the source manifest the preflight read: what promote moves
         self.rollback_build = ""  # the commit rollback-tag's image was built from: what a rollback must prove
         self.rollout_plan: Plan | None = None
+        self.analyzer: Analyzer | None = None  # metric analysis, when analysis-url is set
         self.guarded = False  # the superseded guard and kill switch were read right before promote
         self.guard_off = False  # the superseded guard could not read the head once: warned, then logged
 
@@ -153,7 +160,7 @@ class _Stages:
                 session.close()
         if self.cp_client is not None:
             self.cp_client.close()
-        for reader in (self.prover, self.reader):
+        for reader in (self.prover, self.reader, self.analyzer):
             if reader is not None:
                 reader.close()
 
@@ -181,6 +188,8 @@ class _Stages:
                 self.before_promote()
             if run.verify is not None and config.wants("verify"):
                 self.final_check()
+            if self.analyzer is not None and run.rollout is not None:
+                self.analyse_before_promote()
         except DeployFailed as failure:
             self.roll_back_after(failure)  # re-raises, the rollback's outcome added to the reason
         if config.wants("promote"):  # a promote that fails leaves a verified fleet: never rolled back
@@ -195,7 +204,9 @@ class _Stages:
         with self.stage("Rollout", record=False):
             run.rollout = run_rollout(config.rollout, None if dry_run else self.redeployer(cp), run.fleet, ctx,
                                       plan=self.rollout_plan, prover=self.prover,
-                                      checkpoint=None if dry_run else self.between_calls, before=run.snapshot)
+                                      checkpoint=None if dry_run else self.between_calls, before=run.snapshot,
+                                      analyzer=None if dry_run else self.analyzer)
+        run.analysis = list(run.rollout.analysis)
         if self.prover is not None and self.prover.verdicts:  # what was proven, even if the run stops here
             run.verify = self.prover.result(run.fleet)
         run.verify = _with_unhealthy_canary(run.verify, run.rollout, config.rollout.canary)
@@ -284,6 +295,15 @@ class _Stages:
         config, run = self.config, self.record
         with self.stage("Plan"):
             run.fleet, rejected = enumerate_fleet(cp, self.ctx.runner)
+            if not run.fleet:
+                raise DeployFailed("the CP enumerated no tenant: there is nothing to deploy or verify (check cp-url "
+                                   "and redeploy-path, or the CP's fleet)")
+            canary = config.rollout.canary
+            if config.wants("rollout") and canary and canary not in run.fleet:
+                close = difflib.get_close_matches(canary, run.fleet, n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]}?" if close else ""
+                raise ConfigErrors([ConfigError("canary", f"{canary!r} is not one of the {len(run.fleet)} tenants the "
+                                                          f"CP enumerated{hint}")])
             if rejected:
                 run.notes["plan"] = f"the CP listed {counted(len(rejected), 'name')} that cannot be tenants: " \
                                     f"{listing(rejected)}"
@@ -294,14 +314,15 @@ class _Stages:
         if config.wants("rollout"):
             self.snapshot()
             self.plan_calls()
+            if config.analysis.enabled:
+                self.analyzer = Analyzer(config.analysis, config.http, self.forward)
+                self.analyzer.validate(run.fleet)  # a query the API cannot run is exit 2 now, not mid-rollout
 
     def plan_calls(self) -> None:
         """The calls the rollout will make, said before anything moves, and refused when their
         worst case cannot fit in what is left of ``timeout`` (exit 2, naming sizes that would)."""
         config, run, runner = self.config, self.record, self.ctx.runner
         rollout = config.rollout
-        if rollout.canary and rollout.canary not in run.fleet:
-            return  # the rollout says so (exit 1) before any call
         current = run.snapshot.current(config.sha) if run.snapshot and rollout.skip_current else ()
         plan = self.rollout_plan = make_plan(rollout, run.fleet, current)
         if plan.already_current:
@@ -450,6 +471,25 @@ class _Stages:
         if not fresh.ok:
             raise DeployFailed(f"final check before promote: {described_failures(run.verify)}; latest not promoted")
 
+    def analyse_before_promote(self) -> None:
+        """The metrics of every tenant on the build, once, right before promote: a build that
+        slowly hurts the fleet fails here (a rollback may follow); an analysis that cannot decide
+        holds under ``analysis-inconclusive: hold``."""
+        assert self.analyzer is not None and self.record.rollout is not None
+        rollout = self.record.rollout
+        on_build = set(rollout.shipped) | set(rollout.already_current)
+        tenants = [slug for slug in rollout.fleet if slug in on_build]
+        if not tenants:
+            return
+        with self.stage("Analysis"):
+            result = self.analyzer.evaluate("promote", tenants)
+        self.record.analysis.append(result)
+        if result.verdict is StepVerdict.FAIL:
+            raise DeployFailed(f"metric analysis before promote failed: {result.reason}; latest not promoted")
+        if result.verdict is StepVerdict.HOLD:
+            raise Inconclusive(f"metric analysis before promote inconclusive, holding: {result.reason}; latest not "
+                               "promoted")
+
     def promote(self) -> None:
         config, run, runner = self.config, self.record, self.ctx.runner
         if self.registry_client is None:
@@ -462,6 +502,13 @@ class _Stages:
             run.promote = promote_images(config.promote, self.registry_client, self.ctx, self.pinned)
         if not run.promote.ok:
             raise DeployFailed(f"promote failed: {run.promote.error}")
+
+
+def _analysis_label(step: StepResult) -> str:
+    """A timeline mark for one step's analysis: the last value of each query, and the verdict."""
+    last = {evaluation.name: evaluation.value for evaluation in step.evaluations}
+    values = " ".join(f"{name}={'none' if value is None else f'{value:.3g}'}" for name, value in last.items())
+    return f"analysis {step.step} {values} {step.verdict}"
 
 
 def _with_unhealthy_canary(verify: VerifyResult | None, rollout: RolloutResult, canary: str) -> VerifyResult | None:

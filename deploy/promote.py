@@ -43,10 +43,10 @@ class PromotionState(StrEnum):
     """Where one image's promote tag was left."""
 
     PROMOTED = "promoted"  # on the source, read back
-    ROLLED_BACK = "rolled-back"  # left or put back where it was, because another image failed
+    PUT_BACK = "put-back"  # left or put back where it was, because another image failed
     FAILED = "failed"  # this image's promotion failed, and its tag is where it was
     NOT_STARTED = "not-started"  # an earlier image failed first
-    ROLLBACK_FAILED = "rollback-failed"  # moved, and could not be put back: both digests say where it is
+    PUT_BACK_FAILED = "put-back-failed"  # moved, and could not be put back: both digests say where it is
     UNKNOWN = "unknown"  # a put-back was sent and the tag could not be read since: on one of two digests
 
 
@@ -263,7 +263,7 @@ def _undo(attempts: list[_Attempt], settings: PromoteSettings, runner: Runner, g
     if failed.pushed:
         restored, now, note = _restore(failed, settings.tag, runner, grace, confirmed=False)
         now, detail = ("" if now == _digest(failed.previous) else now), f"{error}; {note}"
-        if restored in (PromotionState.ROLLBACK_FAILED, PromotionState.UNKNOWN):
+        if restored in (PromotionState.PUT_BACK_FAILED, PromotionState.UNKNOWN):
             state = restored
     promotions.append(_promotion(failed, settings, now, state, detail))
     promotions += [Promotion(image=str(image), source=settings.source, promoted_digest="", previous_digest="",
@@ -272,9 +272,9 @@ def _undo(attempts: list[_Attempt], settings: PromoteSettings, runner: Runner, g
                    for image in settings.images[len(attempts):]]
     # the one line every reader sees (the `reason` output) must say what is left half-moved, or unknown
     stuck = [f"{p.image} ({settings.tag} left on {p.promoted_digest or 'an unknown digest'})"
-             for p in promotions if p.state == PromotionState.ROLLBACK_FAILED]
+             for p in promotions if p.state == PromotionState.PUT_BACK_FAILED]
     if stuck:
-        error += f"; rollback failed for {', '.join(stuck)}"
+        error += f"; put-back failed for {', '.join(stuck)}"
     unknown = [f"{a.image} ({settings.tag} on {_digest(a.previous) or 'no manifest'} or {_digest(a.source)})"
                for a, p in zip(attempts, promotions, strict=False) if p.state == PromotionState.UNKNOWN]
     if unknown:
@@ -298,23 +298,23 @@ def _restore(attempt: _Attempt, tag: str, runner: Runner, grace: Deadline,
         if previous is not None:  # put it back all the same: the put-back reads where it ends up
             state, now, note = _put_back(repository, tag, previous, moved_to, grace)
         elif confirmed:  # read back on the source when it moved, and there is nothing to put back
-            state, now, note = PromotionState.ROLLBACK_FAILED, moved_to, (
+            state, now, note = PromotionState.PUT_BACK_FAILED, moved_to, (
                 f"{tag} did not exist before and was left on {moved_to} (it could not be read now: {_why(exc)})")
         else:
             state, now, note = _unreadable(tag, previous, moved_to, "the failed push", exc)
     else:
         now = current.digest if current else ""
         if previous is None and current is None:
-            state, note = PromotionState.ROLLED_BACK, f"{tag} still does not exist"
+            state, note = PromotionState.PUT_BACK, f"{tag} still does not exist"
         elif previous is None:
-            state, note = PromotionState.ROLLBACK_FAILED, (
+            state, note = PromotionState.PUT_BACK_FAILED, (
                 f"{tag} did not exist before and is left on {now} (deleting a tag is not portable across "
                 "registries: delete it by hand if it must go)")
         elif now == previous.digest:
-            state, note = PromotionState.ROLLED_BACK, f"{tag} is still on the previous {now}"
+            state, note = PromotionState.PUT_BACK, f"{tag} is still on the previous {now}"
         else:
             state, now, note = _put_back(repository, tag, previous, moved_to, grace)
-    runner.log(f"{attempt.image}: rollback: {note}")  # after the put-back: it never waits on this line
+    runner.log(f"{attempt.image}: put-back: {note}")  # after the put-back: it never waits on this line
     return state, now, note
 
 
@@ -325,7 +325,7 @@ def _put_back(repository: Repository, tag: str, previous: Manifest, moved_to: st
         _read_back(repository, tag, previous.digest, grace)
     except Exception as exc:  # noqa: BLE001 - applied or not, the registry is asked where the tag is
         return _settle(repository, tag, previous, moved_to, grace, exc)
-    return PromotionState.ROLLED_BACK, previous.digest, f"{tag} put back on the previous {previous.digest}"
+    return PromotionState.PUT_BACK, previous.digest, f"{tag} put back on the previous {previous.digest}"
 
 
 def _settle(repository: Repository, tag: str, previous: Manifest, moved_to: str, grace: Deadline,
@@ -338,9 +338,9 @@ def _settle(repository: Repository, tag: str, previous: Manifest, moved_to: str,
         return _unreadable(tag, previous, moved_to, f"the put-back ({why}), then reading it again", exc)
     now = found.digest if found else ""
     if now == previous.digest:
-        return PromotionState.ROLLED_BACK, now, (
+        return PromotionState.PUT_BACK, now, (
             f"{tag} put back on the previous {now} (the put-back reported {why}; read again, it is there)")
-    return PromotionState.ROLLBACK_FAILED, now, (
+    return PromotionState.PUT_BACK_FAILED, now, (
         f"could not put {tag} back on {previous.digest}: {why}; read again, it is on {now or 'no manifest'}")
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from deploy.analysis import StepWatch
 from deploy.buildinfo import BuildinfoClient, buildinfo_url, format_seconds
 from deploy.context import Context
 from deploy.controlplane import TenantRow
@@ -56,13 +57,14 @@ class Prover:
         (naming each failing tenant and its state)."""
         started = self.ctx.deadline.elapsed()
         result = verify_tenants(self.settings, self.http_settings, self.sha, rows, self.ctx, reader=self.reader,
-                                label=f"{label}: proof")
+                                label=f"{label}: proof", brief=bool(self.spans))
         for verdict in result.verdicts:
             self.verdicts[verdict.slug] = replace(verdict, call=label)
         self.spans.append(ProofSpan(label=f"proof {label}", started=started, seconds=result.seconds, ok=result.ok))
         return "" if result.ok else f"{label} not proven: {described_failures(result)}"
 
-    def watch(self, label: str, slugs: Sequence[str], seconds: float, during: str) -> str:
+    def watch(self, label: str, slugs: Sequence[str], seconds: float, during: str,
+              analysis: StepWatch | None = None) -> str:
         """Poll ``slugs`` together every ``verify-interval`` for ``seconds``: '' when each kept
         reporting the build, else what was seen (the canary's soak, a batch's bake).
 
@@ -70,6 +72,8 @@ class Prover:
         one interval: two polls in a row without an answer, or no answer at the last poll (the
         tenants must still be answering when the next call starts). On failure each failing
         tenant's verdict becomes what was seen, so the outputs and the summary agree with the reason.
+        ``analysis``, the step's metric analysis, is evaluated whenever it is due between two
+        polls; once it has decided, the watch ends (its caller reads the decision).
         """
         interval, clock, deadline = self.settings.interval, self.ctx.clock, self.ctx.deadline
         urls = [buildinfo_url(self.settings.url_template, slug) for slug in slugs]
@@ -77,7 +81,7 @@ class Prover:
         end = start + seconds
         silent = dict.fromkeys(slugs, 0)
         seen: dict[str, tuple[str, str]] = {}  # slug → (what it runs, why it failed)
-        while not seen and clock.now() < end:
+        while not seen and clock.now() < end and not (analysis and analysis.tick()):
             deadline.sleep(min(interval, end - clock.now()), during)
             answers = self.reader.read_all(urls, min(self.http_settings.request_timeout, interval), deadline)
             into = f"{format_seconds(clock.now() - start)} s into {during}"

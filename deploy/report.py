@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy import __version__
+from deploy.analysis import Evaluation, StepResult
 from deploy.controlplane import CallResult, TenantRow
 from deploy.domain import writable
 from deploy.fleetstate import RollbackResult, Snapshot, TenantBefore
@@ -35,6 +36,7 @@ from deploy.promote import PromoteResult, Promotion, PromotionState
 from deploy.proof import ProofSpan
 from deploy.rollout import RolloutResult, Soak, describe_plan
 from deploy.runner import Runner, counted, escape_markdown, listing, refuse_unless_regular
+from deploy.settings import OnFailure
 from deploy.verify import STATES, TenantVerdict, Verdict, VerifyResult
 
 SCHEMA_VERSION = 4  # bump with schema/report.schema.json whenever a key or a type of the report changes
@@ -255,7 +257,7 @@ REPORTED: dict[type, tuple[Key, ...]] = {
         Key("target_tag", lambda run: run.config.rollout.target_tag if run.config else ""),
         Key("stages", lambda run: run.config.stages if run.config else ()),
         Key("notes"), Key("fleet"), Key("snapshot"), Key("checks"), Key("rollout"), Key("verify"), Key("rollback"),
-        Key("promote"), Key("timeline", Run.timeline),
+        Key("analysis"), Key("promote"), Key("timeline", Run.timeline),
     ),
     Snapshot: (Key("started", digits=MS), Key("seconds", digits=MS), Key("tenants")),
     TenantBefore: (Key("slug"), Key("sha"), Key("problem")),
@@ -270,7 +272,15 @@ REPORTED: dict[type, tuple[Key, ...]] = {
         Key("result_count"), Key("stragglers"), Key("quarantined"),
         Key("outcome_unknown", lambda rollout: tuple(rollout.outcome_unknown)),  # the slugs; the calls say why
         Key("shipped"), Key("already_current"), Key("not_started"), Key("stopped"), Key("aborted_at"),
-        Key("calls"), Key("soak"), Key("proofs"),
+        Key("calls"), Key("soak"), Key("proofs"), Key("analysis"),
+    ),
+    StepResult: (
+        Key("step"), Key("verdict"), Key("finding"), Key("reason"), Key("query"), Key("report_only"),
+        Key("at", digits=MS), Key("evaluations"),
+    ),
+    Evaluation: (
+        Key("step"), Key("name"), Key("query"), Key("series"), Key("value"), Key("op"), Key("threshold"),
+        Key("verdict"), Key("at", digits=MS), Key("detail"), Key("series_count"), Key("failing_count"), Key("failing"),
     ),
     Soak: (Key("started"), Key("seconds")),
     ProofSpan: (Key("label"), Key("started", digits=MS), Key("seconds", digits=MS), Key("ok")),
@@ -326,21 +336,31 @@ def summary(run: Run, redact: Callable[[str], str] | None = None) -> str:
     lines = [f"## fleet-rollout: {_headline(run)}", ""]
     if run.reason:
         lines += [f"**Reason:** {cell(run.reason)}", ""]
+    standing = where_things_stand(run)
+    if standing:
+        lines += ["**Where things stand:**", "", *(f"- {cell(line)}" for line in standing), ""]
     lines += _timeline(run)  # people would rather look than read: the timeline comes first
     lines += _facts(run, cell)
     lines += _tenant_table(run, cell)
     lines += _rollback_section(run, cell)
+    lines += _analysis_table(run, cell)
     lines += _promotion_table(run, cell)
     return "\n".join(lines) + "\n"
 
 
+HEADLINE_ICONS = {Outcome.DEPLOYED: "✅", Outcome.PROMOTED: "✅", Outcome.PLANNED: "📝", Outcome.SKIPPED: "⏭️",
+                  Outcome.ABORTED: "🛑", Outcome.FAILED: "❌"}
+
+
 def _headline(run: Run) -> str:
-    icons = {Outcome.DEPLOYED: "✅", Outcome.PLANNED: "📝", Outcome.SKIPPED: "⏭️", Outcome.ABORTED: "🛑",
-             Outcome.FAILED: "❌"}
-    icon = icons.get(run.outcome, "❔") if run.outcome else "❔"
+    """The outcome, the build, and what a green headline must not hide: tenants left behind."""
+    icon = HEADLINE_ICONS.get(run.outcome, "❔") if run.outcome else "❔"
     config = run.config
     what = f" `{config.rollout.target_tag}` ({config.sha[:12]})" if config and config.rollout.target_tag else ""
-    return f"{icon} {run.outcome or 'unfinished'}{what}"
+    quarantined = run.rollout.quarantined if run.rollout else ()
+    left = f", {len(quarantined)} quarantined ({escape_markdown(listing(quarantined, 3))})" \
+        if quarantined and run.ok else ""
+    return f"{icon} {run.outcome or 'unfinished'}{what}{left}"
 
 
 def _facts(run: Run, cell: _Cell) -> list[str]:
@@ -366,8 +386,11 @@ def _facts(run: Run, cell: _Cell) -> list[str]:
             rows.append(("Canary", f"{canary} already reported sha and was deployed again: a re-run starts from the "
                                    "canary, its proof and soak, before any batch"))
     if run.verify:
-        counts = ", ".join(f"{s} {len(run.verify.slugs(s))}" for s in STATES)
-        rows.append(("Verify", f"{counts} in {run.verify.seconds:.1f} s"))
+        counts = ", ".join(f"{s} {len(run.verify.slugs(s))}" for s in STATES if run.verify.slugs(s)) or "none"
+        how = (f"{run.verify.rounds} verify rounds in {run.verify.seconds:.1f} s" if run.verify.rounds
+               else "proven call by call during the rollout")
+        final = "; each re-read by the final check" if any(span.name == "final check" for span in run.spans) else ""
+        rows.append(("Verify", f"{counts} ({how}{final})"))
     for stage, note in run.notes.items():
         rows.append((stage.capitalize(), note))
     rows.append(("Duration", f"{run.seconds:.1f} s"))
@@ -376,10 +399,82 @@ def _facts(run: Run, cell: _Cell) -> list[str]:
 
 # A span's first word → its section; the rest (calls, proofs, bakes) is Rollout.
 SECTIONS = {"gates": "Gates", "plan": "Plan", "snapshot": "Snapshot", "verify": "Verify", "final": "Final check",
-            "promote": "Promote", "rollback": "Rollback"}
+            "analysis": "Analysis", "promote": "Promote", "rollback": "Rollback"}
 TIMELINE_BARS = 40  # batch bars in the summary's timeline; more batches are merged into this many
 CELL_CHARS = 300  # of one summary cell: a CP's long error text must not make the table megabytes (the report keeps it)
 TABLE_ROWS = 300  # rows of the summary's tenant table: about 40 KiB, far below the runner's 1 MiB
+
+
+def where_things_stand(run: Run) -> list[str]:
+    """After a failed or aborted run: what the fleet runs now (tenants per build), where ``latest``
+    is, what ``on-failure`` did, and the next step. Every fact is what the run last read or was told."""
+    config, rollout = run.config, run.rollout
+    if run.outcome not in (Outcome.FAILED, Outcome.ABORTED) or config is None or rollout is None or rollout.dry_run:
+        return []
+    lines = [f"The fleet runs: {_builds_now(run)}."]
+    if run.promote and run.promote.promotions:
+        lines.append(f"{run.promote.tag}: " + "; ".join(f"{p.image} {p.state} ({p.promoted_digest or 'unknown'})"
+                                                       for p in run.promote.promotions) + ".")
+    else:
+        lines.append(f"{config.promote.tag} did not move: it still names the build it named before the run.")
+    shipped = [slug for slug in rollout.shipped if not (run.rollback and slug in set(run.rollback.rolled_back))]
+    lines.append(_on_failure_said(run))
+    lines.append(_next_step(run, shipped))
+    return lines
+
+
+def _builds_now(run: Run) -> str:
+    """Tenants per build, from the last reading of each: the rollback's proof, the proof or verify,
+    the snapshot for a tenant no call reached, or the CP's word (said so)."""
+    rollout = run.rollout
+    assert rollout is not None
+    verdicts = {v.slug: v.running for v in run.verify.verdicts} if run.verify else {}
+    back = {v.slug: v.running for v in run.rollback.verify.verdicts} if run.rollback and run.rollback.verify else {}
+    untouched = set(rollout.not_started) | set(rollout.already_current)
+    before = run.snapshot.by_slug if run.snapshot else {}
+    counts: dict[str, int] = {}
+    for slug in rollout.fleet:
+        build = back.get(slug) or verdicts.get(slug) or ""
+        if not build and slug in untouched and slug in before:
+            build = before[slug].sha
+        if not build and slug in rollout.rows and rollout.rows[slug].on_target and slug not in untouched:
+            build = f"{run.config.sha[:12] if run.config else 'the build'} (the CP's word)"
+        build = build[:12] if build and "(" not in build else build or "unknown (not read)"
+        counts[build] = counts.get(build, 0) + 1
+    ranked = sorted(counts.items(), key=lambda item: -item[1])
+    shown = ", ".join(f"{build} on {counted(count, 'tenant')}" for build, count in ranked[:6])
+    return shown + (f", {len(ranked) - 6} other builds" if len(ranked) > 6 else "")
+
+
+def _on_failure_said(run: Run) -> str:
+    config = run.config
+    assert config is not None
+    if run.rollback is not None:
+        back = len(run.rollback.rolled_back)
+        missing = f"; {len(run.rollback.not_rolled_back)} not back" if run.rollback.not_rolled_back else ""
+        return f"on-failure: rollback redeployed {run.rollback.tag}: {counted(back, 'tenant')} back{missing}."
+    if "on-failure: rollback not run:" in run.reason:
+        return "on-failure: rollback did not run: " + run.reason.split("on-failure: rollback not run:", 1)[1].strip()
+    if config.rollout.on_failure == OnFailure.ROLLBACK:
+        return "on-failure: rollback had nothing to put back (no deploy call moved a tenant), or no time."
+    return "on-failure: hold: nothing was rolled back; the fleet stays as it is for a person to decide."
+
+
+def _next_step(run: Run, shipped: list[str]) -> str:
+    config = run.config
+    assert config is not None
+    if run.rollback is not None and run.rollback.not_rolled_back:
+        return (f"Next: roll back by hand the tenants not back ({listing(run.rollback.not_rolled_back)}): redeploy "
+                f"{run.rollback.tag} on them (examples/github-manual-rollback.yml), then re-run.")
+    if run.promote is not None and not run.promote.ok:
+        return ("Next: the fleet was verified on the build; fix the registry and re-run with stages: promote "
+                "(skip-if-superseded: false) to move the tag.")
+    if not shipped:
+        return "Next: fix the cause and re-run this job: nothing this run deployed is left on the build."
+    automatic = "" if config.rollout.on_failure == OnFailure.ROLLBACK else ", or set on-failure: rollback"
+    return (f"Next: fix the cause and re-run this job (skip-current redeploys only the tenants not on "
+            f"{config.sha[:12]}), or roll the {counted(len(shipped), 'tenant')} shipped back by hand "
+            f"(examples/github-manual-rollback.yml, with the previous build){automatic}.")
 
 
 def _timeline(run: Run) -> list[str]:
@@ -513,11 +608,43 @@ def _rollback_section(run: Run, cell: _Cell) -> list[str]:
     proven = len(rollback.verify.slugs(Verdict.VERIFIED)) if rollback.verify else 0
     word = len(rollback.rolled_back) - proven
     taken = f" ({word} on the CP's word: their snapshot had no SHA)" if word else ""
-    lines = [f"### Rollback to `{rollback.tag}`", "",  # a tag (TAG_RE): nothing to escape in a code span
+    lines = [f"### Rollback: tenants redeployed with `{rollback.tag}`", "",  # a tag (TAG_RE): nothing to escape
              f"{len(rollback.rolled_back)} of {counted(len(rollback.tenants), 'tenant')} this run moved are back on "
              f"the build they ran before{taken}."]
     if rollback.error:
         lines += ["", f"**Not done:** {cell(rollback.error)}"]
+    return [*lines, ""]
+
+
+ANALYSIS_ROWS = 60  # steps in the summary's analysis table: the first and the last ones, the report has all
+
+
+def _analysis_table(run: Run, cell: _Cell) -> list[str]:
+    """Metric analysis, one row per step and query: the last value, the condition, the verdict and
+    how many evaluations; a step that did not pass first, then the first and last steps."""
+    if not run.analysis:
+        return []
+    steps = run.analysis
+    if len(steps) > ANALYSIS_ROWS:
+        failed = [step for step in steps if step.verdict != "pass"]
+        steps = failed + [step for step in (*steps[:ANALYSIS_ROWS // 2], *steps[-ANALYSIS_ROWS // 2:])
+                          if step not in failed]
+    lines = ["### Metric analysis", "", "| step | query | value | condition | verdict | evaluations |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for step in steps:
+        last: dict[str, Evaluation] = {}
+        counts: dict[str, int] = {}
+        for evaluation in step.evaluations:
+            last[evaluation.name] = evaluation
+            counts[evaluation.name] = counts.get(evaluation.name, 0) + 1
+        for name, evaluation in last.items():
+            value = "–" if evaluation.value is None else f"{evaluation.value:.4g}"
+            on = f" ({evaluation.series})" if evaluation.series else ""
+            verdict = f"{evaluation.verdict}" + (f" → step {step.verdict}" if name == step.query else "")
+            lines.append(f"| {cell(step.step)} | {cell(name)} | {cell(value + on)} | "
+                         f"{cell(f'{evaluation.op} {evaluation.threshold:g}')} | {cell(verdict)} | {counts[name]} |")
+    if len(run.analysis) > len(steps):
+        lines += ["", f"{len(run.analysis) - len(steps)} more steps passed: see the JSON report (`analysis`)."]
     return [*lines, ""]
 
 
@@ -540,6 +667,8 @@ def _log_result(run: Run, runner: Runner) -> None:
     # A failure's reason is the run's last line, the verdict after this group: not repeated here.
     because = f" — {run.reason}" if run.reason and run.outcome != Outcome.FAILED else ""
     runner.log(f"outcome: {run.outcome or 'unfinished'}{because}")
+    for line in where_things_stand(run):
+        runner.log(line)
     r = run.rollout
     if r and r.dry_run:
         canary = run.config.rollout.canary if run.config else ""
@@ -557,6 +686,9 @@ def _log_result(run: Run, runner: Runner) -> None:
             slugs = run.verify.slugs(state)
             names = f" ({_names(slugs)})" if slugs and state != Verdict.VERIFIED else ""
             runner.log(f"verify {state}: {len(slugs)}{names}")
+    for step in run.analysis:
+        runner.log(f"analysis {step.step}: {step.verdict} — {step.reason}")
+    _log_tenants(run, runner)
     if run.promote:
         for p in run.promote.promotions:
             moved = f"now {p.promoted_digest}, before {p.previous_digest or '(no tag)'}"
@@ -564,6 +696,26 @@ def _log_result(run: Run, runner: Runner) -> None:
             runner.log(f"promote {p.image}:{run.promote.tag}: {p.state}: {what}")
     for stage, note in run.notes.items():
         runner.log(f"{stage}: {note}")
+
+
+def _log_tenants(run: Run, runner: Runner) -> None:
+    """The summary's tenant table as log lines (Gitea before 1.27 shows no summary): the same
+    tenants — every one up to :data:`TABLE_ROWS`, else those with a problem — and the same facts."""
+    if not run.fleet or (run.rollout is not None and run.rollout.dry_run):
+        return
+    whole = len(run.fleet) <= TABLE_ROWS
+    shown = 0
+    for fields, state in _tenant_rows(run):
+        if not (whole or state == _PROBLEM):
+            continue
+        if shown == TABLE_ROWS:
+            runner.log("tenant: … more in the JSON report (`report` output)")
+            return
+        slug, _phase, _status, _healthz, _on_target, verify, shipped_in, proven, change, error = fields
+        facts = [verify or "not verified", f"shipped in {shipped_in}" if shipped_in else "",
+                 f"proven at {proven}" if proven else "", change, error]
+        runner.log(f"tenant {slug}: " + "; ".join(fact for fact in facts if fact))
+        shown += 1
 
 
 def _logged_already(reason: str, runner: Runner) -> bool:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import cached_property
 
+from deploy.analysis import Analyzer, StepResult, StepVerdict
 from deploy.context import Context
 from deploy.controlplane import CallResult, ControlPlaneClient, TenantRow
 from deploy.errors import Abort, DeadlineExceeded, DeployFailed, Inconclusive, Skip
@@ -24,6 +25,10 @@ from deploy.runner import Runner, counted, listing
 from deploy.settings import OnFailure, RolloutSettings
 from deploy.verify import SHOWN_DETAILS
 from deploy.waves import BatchSize, call_sizes, split
+
+
+class CallNotStarted(DeadlineExceeded):
+    """A deploy call not started because the CP's worst case no longer fits in ``timeout``."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,6 +62,7 @@ class RolloutResult:
     dry_run: bool = False
     # A bug that stopped the rollout: kept so the calls made are recorded, then raised by the pipeline
     # (an internal error: never a verdict on a tenant or a call, and never a reason to roll back).
+    analysis: tuple[StepResult, ...] = ()  # each step's metric analysis (analysis-url), canary first
     internal_error: Exception | None = field(default=None, compare=False, repr=False)
 
     @cached_property
@@ -181,13 +187,14 @@ def plan_batches(fleet: Sequence[str], canary: str, batch_size: int) -> tuple[tu
 def run_rollout(
     settings: RolloutSettings, client: Redeployer | None, fleet: tuple[str, ...], ctx: Context, *,
     plan: Plan | None = None, prover: Prover | None = None, checkpoint: Callable[[str], None] | None = None,
-    before: Snapshot | None = None,
+    before: Snapshot | None = None, analyzer: Analyzer | None = None,
 ) -> RolloutResult:
     """The ``plan``'s calls in order — canary, soak, then the batches; never raises for what the CP
     or a tenant does.
 
     ``prover`` proves each call's tenants before the next call (verify-each-batch), watches the
-    canary through its soak and each batch through its bake. ``checkpoint(label)`` runs before
+    canary through its soak and each batch through its bake; ``analyzer`` judges each step's
+    metrics (metric analysis) at the same moments. ``checkpoint(label)`` runs before
     every call after the first and may stop the rollout on purpose: :class:`~deploy.errors.Skip`
     (superseded) or :class:`~deploy.errors.Abort` (the live kill switch); the result then says
     which, and where. ``before`` is the snapshot: a tenant that ran a build before and fails to
@@ -205,7 +212,7 @@ def run_rollout(
         return result
     if client is None:
         raise ValueError("a rollout that is not a dry run needs a Redeployer")
-    progress = _Progress(result, settings, ctx, prover, before)
+    progress = _Progress(result, settings, ctx, prover, before, analyzer)
     try:
         for number, slugs in enumerate(batches, start=1):
             progress.current, progress.calling = _label(number, len(batches), bool(settings.canary)), False
@@ -225,8 +232,9 @@ def run_rollout(
         progress.stop(StopKind.ABORTED, str(exc))
     except Inconclusive as exc:
         progress.stop(StopKind.HELD, str(exc))
-    except DeployFailed as exc:  # the deadline, a cancellation: keep what happened
-        progress.halted = str(exc) + _later(len(batches) - len(progress.calls))  # every call made is recorded
+    except DeployFailed as exc:  # the deadline, a cancellation: keep what happened (every call made is recorded)
+        named = isinstance(exc, CallNotStarted)  # the call it did not start is in its message already
+        progress.halted = str(exc) + _later(len(batches) - len(progress.calls) - named)
     except Exception as exc:  # noqa: BLE001 - a bug must not lose the calls already made; re-raised after
         progress.halted = f"internal error ({type(exc).__name__}: {exc}); this is a bug in fleet-rollout"
         return replace(progress.result(), internal_error=exc)
@@ -253,6 +261,8 @@ class _Progress:
     ctx: Context
     prover: Prover | None
     before: Snapshot | None = None
+    analyzer: Analyzer | None = None
+    analyses: list[StepResult] = field(default_factory=list)  # each step's metric analysis, in order
     calls: list[CallResult] = field(default_factory=list)
     current: str = ""  # the call being made (or about to be)
     halted: str = ""
@@ -270,6 +280,7 @@ class _Progress:
             halted=self.halted, stopped=self.stopped, aborted_at=self.current if self.halted else "",
             planned=self.start.planned, soak=self.soak_span,
             proofs=tuple(self.prover.spans) if self.prover else (), already_current=self.start.already_current,
+            analysis=tuple(self.analyses),
         )
         if self.stopped is None:
             return result
@@ -304,7 +315,7 @@ class _Progress:
         worst, left, kept = self.settings.call_worst_case, self.ctx.deadline.remaining(), self.ctx.deadline.reserve
         if left < worst:
             before = f" before the {kept:g} s kept for a rollback" if kept else ""
-            raise DeadlineExceeded(
+            raise CallNotStarted(
                 f"overall timeout: {left:.0f} s left{before}, less than the CP's worst case for a call "
                 f"({worst:g} s = cp-tenant-timeout + cp-settle-seconds); {label} ({', '.join(slugs)}) not started"
             )
@@ -334,19 +345,43 @@ class _Progress:
             runner.error(self.halted, title=f"canary {slug}")
 
     def soak(self, slug: str, seconds: float, runner: Runner) -> None:
-        """Wait with the canary alone on the build; watched through its /buildinfo when proving."""
-        if seconds <= 0 or self.halted:
-            return
-        watched = " (its /buildinfo watched every verify-interval)" if self.prover else ""
-        runner.log(f"soak: waiting {seconds:g} s with the canary alone on the new build{watched}")
-        started = self.ctx.deadline.elapsed()
-        if self.prover is not None:
-            self.halted = self.prover.watch("canary", [slug], seconds, "the soak")
-        else:
-            self.ctx.deadline.sleep(seconds, "soaking the canary")
-        self.soak_span = Soak(started=started, seconds=self.ctx.deadline.elapsed() - started)
+        """The canary alone on the build for ``soak-seconds``: its /buildinfo watched when proving,
+        its metrics analysed when ``analysis-url`` is set."""
         if self.halted:
-            runner.error(self.halted, title=f"canary {slug}")
+            return
+        started = self.ctx.deadline.elapsed()
+        self.watch("canary", [slug], seconds, "the soak", runner)
+        if seconds > 0:
+            self.soak_span = Soak(started=started, seconds=self.ctx.deadline.elapsed() - started)
+
+    def watch(self, label: str, slugs: list[str], seconds: float, during: str, runner: Runner) -> None:
+        """After a call's proof: its tenants watched for ``seconds`` (the canary's soak, a batch's
+        bake) through their /buildinfo when proving, and their metrics analysed when
+        ``analysis-url`` is set — once right away when there is no such wait. A failed analysis
+        halts like a failed proof; an inconclusive one under ``analysis-inconclusive: hold``
+        stops the rollout without a rollback (:class:`~deploy.errors.Inconclusive`)."""
+        if self.halted or not slugs or (seconds <= 0 and self.analyzer is None):
+            return
+        analysis = self.analyzer.start(label, slugs, seconds) if self.analyzer is not None else None
+        if seconds > 0:
+            how = " (/buildinfo watched every verify-interval)" if self.prover else ""
+            runner.log(f"soak: waiting {seconds:g} s with the canary alone on the new build{how}" if label == "canary"
+                       else f"{label}: baking {seconds:g} s with its {counted(len(slugs), 'tenant')}{how}")
+            if self.prover is not None:
+                self.halted = self.prover.watch(label, slugs, seconds, during, analysis)
+            elif analysis is None:
+                self.ctx.deadline.sleep(seconds, f"{label}: {during}")
+        if analysis is not None and not self.halted:
+            self.judge(label, analysis.finish())
+        if self.halted:
+            runner.error(self.halted, title=f"canary {slugs[0]}" if label == "canary" else f"{label} not proven")
+
+    def judge(self, label: str, result: StepResult) -> None:
+        self.analyses.append(result)
+        if result.verdict is StepVerdict.FAIL:
+            self.halted = f"{label}: metric analysis failed: {result.reason}"
+        elif result.verdict is StepVerdict.HOLD:
+            raise Inconclusive(f"{label}: metric analysis inconclusive, holding: {result.reason}")
 
     def batch(self, client: Redeployer, label: str, slugs: tuple[str, ...], runner: Runner) -> None:
         tolerance = self.start.max_stragglers - len(self.straggling)
@@ -360,10 +395,9 @@ class _Progress:
         rows = call.known
         answered = call.status == 200 and not call.outcome_unknown  # the CP's own rows, not a lost answer
         failed_on_build = [slug for slug in stragglers if answered and slug in rows and self._ran(slug)]
-        for slug in stragglers if answered else ():
+        for slug in stragglers if answered else ():  # warned once, later: quarantined, or named in the halt
             if slug not in failed_on_build:
-                runner.warning(f"{slug} did not reach the target: {_row_problem(rows.get(slug))}",
-                               title=f"straggler {slug}")
+                runner.log(f"{label}: straggler {slug} did not reach the target: {_row_problem(rows.get(slug))}")
         self.halted = self._batch_halt(call, label, slugs, stragglers, failed_on_build)
         if self.halted:
             runner.error(self.halted, title=f"{label} failed")
@@ -376,7 +410,7 @@ class _Progress:
             if self.halted:
                 runner.error(self.halted, title=f"{label} not proven")
                 return
-        self.bake(label, [row.slug for row in shipped], runner)
+        self.watch(label, [row.slug for row in shipped], self.settings.batch_soak_seconds, "its bake", runner)
 
     def _batch_halt(self, call: CallResult, label: str, slugs: tuple[str, ...], stragglers: list[str],
                     failed_on_build: list[str]) -> str:
@@ -406,21 +440,6 @@ class _Progress:
             problems = "; ".join(f"{slug}: {_row_problem(rows.get(slug))}" for slug in stragglers[:SHOWN_DETAILS])
             return f"{label}: no tenant reached the target ({problems}): the build is not started on a second call"
         return ""
-
-    def bake(self, label: str, slugs: list[str], runner: Runner) -> None:
-        """``batch-soak-seconds``: the batch's tenants watched (or, without a proof, waited on)
-        before the next call, as the canary is during its soak."""
-        seconds = self.settings.batch_soak_seconds
-        if seconds <= 0 or not slugs:
-            return
-        if self.prover is None:
-            runner.log(f"{label}: baking {seconds:g} s before the next call")
-            self.ctx.deadline.sleep(seconds, f"baking {label}")
-            return
-        runner.log(f"{label}: baking {seconds:g} s, its {counted(len(slugs), 'tenant')} watched every verify-interval")
-        self.halted = self.prover.watch(label, slugs, seconds, "its bake")
-        if self.halted:
-            runner.error(self.halted, title=f"{label} not proven")
 
     def _ran(self, slug: str) -> bool:
         return bool(self._sha_before(slug))

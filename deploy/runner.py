@@ -432,17 +432,26 @@ class Runner:
                     " (GitHub shows 10 per step); see the log and the job summary"
                 )
 
-    def _annotate(self, kind: str, message: str, title: str, final: bool = False) -> None:
+    def has_said(self, kind: str, message: str, title: str = "") -> bool:
+        """Whether this very annotation was made: a check asked before every call says its finding once."""
+        return (kind, *self._annotation(message, title)) in self._annotated
+
+    def _annotation(self, message: str, title: str) -> tuple[str, str]:
+        """(title, message) as annotated: redacted, writable, capped."""
         (message, cut), (title, title_cut) = self._redact_head(writable(message)), self._redact_head(writable(title))
-        message, title = cap_line(message, LINE_LIMIT, cut), cap_line(title, 256, title_cut)
-        if (kind, title, message) in self._annotated:  # said already (a gate re-checked): log it only
-            self.log(f"{kind}: {title + ': ' if title else ''}{message}")
+        return cap_line(title, 256, title_cut), cap_line(message, LINE_LIMIT, cut)
+
+    def _annotate(self, kind: str, message: str, title: str, final: bool = False) -> None:
+        title, message = self._annotation(message, title)
+        # As a plain line the title leads the message, unless the message already begins with it
+        # ("batch 1/2 not proven: batch 1/2 not proven: …" says one thing twice).
+        prefix = f"{title}: " if title and not message.startswith(title) else ""
+        if (kind, title, message) in self._annotated:  # said already (a gate re-checked): once is enough
             return
         self._annotated.add((kind, title, message))
         if not final:
             self._counts[kind] = self._counts.get(kind, 0) + 1
         if (not final and self._counts[kind] > _limit(kind)) or not self.in_actions:
-            prefix = f"{title}: " if title else ""
             self.log(f"{kind}: {prefix}{message}")
             return
         props = f" title={escape_property(title)}" if title else ""

@@ -24,7 +24,7 @@ from deploy.clock import Clock, Deadline
 from deploy.context import Context
 from deploy.controlplane import TenantRow
 from deploy.domain import TENANT_RE, display_url, sha_matches
-from deploy.runner import Runner, listing
+from deploy.runner import Runner, counted, listing
 from deploy.settings import HttpSettings, VerifySettings
 
 
@@ -212,6 +212,7 @@ def verify_tenants(
     label: str = "verify",
     expected: Mapping[str, str] | None = None,
     decisive: bool = False,
+    brief: bool = False,
 ) -> VerifyResult:
     """Poll every healthy row's ``verify-url`` until it reports ``sha`` or the shared deadline passes.
 
@@ -223,6 +224,8 @@ def verify_tenants(
     report instead of ``sha`` (a rollback: each back on its snapshot SHA, all in one stage).
     ``decisive``: the first SHA a tenant reports is its verdict — one that went back to another
     build is not waited for (the final check); only a tenant that gives no usable answer is asked again.
+    ``brief``: the opening line names only the count and the build (a call's proof after the first:
+    where and how they are read was said once).
     """
     if not (sha or expected) or not settings.url_template:
         raise ValueError("verify needs the sha and a verify-url template")
@@ -230,11 +233,14 @@ def verify_tenants(
     stage = _Stage.begin(settings, sha, rows, ctx.clock, ctx.deadline, label, expected or {}, decisive)
     kept = f", its last {ctx.deadline.reserve:g} s kept for a rollback" if ctx.deadline.reserve else ""
     cut = f" (cut short by the overall timeout{kept})" if stage.budget < settings.budget else ""
-    runner.log(
-        f"{label}: {len(stage.pending)} tenants must report {settings.field} = {stage.wanted} at "
-        f"{display_url(settings.url_template)}; polling up to {settings.concurrency} at a time every "
-        f"{settings.interval:g} s for up to {format_seconds(stage.budget)} s{cut}"
-    )
+    if stage.pending and brief:
+        runner.log(f"{label}: {counted(len(stage.pending), 'tenant')} must report {stage.wanted}{cut}")
+    elif stage.pending:
+        runner.log(
+            f"{label}: {counted(len(stage.pending), 'tenant')} must report {settings.field} = {stage.wanted} at "
+            f"{display_url(settings.url_template)}; polling up to {settings.concurrency} at a time every "
+            f"{settings.interval:g} s for up to {format_seconds(stage.budget)} s{cut}"
+        )
     if reader is not None:
         stage.poll_rounds(reader, http_settings.request_timeout, runner)
     else:  # on a cancellation or the deadline, queued reads are dropped, running ones not waited for
@@ -266,7 +272,9 @@ def _give_up(tenant: _Pending, rounds: int, elapsed: float) -> TenantVerdict:
 
 
 def _report(result: VerifyResult, wanted: str, runner: Runner, label: str, consequence: str) -> None:
-    """The final lists in the log (Gitea shows no annotations) and one error per failing tenant."""
+    """The final lists in the log (Gitea shows no annotations) and, for the verify stage, one error
+    per failing tenant. A call's proof, the final check and a rollback's proof say their failure in
+    one error of their own (the caller's), so their tenants are logged, not annotated again."""
     counts = ", ".join(f"{len(result.slugs(s))} {s}" for s in STATES if result.slugs(s))
     rounds = f"{result.rounds} round{'s' if result.rounds != 1 else ''}"
     runner.log(f"{label}: {counts or 'no tenants'} in {rounds}, {format_seconds(result.seconds)} s")
@@ -275,6 +283,10 @@ def _report(result: VerifyResult, wanted: str, runner: Runner, label: str, conse
             runner.log(f"{label}: {state}: {', '.join(result.slugs(state))}")
     for verdict in result.verdicts:
         if verdict.state in FAILING:
-            runner.error(f"{verdict.slug} is {verdict.state}: {verdict.detail}", title=f"verify {verdict.slug}")
+            said = f"{verdict.slug} is {verdict.state}: {verdict.detail}"
+            if label == "verify":
+                runner.error(said, title=f"verify {verdict.slug}")
+            else:
+                runner.log(f"{label}: {said}")
     if not result.ok:
         runner.log(f"{label}: not every tenant proved it runs {wanted}{consequence}")

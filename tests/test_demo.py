@@ -9,6 +9,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from deploy import demo
 from deploy.report import OUTPUT_NAMES
 from deploy.runner import parse_output_file
@@ -166,8 +168,8 @@ def test_the_bad_build_demo_sends_one_deploy_call_and_latest_stays_on_the_previo
     registries: list[SimRegistry] = []
     make_fleet, make_registry = demo.demo_fleet, demo.SimRegistry
 
-    def kept_fleet(bad_build: bool = False) -> FleetSim:
-        fleets.append(make_fleet(bad_build))
+    def kept_fleet(bad_build: bool = False, bad_metrics: bool = False) -> FleetSim:
+        fleets.append(make_fleet(bad_build, bad_metrics))
         return fleets[-1]
 
     def kept_registry() -> SimRegistry:
@@ -188,3 +190,21 @@ def test_the_bad_build_demo_sends_one_deploy_call_and_latest_stays_on_the_previo
     assert [call.get("only_slugs") for call in fleet.deploy_calls()] == [["hongming"]]
     latest, build = registry.tag_digest(demo.REPOSITORY, "latest"), registry.tag_digest(demo.REPOSITORY, demo.TAG)
     assert latest.startswith("sha256:") and build.startswith("sha256:") and latest != build
+
+
+def test_the_bad_metrics_demo_stops_at_the_canarys_metric_analysis(tmp_path):
+    """Every proof passes (the build reports its SHA); a real Prometheus shows 30 % of requests failing."""
+    kept = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, "-m", "deploy", "demo", "--bad-metrics", "--report", str(kept)], cwd=ROOT,
+                          env=laptop_env(), capture_output=True, text=True, timeout=120)
+    if "--bad-metrics needs a real Prometheus" in proc.stderr and os.environ.get("CI", "").lower() != "true":
+        pytest.skip("prometheus is not installed (CI installs it, and fails this test without it)")
+    outputs = outputs_of(proc.stdout)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert outputs["aborted-at"] == "canary" and json.loads(outputs["shipped"]) == ["hongming"]
+    assert outputs["reason"].startswith('canary: metric analysis failed: errors = ')
+    assert 'on tenant="hongming", not < 0.05' in outputs["reason"]
+    assert outputs["promoted-digest"] == "" and "# metrics: Debian's prometheus at http://127.0.0.1:" in proc.stdout
+    report = load_report(kept.read_text())
+    assert [step["step"] for step in report["analysis"]] == ["canary"] and report["analysis"][0]["verdict"] == "fail"
+    assert report["verify"]["verified"] == ["hongming"]  # proven: only the metrics tell

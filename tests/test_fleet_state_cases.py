@@ -324,4 +324,4 @@ def test_a_rollback_deploys_the_rollback_tag_and_proves_its_build(fleet, action,
     assert all(sim.running_sha(slug) == STABLE_SHA for slug in slugs(4))
     assert {v["slug"]: v["state"] for v in result.report["rollback"]["verify"]["tenants"]} == dict.fromkeys(
         slugs(4), "verified")
-    assert "### Rollback to `stable`" in result.summary
+    assert "### Rollback: tenants redeployed with `stable`" in result.summary

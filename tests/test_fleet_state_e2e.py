@@ -85,7 +85,7 @@ def test_on_failure_rollback_puts_back_what_the_run_shipped_and_proves_it(fleet,
     assert {v["slug"]: v["state"] for v in result.report["rollback"]["verify"]["tenants"]} == dict.fromkeys(
         shipped, "verified")
     assert registry.digest(repository, "latest") == old
-    assert "### Rollback to `latest`" in result.summary
+    assert "### Rollback: tenants redeployed with `latest`" in result.summary
 
 
 def test_on_failure_hold_makes_no_rollback_call(fleet, action):
@@ -168,7 +168,7 @@ def test_a_rollback_call_with_no_time_to_retry_keeps_the_failure_and_the_record(
     rollback = result.report["rollback"]
     assert rollback["rolled_back"] == ["t03"] and rollback["not_rolled_back"] == ["t01", "t02", "t04"]
     assert [(call["state"], call["attempts"]) for call in rollback["calls"]] == [("unknown", 1)] * 2
-    assert "### Rollback to `latest`" in result.summary
+    assert "### Rollback: tenants redeployed with `latest`" in result.summary
 
 
 def test_a_rollout_stopped_by_the_timeout_still_has_room_to_roll_back(fleet, action):

@@ -632,13 +632,13 @@ def half_promote_recorded(result: Outcome, world: World) -> None:
     by_image = {p["image"]: p for p in promote["promotions"]}
     first, second = by_image[world.image(REPO)], by_image[world.image(REPO2)]
     (old1, new1), (old2, _new2) = world.digests[REPO], world.digests[REPO2]
-    assert first["state"] == "rollback-failed", first
+    assert first["state"] == "put-back-failed", first
     assert (first["promoted_digest"], first["previous_digest"]) == (new1, old1), first
     assert second["state"] == "failed" and second["previous_digest"] == old2, second
     assert (world.latest(REPO), world.latest(REPO2)) == (new1, old2)  # what the registry really holds
     assert json.loads(result.outputs["promoted-digest"])[world.image(REPO)] == new1, result.outputs
     assert json.loads(result.outputs["previous-digest"])[world.image(REPO)] == old1, result.outputs
-    assert f"rollback failed for {world.image(REPO)} (latest left on {new1})" in result.outputs["reason"]
+    assert f"put-back failed for {world.image(REPO)} (latest left on {new1})" in result.outputs["reason"]
 
 
 def baseline_deployed(result: Outcome, world: World) -> None:
@@ -789,7 +789,7 @@ def put_back_and_recorded(result: Outcome, world: World) -> None:
     first, second = _putback_states(result, world)
     (old1, _new1), (old2, _new2) = world.digests[REPO], world.digests[REPO2]
     assert (world.latest(REPO), world.latest(REPO2)) == (old1, old2), "the registry is not where it was"
-    assert first["state"] == "rolled-back" and first["promoted_digest"] == old1, first
+    assert first["state"] == "put-back" and first["promoted_digest"] == old1, first
     assert second["state"] == "failed" and second["previous_digest"] == old2, second
     assert json.loads(result.outputs["promoted-digest"])[world.image(REPO)] == old1, result.outputs
     assert "rollback failed" not in result.outputs["reason"], result.outputs["reason"]
@@ -1214,7 +1214,7 @@ def test_sigterm_in_every_stage_writes_outputs_and_report_within_2_s(world: Worl
     assert result.outputs["outcome"] == "failed" and "SIGTERM" in result.outputs["reason"], result.outputs
     if stage == "promote":  # the tag the PUT may have moved is checked and put back, never left unknown
         assert world.latest(REPO) == world.digests[REPO][0]
-        assert result.report["promote"]["promotions"][0]["state"] in ("rolled-back", "failed")
+        assert result.report["promote"]["promotions"][0]["state"] in ("put-back", "failed")
 
 
 # -- token realms: a unit test (an https registry on loopback would need a trusted certificate) ----

@@ -166,11 +166,11 @@ def test_second_image_failing_puts_the_first_back_and_leaves_the_third_alone(reg
 
     result, log = promote(make_settings(*images))
     assert not result.ok and result.error.startswith(f"{images[1]}: source {SOURCE} not found")
-    assert [p.state for p in result.promotions] == ["rolled-back", "failed", "not-started"]
+    assert [p.state for p in result.promotions] == ["put-back", "failed", "not-started"]
     assert registry.digest(first, "latest") == old_first.digest
     assert registry.digest(third, "latest") == old_third.digest
     assert f"put back on the previous {old_first.digest} because {images[1]} failed" in result.promotions[0].detail
-    assert f"{images[0]}: rollback: latest put back on the previous {old_first.digest}" in log
+    assert f"{images[0]}: put-back: latest put back on the previous {old_first.digest}" in log
     assert json.loads(result.promoted_digest_output) == {images[0]: old_first.digest, images[1]: "", images[2]: ""}
     assert json.loads(result.previous_digest_output) == {images[0]: old_first.digest, images[1]: "", images[2]: ""}
 
@@ -181,7 +181,7 @@ def test_wrong_credentials_on_the_second_registry_roll_the_first_image_back(regi
     secured_registry.seed_image(repository, SOURCE)
     images = (registry.image(repository), secured_registry.image(repository))
     result, log = promote(make_settings(*images, username="ci-bot", password="not-the-password"))
-    assert [p.state for p in result.promotions] == ["rolled-back", "failed"]
+    assert [p.state for p in result.promotions] == ["put-back", "failed"]
     assert f"{images[1]}: registry refused GET manifest {SOURCE}: 401" in result.error
     assert result.promotions[0].promoted_digest == old.digest  # what is under latest now
     assert f"{images[0]}: pushed {new.digest} as latest" in log
@@ -193,7 +193,7 @@ def test_rollback_says_a_tag_that_did_not_exist_is_left_on_the_new_digest(regist
     first, second = f"{repository}-one", f"{repository}-two"
     new = registry.seed_image(first, SOURCE)
     result, _ = promote(make_settings(registry.image(first), registry.image(second)))
-    assert [p.state for p in result.promotions] == ["rollback-failed", "failed"]
+    assert [p.state for p in result.promotions] == ["put-back-failed", "failed"]
     promotion = result.promotions[0]
     assert promotion.promoted_digest == new.digest and promotion.previous_digest == ""
     assert f"did not exist before and is left on {new.digest}" in promotion.detail
@@ -278,4 +278,4 @@ def test_an_unexpected_error_on_the_second_image_still_puts_the_first_back(monke
     assert not result.ok and "TypeError: a bug we did not foresee" in result.error
     assert sim.tag_digest("acme/one", "latest") == digest_of(old)
     # acme/two's latest did not exist before and cannot be deleted portably: it is left moved, and says so
-    assert [p.state for p in result.promotions] == ["rolled-back", "rollback-failed"]
+    assert [p.state for p in result.promotions] == ["put-back", "put-back-failed"]

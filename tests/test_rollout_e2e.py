@@ -181,8 +181,8 @@ def test_a_canary_missing_from_the_fleet_is_an_error_before_any_deploy(fleet, ac
     sim, server = fleet(healthy("a", "b"))
     result = action(server, canary="nope", verify_url="")
 
-    assert result.code == 1
-    assert "canary 'nope' is not in the fleet" in result.outputs["reason"]
+    assert result.code == 2  # a configuration error, found right after the enumeration
+    assert "canary: 'nope' is not one of the 2 tenants the CP enumerated" in result.outputs["reason"]
     assert sim.deploy_calls() == []
 
 

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from deploy.analysis import Evaluation, StepResult, StepVerdict
+from deploy.analysis import Verdict as Finding
 from deploy.config import load
 from deploy.controlplane import CallResult, CallState, TenantRow
 from deploy.fleetstate import RollbackResult, Snapshot, TenantBefore
@@ -21,6 +23,7 @@ from deploy.promote import PromoteResult, Promotion, PromotionState
 from deploy.proof import ProofSpan
 from deploy.report import SCHEMA_VERSION, report
 from deploy.rollout import RolloutResult, Soak, StopKind
+from deploy.settings import Comparison
 from deploy.verify import TenantVerdict, Verdict, VerifyResult
 from tests.support import SHA
 
@@ -61,7 +64,7 @@ def representative_runs() -> dict[str, Run]:
     promote = PromoteResult(tag="latest", error="ghcr.io/acme/two: registry refused PUT", promotions=(
         Promotion(image="ghcr.io/acme/one", source="staging-8ddce85", promoted_digest=DIGESTS[1],
                   previous_digest=DIGESTS[1], media_type="application/vnd.oci.image.index.v1+json",
-                  state=PromotionState.ROLLED_BACK, detail="latest put back"),
+                  state=PromotionState.PUT_BACK, detail="latest put back"),
         Promotion(image="ghcr.io/acme/two", source="staging-8ddce85", promoted_digest="", previous_digest=DIGESTS[0],
                   media_type="", state=PromotionState.FAILED, detail="registry refused PUT"),
     ))
@@ -77,6 +80,17 @@ def representative_runs() -> dict[str, Run]:
                                        verify=VerifyResult(verdicts=verdicts[:1], rounds=1, started=16.0,
                                                            seconds=0.5)),
                notes={"plan": "the CP listed 1 name that cannot be tenants"},
+               analysis=[StepResult(step="canary", verdict=StepVerdict.FAIL, finding=Finding.FAIL,
+                                    reason='errors = 0.31 on tenant="a", not < 0.01', query="errors", at=2.5,
+                                    evaluations=(
+                                        Evaluation(step="canary", name="errors", query='rate(x{tenant=~"^(?:a)$"})',
+                                                   series='tenant="a"', value=0.31, op=Comparison.LT, threshold=0.01,
+                                                   verdict=Finding.FAIL, at=2.5, detail="1 of 1 series fail",
+                                                   series_count=1, failing_count=1, failing=('tenant="a"',)),
+                                        Evaluation(step="canary", name="traffic", query="sum(rate(x[1m]))", series="",
+                                                   value=None, op=Comparison.GT, threshold=1, at=2.5,
+                                                   verdict=Finding.INCONCLUSIVE, detail="no series"),
+                                    ))],
                spans=[Span("gates", 0.0, 0.05), Span("plan", 0.05, 0.05), Span("verify", 11.4, 4.0),
                       Span("promote", 15.4, 1.0)],
                seconds=16.5)
