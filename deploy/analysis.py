@@ -46,6 +46,7 @@ from deploy import http, promql
 from deploy.context import Context
 from deploy.domain import display_url
 from deploy.errors import ConfigError, ConfigErrors, DeployFailed
+from deploy.runner import counted
 from deploy.settings import AnalysisQuery, AnalysisSettings, Comparison, HttpSettings, Inconclusive
 
 BODY_LIMIT = 8 * 1024 * 1024  # a vector of 10,000 tenant series is about 1 MiB
@@ -69,11 +70,14 @@ class Verdict(StrEnum):
 
 class StepVerdict(StrEnum):
     """What a step does with its analysis: go on, halt like a failed proof (on-failure applies),
-    or stop without rollback (an inconclusive analysis under ``analysis-inconclusive: hold``)."""
+    or stop without rollback (an inconclusive analysis under ``analysis-inconclusive: hold``).
+    ``cut``: the step ended before its analysis decided (its proof halted, the timeout, a cancel);
+    its evaluations so far are kept, and it says nothing about the build."""
 
     PASS = "pass"
     FAIL = "fail"
     HOLD = "hold"
+    CUT = "cut"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -152,6 +156,7 @@ class _Decision:
     verdict: Verdict  # FAIL or INCONCLUSIVE
     evaluation: Evaluation
     streak: int
+    unsettled: bool = False  # a streak still open after settling: neither a pass nor a failure
 
 
 @dataclass
@@ -218,7 +223,7 @@ class Analyzer:
         either: :class:`DeployFailed` (exit 1), nothing deployed.
         """
         errors: list[ConfigError] = []
-        where = display_url(self.settings.url)
+        where, unchecked = display_url(self.settings.url), 0
         for query in self.settings.queries:
             answer = self._ask(promql.render(query, tenants), at=self.ctx.clock.wall())
             if answer.status == 400 and answer.error_type == "bad_data":
@@ -228,15 +233,23 @@ class Analyzer:
             elif answer.data is None:
                 hint = " (check analysis-token or analysis-username/analysis-password)" \
                     if answer.status in (401, 403) else ""
-                raise DeployFailed(f"analysis-url {where} gave no usable answer to {query.name} at plan time, so no "
-                                   f"step could be judged: {answer.problem}{hint}; nothing was deployed")
+                said = (f"analysis-url {where} gave no usable answer to {query.name} at plan time: "
+                        f"{answer.problem}{hint}")
+                if self.settings.dry_run:  # report only: a gate being tried out never stops the run
+                    self.ctx.runner.warning(f"{said}; report only (analysis-dry-run), so the rollout goes on",
+                                            title="metric analysis")
+                    unchecked += 1
+                    continue
+                raise DeployFailed(f"{said}, so no step could be judged; nothing was deployed")
             elif answer.data.get("resultType") not in ("vector", "scalar"):
                 errors.append(ConfigError("analysis-query", f"line {query.line} ({query.name}): returns a "
                                                             f"{_shape(answer.data.get('resultType'))}; a query must "
                                                             "return an instant vector or a scalar to be compared"))
         if errors:
             raise ConfigErrors(errors)
-        self.ctx.runner.log(f"analysis: {len(self.settings.queries)} queries accepted by {where}")
+        count = len(self.settings.queries)
+        self.ctx.runner.log(f"analysis: {count - unchecked} of {count} queries checked by {where}" if unchecked
+                            else f"analysis: {count} queries accepted by {where}")
 
     # -- steps -------------------------------------------------------------------------
 
@@ -280,29 +293,36 @@ class Analyzer:
         return evaluations
 
     def _settle(self, step: str, rendered: Sequence[tuple[AnalysisQuery, str]], streaks: _Streaks,
-                decision: _Decision | None) -> _Decision | None:
-        """A streak still open when a watch ends: evaluate again every interval, at most twice the
-        failure limit, so a step never passes on a last evaluation that failed."""
-        pending, rounds = streaks.open(), 0
-        while decision is None and pending & streaks.open() and rounds < 2 * self.settings.failure_limit:
+                decision: _Decision | None, evaluations: Sequence[Evaluation]) -> _Decision | None:
+        """A streak still open when a watch ends (any query's, one opened while settling too):
+        evaluate again every interval, at most twice the failure limit. Still open after that, the
+        step is inconclusive, never a pass: its last word on some query was not a pass."""
+        rounds, last = 0, list(evaluations)
+        while decision is None and streaks.open() and rounds < 2 * self.settings.failure_limit:
             self._sleep_until(self.ctx.clock.now() + self.settings.interval, step)
-            decision = streaks.add(self._round(step, rendered))
+            last = self._round(step, rendered)
+            decision = streaks.add(last)
             rounds += 1
-        return decision
+        if decision is not None or not streaks.open():
+            return decision
+        latest = {evaluation.name: evaluation for evaluation in last}
+        unsettled = [latest[name] for name in sorted(streaks.open()) if name in latest]
+        worst = next((e for e in unsettled if e.verdict is Verdict.FAIL), unsettled[0] if unsettled else last[-1])
+        return _Decision(Verdict.INCONCLUSIVE, worst, 0, unsettled=True)
 
     def _result(self, step: str, decision: _Decision | None, evaluations: tuple[Evaluation, ...],
                 seconds: float) -> StepResult:
         at = self.ctx.deadline.elapsed()
         report_only = self.settings.dry_run
         if decision is None:
-            names = ", ".join(query.name for query in self.settings.queries)
-            rounds = len(evaluations) // max(len(self.settings.queries), 1)
-            over = f" over {seconds:g} s" if seconds else ""
-            reason = f"{names} passed {rounds} evaluation{'s' if rounds != 1 else ''}{over}"
+            reason = _passed(self.settings.queries, evaluations, seconds)
             return StepResult(step=step, verdict=StepVerdict.PASS, finding=Verdict.PASS,
                               reason=f"report only: {reason}" if report_only else reason,
                               evaluations=evaluations, report_only=report_only, at=at)
         streak = f" ({decision.streak} evaluations in a row)" if decision.streak > 1 else ""
+        if decision.unsettled:
+            streak = (f" (still not passing after {2 * self.settings.failure_limit} more evaluations: "
+                      "the step ends unsettled)")
         reason = decision.evaluation.summary + streak
         if decision.verdict is Verdict.FAIL:
             verdict = StepVerdict.FAIL
@@ -392,6 +412,7 @@ class StepWatch:
         self.decision: _Decision | None = None
         self.rounds = 0
         self.last = float("-inf")  # clock time of the last evaluation
+        self.done = False  # finished or cut: its StepResult was made
 
     def over(self) -> bool:
         """Decided (and not report-only, which watches to the end), or evaluated at the end of its time."""
@@ -419,10 +440,23 @@ class StepWatch:
         while not self.over():
             analyzer._sleep_until(self.due, self.step)
             self.tick()
-        self.decision = analyzer._settle(self.step, self.rendered, self.streaks, self.decision)
+        self.decision = analyzer._settle(self.step, self.rendered, self.streaks, self.decision,
+                                         analyzer.evaluations[self.first:])
         result = analyzer._result(self.step, self.decision, tuple(analyzer.evaluations[self.first:]), self.seconds)
         analyzer.ctx.runner.log(f"analysis · {self.step}: {result.verdict} — {result.reason}")
+        self.done = True
         return result
+
+    def cut(self, why: str) -> StepResult:
+        """The step ended before its analysis decided: what was evaluated so far, kept for the
+        report, with no verdict on the build."""
+        self.done = True
+        analyzer = self.analyzer
+        evaluations = tuple(analyzer.evaluations[self.first:])
+        return StepResult(step=self.step, verdict=StepVerdict.CUT, finding=Verdict.INCONCLUSIVE,
+                          reason=f"cut short after {counted(len(evaluations), 'evaluation')}: {why}",
+                          evaluations=evaluations, report_only=analyzer.settings.dry_run,
+                          at=analyzer.ctx.deadline.elapsed())
 
 
 def _judge_vector(query: AnalysisQuery, result: list[Any], base: Evaluation) -> Evaluation:
@@ -512,6 +546,18 @@ def _error_type(body: bytes) -> str:
     except http.UnusableBody:
         return ""
     return _text(doc.get("errorType")) if isinstance(doc, dict) else ""
+
+
+def _passed(queries: Sequence[AnalysisQuery], evaluations: Sequence[Evaluation], seconds: float) -> str:
+    """``errors, p99 passed 4 evaluations over 60 s``; with the verdicts counted when not all passed."""
+    names = ", ".join(query.name for query in queries)
+    over = f" over {seconds:g} s" if seconds else ""
+    counts = {verdict: sum(e.verdict is verdict for e in evaluations) for verdict in Verdict}
+    if counts[Verdict.PASS] == len(evaluations):
+        rounds = len(evaluations) // max(len(queries), 1)
+        return f"{names} passed {rounds} evaluation{'s' if rounds != 1 else ''}{over}"
+    said = ", ".join(f"{count} {verdict}" for verdict, count in counts.items() if count)
+    return f"{names}: {len(evaluations)} evaluations{over} ({said}), no streak reached the limit and the last passed"
 
 
 def _text(value: Any) -> str:

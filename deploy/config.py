@@ -447,6 +447,16 @@ class _Inputs:
             self.fail(name, "must be printable text on one line (it is sent in an HTTP header)")
         return value
 
+    def credential(self, name: str) -> str:
+        """A user name or password sent as HTTP Basic (UTF-8, base64): printable text on one line,
+        a user name without ``:`` (RFC 7617), or a clear error — never a traceback, never the value."""
+        value = self.text(name)
+        if value and not value.isprintable():  # a control character, or a byte that is not UTF-8
+            self.fail(name, "must be printable text on one line (it is sent in an HTTP header)")
+        elif name.endswith("-username") and ":" in value:
+            self.fail(name, "must not contain ':' (HTTP Basic separates the user name from the password with it)")
+        return value
+
     def text(self, name: str) -> str:
         return self.raw(name)
 
@@ -821,7 +831,7 @@ def _analysis_settings(inputs: _Inputs, insecure: bool) -> AnalysisSettings:
     if (queries or problems) and not inputs.raw("analysis-url"):
         inputs.fail("analysis-url", "is required when analysis-query is set (the Prometheus-compatible API to ask)")
     token = inputs.header_secret("analysis-token")
-    username, password = inputs.text("analysis-username"), inputs.text("analysis-password")
+    username, password = inputs.credential("analysis-username"), inputs.credential("analysis-password")
     if bool(username) != bool(password):
         missing, given = ("analysis-password", "analysis-username") if username else \
             ("analysis-username", "analysis-password")
@@ -852,7 +862,7 @@ def _promote_settings(inputs: _Inputs, target_tag: str, insecure: bool) -> Promo
     source = inputs.parse("promote-source", parse_source, "") if inputs.raw("promote-source") else target_tag
     if images and not source and not any(error.input_name in ("sha", "target-tag") for error in inputs.errors):
         inputs.fail("promote-source", "nothing to promote: set sha, target-tag or promote-source")
-    username, password = inputs.text("registry-username"), inputs.text("registry-password")
+    username, password = inputs.credential("registry-username"), inputs.credential("registry-password")
     if bool(username) != bool(password):
         missing, given = ("registry-password", "registry-username") if username else \
             ("registry-username", "registry-password")

@@ -482,7 +482,12 @@ class _Stages:
         if not tenants:
             return
         with self.stage("Analysis"):
-            result = self.analyzer.evaluate("promote", tenants)
+            watch = self.analyzer.start("promote", tenants, 0.0)
+            try:
+                result = watch.finish()
+            except BaseException as exc:  # the timeout, a cancel: the evaluations made so far are still reported
+                self.record.analysis.append(watch.cut(str(exc) or type(exc).__name__))
+                raise
         self.record.analysis.append(result)
         if result.verdict is StepVerdict.FAIL:
             raise DeployFailed(f"metric analysis before promote failed: {result.reason}; latest not promoted")

@@ -26,6 +26,7 @@ from deploy.settings import AnalysisQuery, Comparison
 
 PLACEHOLDER = "{tenants}"
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
+RECORDING_RULE_RE = re.compile(r"\s*[A-Za-z_]\w*:[A-Za-z_]\w*:[\w:]*")  # a metric name with colons, at a line's start
 MAX_QUERIES = 32  # every step sends each query every analysis-interval: more is a typo or a template loop
 MAX_LINE = 8192  # characters of one line; the rendered query may be far longer (a large fleet)
 SHOWN = 80  # characters of a bad line quoted in its error
@@ -75,6 +76,10 @@ def parse_query_line(line: str, number: int = 1) -> AnalysisQuery:
     if not NAME_RE.match(name):
         raise ValueError(f"the name {name[:SHOWN]!r} must be a simple identifier (letters, digits, _; "
                          "not starting with a digit)")
+    rule = RECORDING_RULE_RE.match(line)
+    if rule:  # level:metric:operations read as NAME: EXPR would send half a metric name
+        raise ValueError(f"starts with the recording rule {rule.group(0)[:SHOWN]!r}, not a name: write "
+                         f"NAME: {rule.group(0)[:SHOWN]} <op> THRESHOLD")
     comparisons, holes, end = _scan(line, len(line) - len(rest))
     if not comparisons:
         raise ValueError("has no comparison at the top level: end it with <, <=, >, >=, == or != and a number")

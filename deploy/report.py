@@ -640,7 +640,8 @@ def _analysis_table(run: Run, cell: _Cell) -> list[str]:
         for name, evaluation in last.items():
             value = "–" if evaluation.value is None else f"{evaluation.value:.4g}"
             on = f" ({evaluation.series})" if evaluation.series else ""
-            verdict = f"{evaluation.verdict}" + (f" → step {step.verdict}" if name == step.query else "")
+            decided_here = name == step.query or step.verdict == "cut"
+            verdict = f"{evaluation.verdict}" + (f" → step {step.verdict}" if decided_here else "")
             lines.append(f"| {cell(step.step)} | {cell(name)} | {cell(value + on)} | "
                          f"{cell(f'{evaluation.op} {evaluation.threshold:g}')} | {cell(verdict)} | {counts[name]} |")
     if len(run.analysis) > len(steps):

@@ -363,16 +363,24 @@ class _Progress:
         if self.halted or not slugs or (seconds <= 0 and self.analyzer is None):
             return
         analysis = self.analyzer.start(label, slugs, seconds) if self.analyzer is not None else None
-        if seconds > 0:
-            how = " (/buildinfo watched every verify-interval)" if self.prover else ""
-            runner.log(f"soak: waiting {seconds:g} s with the canary alone on the new build{how}" if label == "canary"
-                       else f"{label}: baking {seconds:g} s with its {counted(len(slugs), 'tenant')}{how}")
-            if self.prover is not None:
-                self.halted = self.prover.watch(label, slugs, seconds, during, analysis)
-            elif analysis is None:
-                self.ctx.deadline.sleep(seconds, f"{label}: {during}")
-        if analysis is not None and not self.halted:
-            self.judge(label, analysis.finish())
+        try:
+            if seconds > 0:
+                how = " (/buildinfo watched every verify-interval)" if self.prover else ""
+                runner.log(f"soak: waiting {seconds:g} s with the canary alone on the new build{how}"
+                           if label == "canary" else
+                           f"{label}: baking {seconds:g} s with its {counted(len(slugs), 'tenant')}{how}")
+                if self.prover is not None:
+                    self.halted = self.prover.watch(label, slugs, seconds, during, analysis)
+                elif analysis is None:
+                    self.ctx.deadline.sleep(seconds, f"{label}: {during}")
+            if analysis is not None and not self.halted:
+                self.judge(label, analysis.finish())
+        except BaseException as exc:  # the timeout, a cancel: the evaluations made so far are still reported
+            if analysis is not None and not analysis.done:
+                self.analyses.append(analysis.cut(str(exc) or type(exc).__name__))
+            raise
+        if analysis is not None and not analysis.done:
+            self.analyses.append(analysis.cut(f"{label}'s proof halted the step"))
         if self.halted:
             runner.error(self.halted, title=f"canary {slugs[0]}" if label == "canary" else f"{label} not proven")
 

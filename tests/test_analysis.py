@@ -376,3 +376,58 @@ def test_validate_accepts_an_empty_answer(requests_mock):
     analyzer = make(f"{ERRORS}\n{P99}")
     analyzer.validate(["t01"])  # no traffic yet is not a configuration error
     assert "2 queries accepted" in log(analyzer)
+
+
+# -- a step never passes on a failed last word -------------------------------------------------------
+
+QUERY_A = 'a: sum(x{tenant=~"{tenants}"}) < 0.01'
+QUERY_B = 'b: sum(y{tenant=~"{tenants}"}) < 0.01'
+UNDECIDED = vector(({"tenant": "t01"}, "NaN"))
+
+
+def test_a_streak_opened_by_another_query_while_settling_is_settled_too(requests_mock):
+    answers(requests_mock, FAILING, PASSING, PASSING, FAILING, PASSING, PASSING)  # a fails; then b fails; both pass
+    result = make(f"{QUERY_A}\n{QUERY_B}", failure_limit=2).evaluate("promote", ["t01"])
+
+    assert result.verdict is StepVerdict.PASS
+    assert [e.verdict for e in result.evaluations[-2:]] == [Verdict.PASS, Verdict.PASS]
+    assert result.reason == ("a, b: 6 evaluations (4 pass, 2 fail), no streak reached the limit and the last "
+                             "passed")
+
+
+def test_a_streak_still_open_after_settling_is_inconclusive_never_a_pass(requests_mock):
+    # limit 4: a failure, then inconclusive and failed answers that never make 4 in a row nor pass
+    answers(requests_mock, FAILING, *([UNDECIDED] * 3 + [FAILING]) * 2, PASSING)
+    result = make(QUERY_A, failure_limit=4).evaluate("promote", ["t01"])
+
+    assert result.evaluations[-1].verdict is Verdict.FAIL and len(result.evaluations) == 9
+    assert (result.verdict, result.finding) == (StepVerdict.HOLD, Verdict.INCONCLUSIVE)
+    assert result.reason.startswith("a = 0.31 on tenant=\"t01\", not < 0.01 (still not passing after 8 more")
+
+
+def test_report_only_goes_on_when_the_api_cannot_be_read_at_plan_time(requests_mock):
+    requests_mock.post(QUERY_URL, status_code=503, text="down")
+    analyzer = make(QUERY_A, dry_run=True)
+    analyzer.validate(["t01"])  # no DeployFailed: a gate being tried out never stops a run
+
+    said = analyzer.ctx.runner.stream.getvalue()
+    assert "warning: metric analysis: " in said and "report only (analysis-dry-run), so the rollout goes on" in said
+    assert "analysis: 0 of 1 queries checked by " in said
+
+
+def test_report_only_still_refuses_a_query_the_api_cannot_parse(requests_mock):
+    requests_mock.post(QUERY_URL, status_code=400, json={"status": "error", "errorType": "bad_data",
+                                                         "error": "parse error at char 3"})
+    with pytest.raises(ConfigErrors, match="line 1"):
+        make(QUERY_A, dry_run=True).validate(["t01"])
+
+
+def test_a_watch_cut_short_keeps_its_evaluations(requests_mock):
+    answers(requests_mock, PASSING, PASSING)
+    watch = make(QUERY_A, interval=1.0).start("canary", ["t01"], 5.0)
+    watch.analyzer.ctx.clock.sleep(1.0)
+    watch.tick()
+    result = watch.cut("the canary's proof halted the step")
+
+    assert (result.verdict, result.finding, len(result.evaluations)) == (StepVerdict.CUT, Verdict.INCONCLUSIVE, 1)
+    assert result.reason == "cut short after 1 evaluation: the canary's proof halted the step"

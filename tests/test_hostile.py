@@ -145,6 +145,13 @@ def manifest_body(repository: str, variant: str) -> bytes:
 
 @pytest.fixture
 def world(fleet) -> Iterator[World]:
+    with open_world(fleet) as opened:
+        yield opened
+
+
+@contextlib.contextmanager
+def open_world(fleet) -> Iterator[World]:
+    """The world a row runs against, for the ``world`` fixture of this module and of others."""
     forge = ForgeSim("github", repository="acme/platform")
     forge.branches["main"] = SHA
     registry = SimRegistry(REGISTRY_USER, REGISTRY_PASSWORD)

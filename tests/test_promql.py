@@ -146,3 +146,14 @@ def test_a_query_without_tenants_is_sent_as_written():
 def test_a_quote_in_a_tenant_name_cannot_end_the_string():
     query = one('q: x{tenant=~"{tenants}"} < 1')
     assert promql.render(query, ['a"b']) == 'x{tenant=~"^(?:a\\"b)$"}'
+
+
+@pytest.mark.parametrize("line", ["job:errors:rate5m < 0.01", "  instance:cpu:ratio{tenant=~\"{tenants}\"} < 0.9"])
+def test_a_line_that_starts_with_a_recording_rule_is_not_read_as_its_name(line):
+    with pytest.raises(ValueError, match="starts with the recording rule .*, not a name: write NAME: "):
+        promql.parse_query_line(line)
+
+
+def test_a_recording_rule_after_the_name_is_the_expression():
+    query = promql.parse_query_line("errors: job:errors:rate5m < 0.01")
+    assert (query.name, query.expr) == ("errors", "job:errors:rate5m")
