@@ -148,12 +148,17 @@ _HYPHENATED = re.compile(r"(?<![\w./-])(" + "|".join(sorted((re.escape(name) for
                                                              key=len, reverse=True)) + r")(?![\w/-])")
 
 
+_SINGLE_WORDS = "|".join(name for name in DEFAULTS if "-" not in name)
+_SINGLE_WORD_SAID = re.compile(r"\b(make|raise|inside|than|set) (" + _SINGLE_WORDS + r")\b(?![-\w])")
+
+
 def in_environment_terms(message: str) -> str:
     """A message about inputs, said to someone who sets ``FLEET_*`` variables (GitLab, a laptop):
     ``stages: rollout,promote`` becomes ``FLEET_STAGES=rollout,promote`` and ``verify-url``
-    ``FLEET_VERIFY_URL``. (Single-word inputs are renamed only where written as a setting: "the
-    overall timeout" is prose.)"""
+    ``FLEET_VERIFY_URL``. Single-word inputs are renamed where written as a setting, or as the
+    object of advice ("raise timeout", "longer than timeout"): "the overall timeout" is prose."""
     message = _SAID_AS_YAML.sub(lambda match: env_name(match.group(1)) + "=", message)
+    message = _SINGLE_WORD_SAID.sub(lambda match: f"{match.group(1)} {env_name(match.group(2))}", message)
     return _HYPHENATED.sub(lambda match: env_name(match.group(1)), message)
 
 

@@ -43,7 +43,7 @@ from deploy.rollout import Plan, RolloutResult, StopKind, enumerate_fleet, make_
 from deploy.runner import Runner, counted, listing
 from deploy.settings import Config, OnFailure
 from deploy.verify import TenantVerdict, Verdict, VerifyResult, described_failures, failing_listing, verify_tenants
-from deploy.waves import Timing, compressed, fitting
+from deploy.waves import Timing, compressed, fitting, timeout_for
 
 
 class Outcome(StrEnum):
@@ -341,13 +341,15 @@ class _Stages:
                    f" tenants), at worst {worst:g} s = {timing.described(len(sizes), bool(rollout.canary))}; "
                    f"{left:.0f} s left of timeout")
         if worst > left:
-            deployed = sum(sizes[bool(rollout.canary):])
+            deployed, spent = sum(sizes[bool(rollout.canary):]), max(config.timeout - left, 0.0)
             advice = fitting(rollout.batch_sizes, len(run.fleet), deployed, rollout.max_batch_size, timing, left,
-                             bool(rollout.canary))
+                             bool(rollout.canary), spent)
+            if f"at least {timeout_for(worst, spent)} s" not in advice:
+                advice += f", or raise timeout to at least {timeout_for(worst, spent)} s for this plan"
             raise ConfigErrors([ConfigError(
-                "batch-size", f"cannot finish inside timeout: its plan of {counted(len(sizes), 'call')} takes up to "
+                "batch-size", f"cannot finish inside timeout — its plan of {counted(len(sizes), 'call')} takes up to "
                               f"{worst:g} s ({timing.described(len(sizes), bool(rollout.canary))}), and {left:.0f} s "
-                              f"are left; {advice}, or raise timeout")])
+                              f"are left after {spent:.0f} s spent before it; {advice}")])
 
     def check_rollback_tag(self) -> None:
         """The build a rollback goes back to, read before anything moves: a missing tag is found now."""

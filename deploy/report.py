@@ -576,8 +576,10 @@ def _tenant_rows(run: Run) -> Iterator[tuple[tuple[str, ...], str]]:
         error = error or (verdict.detail if verdict and verdict.state != Verdict.VERIFIED else "")
         proven = "" if verdict is None or verdict.proven_at is None else f"{verdict.proven_at:.1f} s"
         shipped_in = "already current" if slug in current else (verdict.call if verdict else "") or calls.get(slug, "")
+        if slug in quarantined:  # a call tried it; it did not ship
+            shipped_in = f"not shipped (tried in {shipped_in})" if shipped_in else ""
         was, now = before.get(slug), back.get(slug) or verdict  # after a rollback: where it went back to
-        after = now.running[:12] if now else ""
+        after = now.running[:12] if now else ("not deployed" if not rollout or slug in not_started else "not read")
         if slug in rolled_back:  # proven back on its snapshot SHA, or taken on the CP's word (no SHA to prove)
             after = f"{after} (rolled back)" if slug in back else f"{tag} (rolled back, CP's word)"
         change = f"{(was.sha[:12] or 'unreadable') if was else ''} → {after}"
@@ -702,8 +704,8 @@ def _log_result(run: Run, runner: Runner) -> None:
 def _log_tenants(run: Run, runner: Runner) -> None:
     """The summary's tenant table as log lines (Gitea before 1.27 shows no summary): the same
     tenants — every one up to :data:`TABLE_ROWS`, else those with a problem — and the same facts."""
-    if not run.fleet or (run.rollout is not None and run.rollout.dry_run):
-        return
+    if not run.fleet or (run.rollout is not None and run.rollout.dry_run) or (run.rollout is None and not run.verify):
+        return  # nothing happened to a tenant (a dry run, or a refusal before the first deploy call)
     whole = len(run.fleet) <= TABLE_ROWS
     shown = 0
     for fields, state in _tenant_rows(run):

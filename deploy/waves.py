@@ -137,8 +137,11 @@ class Timing:
 
 
 def fitting(sizes: Sequence[BatchSize], fleet: int, tenants: int, cap: int, timing: Timing, available: float,
-            canary: bool) -> str:
-    """A ``batch-size`` that would fit in ``available`` seconds, said as advice (or why none can)."""
+            canary: bool, spent: float = 0.0) -> str:
+    """A ``batch-size`` that would fit in ``available`` seconds, said as advice (or why none can).
+
+    ``spent`` is what the run took before its plan (gates, enumeration, snapshot): a ``timeout``
+    suggested must hold it again, with room, since the next run's reads take their own time."""
     batch_time = timing.call + timing.bake
     fixed = timing.kept + ((timing.call + timing.soak) if canary else 0.0)
     most = math.floor((available - fixed) / batch_time) if batch_time > 0 else tenants
@@ -146,7 +149,7 @@ def fitting(sizes: Sequence[BatchSize], fleet: int, tenants: int, cap: int, timi
     if most < max(fewest, 1):
         needed = fixed + max(fewest, 1) * batch_time
         limit = f"max-batch-size {cap} makes at least {fewest} calls: " if cap and fewest > 1 else ""
-        return f"no batch-size fits: {limit}raise timeout to at least {math.ceil(needed)} s"
+        return f"no batch-size fits: {limit}batch-size: 100% needs timeout of at least {timeout_for(needed, spent)} s"
     if most == 1:
         return "batch-size: 100% (one call after the canary)" if canary else "batch-size: 100% (one call)"
     first = sizes[0].tenants(fleet)
@@ -156,3 +159,9 @@ def fitting(sizes: Sequence[BatchSize], fleet: int, tenants: int, cap: int, timi
         if len(call_sizes(trial, fleet, tenants, cap)) <= most:
             return f"batch-size: {first},{percent}% fits ({most} calls at most)"
     return f"batch-size: 100% fits ({most} calls at most)"
+
+
+def timeout_for(worst: float, spent: float) -> int:
+    """A ``timeout`` that holds a plan's ``worst`` case after what the run ``spent`` before it, twice
+    over: those reads (gates, enumeration, snapshot) take their own time on the next run."""
+    return math.ceil(worst + 2 * spent)

@@ -80,6 +80,7 @@ def test_advice_names_a_batch_size_that_fits_or_the_timeout_that_would():
     assert len(call_sizes(parse_batch_sizes("25,14%", MAXIMUM), 1000, 999)) <= 8
     assert len(call_sizes(parse_batch_sizes("25,13%", MAXIMUM), 1000, 999)) > 8  # the smallest that fits
     assert fitting(sizes, 1000, 999, 0, timing, available=500, canary=True) == \
-        "no batch-size fits: raise timeout to at least 840 s"
+        "no batch-size fits: batch-size: 100% needs timeout of at least 840 s"
     assert fitting(sizes, 1000, 999, 10, timing, available=3600, canary=True) == \
-        "no batch-size fits: max-batch-size 10 makes at least 100 calls: raise timeout to at least 39450 s"
+        "no batch-size fits: max-batch-size 10 makes at least 100 calls: batch-size: 100% needs timeout of at least " \
+        "39450 s"

@@ -4,6 +4,7 @@ and every other feature per call (proof, rollback, timeline), against the simula
 from __future__ import annotations
 
 import json
+import re
 
 from deploy.sim.fleet import OLD_SHA, builds_for, specs
 from tests.support import SHA, TAG, buildinfo, slugs
@@ -58,7 +59,7 @@ def test_a_plan_that_cannot_finish_inside_timeout_is_refused_before_any_deploy(f
     assert (result.code, result.outputs["outcome"]) == (2, "failed"), result.stdout
     assert sim.deploy_calls() == []
     reason = result.outputs["reason"]
-    assert "batch-size cannot finish inside timeout: its plan of 16 calls takes up to 31.2 s" in reason, reason
+    assert "batch-size cannot finish inside timeout — its plan of 16 calls takes up to 31.2 s" in reason, reason
     assert "batch-size: 2,12% fits (9 calls at most)" in reason, reason
 
 
@@ -74,3 +75,23 @@ def test_a_rollback_after_wave_3_takes_the_largest_call_or_max_batch_size(fleet,
     assert sizes(sim, "latest") == [8, 6]  # 40% of 20: the largest call
     assert json.loads(result.outputs["rolled-back"]) == slugs(14)
     assert all(sim.running_sha(slug) == OLD_SHA for slug in slugs(20))
+
+
+def test_the_timeout_the_refusal_suggests_holds_the_plan_and_the_reads_before_it(fleet, action):
+    """The reads before the plan (here a slow snapshot, about 1 s) count: the suggested timeout
+    holds them again, so following the advice is enough."""
+    tenants = specs(slugs(10), deploy_seconds=1)
+    for tenant in tenants:
+        tenant.slow_buildinfo = 160  # 0.8 s per read, all read at once
+    sim, server = fleet(tenants)
+    refused = action(server, batch_size="1", max_batch_size="2", verify_url=buildinfo(server), verify_interval="1.5",
+                     timeout="7")
+
+    assert refused.code == 2 and sim.deploy_calls() == [], refused.stdout
+    suggested = re.search(r"raise timeout to at least (\d+) s for this plan", refused.outputs["reason"])
+    assert suggested and refused.outputs["reason"].count("raise timeout") == 1, refused.outputs["reason"]
+    assert re.search(r"are left after \d+ s spent before it", refused.outputs["reason"])
+
+    followed = action(server, batch_size="1", max_batch_size="2", verify_url=buildinfo(server), verify_interval="1.5",
+                      timeout=suggested.group(1))
+    assert followed.code == 0, followed.stdout
