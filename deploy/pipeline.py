@@ -559,7 +559,7 @@ def _report_quarantine(rollout: RolloutResult, runner: Runner) -> None:
         )
         for slug in rollout.quarantined:
             runner.warning(
-                f"{slug} quarantined: it did not reach the target and is excluded from verify "
+                f"quarantined: {slug} did not reach the target and is excluded from verify "
                 f"(within max-stragglers {rollout.max_stragglers})",
                 title=f"quarantined {slug}",
             )

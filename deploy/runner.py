@@ -443,9 +443,11 @@ class Runner:
 
     def _annotate(self, kind: str, message: str, title: str, final: bool = False) -> None:
         title, message = self._annotation(message, title)
-        # As a plain line the title leads the message, unless the message already begins with it
-        # ("batch 1/2 not proven: batch 1/2 not proven: …" says one thing twice).
-        prefix = f"{title}: " if title and not message.startswith(title) else ""
+        # As a plain line the title leads the message, unless the message already says what it is
+        # about: it begins with the title's first word ("batch 2/2 failed: batch 2/2: …" and
+        # "canary t01: canary not proven: …" would say one thing twice).
+        subject = title.split(" ", 1)[0]
+        prefix = f"{title}: " if title and not message.startswith(subject) else ""
         if (kind, title, message) in self._annotated:  # said already (a gate re-checked): once is enough
             return
         self._annotated.add((kind, title, message))

@@ -283,10 +283,10 @@ def _report(result: VerifyResult, wanted: str, runner: Runner, label: str, conse
             runner.log(f"{label}: {state}: {', '.join(result.slugs(state))}")
     for verdict in result.verdicts:
         if verdict.state in FAILING:
-            said = f"{verdict.slug} is {verdict.state}: {verdict.detail}"
+            said = f"{label}: {verdict.slug} is {verdict.state}: {verdict.detail}"
             if label == "verify":
                 runner.error(said, title=f"verify {verdict.slug}")
             else:
-                runner.log(f"{label}: {said}")
+                runner.log(said)
     if not result.ok:
         runner.log(f"{label}: not every tenant proved it runs {wanted}{consequence}")

@@ -122,21 +122,33 @@ def test_a_stale_canary_is_one_stage_error_and_the_final_one(fleet, action):
     assert found[1] == f"::error title=fleet-rollout failed::{result.outputs['reason']}"
 
 
-def test_no_sentence_says_its_own_prefix_twice(fleet, action):
-    tenants = specs(slugs(4), deploy_seconds=1)
-    tenants[2].stale = True
-    _sim, server = fleet(tenants)
-    result = action(server, batch_size="2", verify_url=buildinfo(server), verify_budget="1")
+def said_twice(line: str) -> bool:
+    """``batch 2/2 failed: batch 2/2: …``, ``canary t01: canary not proven: …``: a plain line whose
+    title and message both open with what they are about."""
+    parts = line.split(": ")
+    return len(parts) > 2 and parts[2].split(" ")[0] == parts[1].split(" ")[0]
 
-    assert result.code == 1, result.stdout
+
+FAILURES = {"stale": {"stale": True}, "refuses": {"refuses": {TAG}}, "dead": {"dead": True}}
+
+
+@pytest.mark.parametrize("kind", sorted(FAILURES))
+def test_no_line_says_what_it_is_about_twice(fleet, action, tmp_path, kind):
+    tenants = specs(slugs(4), deploy_seconds=1)
+    for knob, value in FAILURES[kind].items():
+        setattr(tenants[2], knob, value)  # t03, in batch 2
+    _sim, server = fleet(tenants)
+    inputs = {"batch_size": "2", "verify_url": buildinfo(server), "verify_budget": "1", "max_stragglers": "0"}
+    in_actions = action(server, **inputs)
+    outside = cli(["python", str(ROOT / "entrypoint.py")], fleet_env(server, tmp_path / "workspace", **inputs))
+
+    assert in_actions.code == outside.returncode == 1, in_actions.stdout
     doubled = re.compile(r"(\b[\w/ -]{6,}?): \1\b")  # "batch 2/2 not proven: batch 2/2 not proven: …"
-    for line in result.stdout.splitlines():
-        text = line.split("::", 2)[-1]
-        assert not doubled.search(text), line
-    proc_lines = [line for line in result.stdout.splitlines() if line.startswith(("error: ", "warning: "))]
-    for line in proc_lines:  # a plain line (an annotation over the limit, or said again) leads with its title once
-        assert not doubled.search(line), line
-    warned = [line for line in result.stdout.splitlines() if "Superseded guard off" in line]
+    for line in [*in_actions.stdout.splitlines(), *outside.stdout.splitlines()]:
+        assert not doubled.search(line.split("::", 2)[-1]), line
+    plain = [line for line in outside.stdout.splitlines() if line.startswith(("error: ", "warning: "))]
+    assert plain and not [line for line in plain if said_twice(line)], plain
+    warned = [line for line in in_actions.stdout.splitlines() if "Superseded guard off" in line]
     assert len(warned) <= 1, warned  # a gate re-checked before every call says it once
 
 

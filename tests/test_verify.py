@@ -239,7 +239,7 @@ def test_tenant_still_on_the_old_sha_at_the_deadline_is_stale_naming_what_it_run
     stale = result.verdicts[1]
     assert stale.running == OLD_SHA
     assert OLD_SHA[:12] in stale.detail and SHA[:12] in stale.detail
-    assert f"::error title=verify t2::t2 is stale: still runs {OLD_SHA}" in run.output
+    assert f"::error title=verify t2::verify: t2 is stale: still runs {OLD_SHA}" in run.output
     assert "::error title=verify t1" not in run.output
 
 
