@@ -620,10 +620,11 @@ def load(env: Mapping[str, str]) -> Config:
     _check_time(inputs, loaded)
 
     if "verify" in stages and not verify.url_template and promote.images and "promote" in stages:
+        unverified = ",".join(stage for stage in stages if stage != "verify")  # what was asked, less the proof
         inputs.fail(
             "verify-url",
             "is empty but promote-images is set: latest never moves without proof. "
-            "Set verify-url, or say stages: rollout,promote to promote unverified on purpose",
+            f"Set verify-url, or say stages: {unverified} to promote unverified on purpose",
         )
     _check_something_to_do(inputs, loaded)
     if gates.disabled_variable and not forge.token:

@@ -19,7 +19,7 @@ tenant that went back to another build since its proof fails the run there.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -50,7 +50,8 @@ class Outcome(StrEnum):
     """How a run ended: the ``outcome`` output, and the headline of the summary and the report."""
 
     DEPLOYED = "deployed"  # every requested stage succeeded
-    PROMOTED = "promoted"  # stages: promote alone (a manual promotion or a tag moved back), and it succeeded
+    PROMOTED = "promoted"  # no rollout stage, and promote moved the tag (a manual promotion, a put-back)
+    VERIFIED = "verified"  # stages: verify alone (a drill), and every tenant proved the build
     PLANNED = "planned"  # a dry run: the fleet enumerated, the batches printed
     SKIPPED = "skipped"  # kill switch or superseded: exit 0, ok=false
     ABORTED = "aborted"  # the live kill switch stopped the rollout between calls: the fleet is mixed, exit 1
@@ -97,7 +98,7 @@ class Run:
 
     @property
     def ok(self) -> bool:
-        return self.outcome in (Outcome.DEPLOYED, Outcome.PROMOTED, Outcome.PLANNED)
+        return self.outcome in (Outcome.DEPLOYED, Outcome.PROMOTED, Outcome.VERIFIED, Outcome.PLANNED)
 
     def timeline(self) -> list[Span]:
         spans = list(self.spans)
@@ -129,8 +130,16 @@ def execute(config: Config, run: Run, runner: Runner, clock: Clock) -> None:
     finally:
         run.seconds = ctx.deadline.elapsed()
     if not run.outcome:
-        run.outcome = (Outcome.PLANNED if config.rollout.dry_run
-                       else Outcome.PROMOTED if config.stages == ("promote",) else Outcome.DEPLOYED)
+        run.outcome = _success(config)
+
+
+def _success(config: Config) -> Outcome:
+    """What a run that did all it was asked did: the outcome never says "deployed" when nothing was."""
+    if config.rollout.dry_run:
+        return Outcome.PLANNED
+    if config.wants("rollout"):
+        return Outcome.DEPLOYED
+    return Outcome.PROMOTED if config.wants("promote") else Outcome.VERIFIED
 
 
 class _Stages:
@@ -336,10 +345,8 @@ class _Stages:
                         soak=rollout.soak_seconds if rollout.canary else 0.0, kept=config.planned_reserve)
         sizes = [len(call) for call in plan.calls]
         worst, left = timing.worst(len(sizes), bool(rollout.canary)), self.ctx.deadline.remaining()
-        canary = "canary 1, then " if rollout.canary else ""
-        runner.log(f"plan: {counted(len(sizes), 'deploy call')} ({canary}{compressed(sizes[bool(rollout.canary):])}"
-                   f" tenants), at worst {worst:g} s = {timing.described(len(sizes), bool(rollout.canary))}; "
-                   f"{left:.0f} s left of timeout")
+        runner.log(f"plan: {_calls_said(sizes, bool(rollout.canary))}, at worst {worst:g} s = "
+                   f"{timing.described(len(sizes), bool(rollout.canary))}; {left:.0f} s left of timeout")
         if worst > left:
             deployed, spent = sum(sizes[bool(rollout.canary):]), max(config.timeout - left, 0.0)
             advice = fitting(rollout.batch_sizes, len(run.fleet), deployed, rollout.max_batch_size, timing, left,
@@ -362,14 +369,17 @@ class _Stages:
         self.rollback_build = check_rollback_tag(config.promote, tag, self.registry_client, self.ctx)
 
     def proof_off_warning(self) -> None:
-        """A verify-url with no verify stage proves nothing: say so once, rather than silently."""
+        """A rollout without the verify stage proves nothing: say so once, rather than silently, and
+        the summary says "not verified". (With the verify stage and no verify-url, verify says it.)"""
         config = self.config
-        if not config.verify.url_template or config.wants("verify") or not config.wants("rollout"):
+        if config.wants("verify") or not config.wants("rollout"):
             return
         moves = "; latest moves on the CP's word" if config.wants("promote") and config.promote.images else ""
+        said = "verify-url is set but stages has no verify" if config.verify.url_template else \
+            "stages has no verify and verify-url is empty"
         self.record.notes["verify"] = "not verified: stages has no verify"
-        self.ctx.runner.warning(f"verify-url is set but stages has no verify: nothing is proven (no per-call proof, "
-                                f"no verify stage, no final check){moves}", title="proof off")
+        self.ctx.runner.warning(f"{said}: nothing is proven (no per-call proof, no verify stage, no final "
+                                f"check){moves}", title="proof off")
 
     def redeployer(self, cp: ControlPlaneClient) -> Redeployer:
         """The forward deploy calls: the build is ``sha``, and a tenant's build before is its snapshot's."""
@@ -548,6 +558,16 @@ def _after_final_check(verify: VerifyResult, fresh: VerifyResult) -> VerifyResul
         proven = f" at {verdict.proven_at:.1f} s" if verdict.proven_at is not None else ""
         verdicts.append(replace(now, call=verdict.call, detail=f"reverted after its proof{proven}: {now.detail}"))
     return replace(verify, verdicts=tuple(verdicts))
+
+
+def _calls_said(sizes: Sequence[int], canary: bool) -> str:
+    """``3 deploy calls (canary 1, then 2, 5 tenants)``; ``no deploy call`` when all are current."""
+    if not sizes:
+        return "no deploy call (every tenant already runs the build)"
+    batches = sizes[canary:]
+    tenants = f"{compressed(batches)} {'tenant' if batches == [1] else 'tenants'}" if batches else ""
+    parts = ", then ".join(part for part in ("canary 1" if canary else "", tenants) if part)
+    return f"{counted(len(sizes), 'deploy call')} ({parts})"
 
 
 def _report_quarantine(rollout: RolloutResult, runner: Runner) -> None:

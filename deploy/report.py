@@ -27,8 +27,9 @@ from typing import Any
 
 from deploy import __version__
 from deploy.analysis import Evaluation, StepResult
+from deploy.config import in_environment_terms
 from deploy.controlplane import CallResult, TenantRow
-from deploy.domain import writable
+from deploy.domain import sha_matches, writable
 from deploy.fleetstate import RollbackResult, Snapshot, TenantBefore
 from deploy.gates import ChecksResult
 from deploy.pipeline import Outcome, Run, Span
@@ -348,8 +349,8 @@ def summary(run: Run, redact: Callable[[str], str] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-HEADLINE_ICONS = {Outcome.DEPLOYED: "✅", Outcome.PROMOTED: "✅", Outcome.PLANNED: "📝", Outcome.SKIPPED: "⏭️",
-                  Outcome.ABORTED: "🛑", Outcome.FAILED: "❌"}
+HEADLINE_ICONS = {Outcome.DEPLOYED: "✅", Outcome.PROMOTED: "✅", Outcome.VERIFIED: "✅", Outcome.PLANNED: "📝",
+                  Outcome.SKIPPED: "⏭️", Outcome.ABORTED: "🛑", Outcome.FAILED: "❌"}
 
 
 def _headline(run: Run) -> str:
@@ -407,39 +408,62 @@ TABLE_ROWS = 300  # rows of the summary's tenant table: about 40 KiB, far below 
 
 def where_things_stand(run: Run) -> list[str]:
     """After a failed or aborted run: what the fleet runs now (tenants per build), where ``latest``
-    is, what ``on-failure`` did, and the next step. Every fact is what the run last read or was told."""
+    is, what ``on-failure`` did, and the next step. Every fact is what the run last read or was
+    told; a run that failed before deploying says that nothing moved."""
     config, rollout = run.config, run.rollout
-    if run.outcome not in (Outcome.FAILED, Outcome.ABORTED) or config is None or rollout is None or rollout.dry_run:
+    if run.outcome not in (Outcome.FAILED, Outcome.ABORTED) or config is None or (rollout and rollout.dry_run):
         return []
-    lines = [f"The fleet runs: {_builds_now(run)}."]
+    readings = _last_readings(run)
+    if rollout is not None:
+        lines = [f"The fleet runs: {_builds_now(run, readings)}."]
+    elif readings:
+        lines = [f"Nothing was deployed; verify read: {_builds_now(run, readings)}."]
+    else:
+        lines = ["Nothing was deployed: no deploy call was made."]
     if run.promote and run.promote.promotions:
         lines.append(f"{run.promote.tag}: " + "; ".join(f"{p.image} {p.state} ({p.promoted_digest or 'unknown'})"
                                                        for p in run.promote.promotions) + ".")
     else:
         lines.append(f"{config.promote.tag} did not move: it still names the build it named before the run.")
-    shipped = [slug for slug in rollout.shipped if not (run.rollback and slug in set(run.rollback.rolled_back))]
-    lines.append(_on_failure_said(run))
-    lines.append(_next_step(run, shipped))
+    if rollout is not None:
+        lines.append(_on_failure_said(run))
+    lines.append(_next_step(run, _left_on_build(run, readings)))
     return lines
 
 
-def _builds_now(run: Run) -> str:
-    """Tenants per build, from the last reading of each: the rollback's proof, the proof or verify,
-    the snapshot for a tenant no call reached, or the CP's word (said so)."""
+def _last_readings(run: Run) -> dict[str, str]:
+    """The build each tenant last reported: the rollback's proof, else the proof or verify, else
+    the snapshot for a tenant no call reached. A tenant absent was never read after it moved."""
     rollout = run.rollout
-    assert rollout is not None
-    verdicts = {v.slug: v.running for v in run.verify.verdicts} if run.verify else {}
-    back = {v.slug: v.running for v in run.rollback.verify.verdicts} if run.rollback and run.rollback.verify else {}
-    untouched = set(rollout.not_started) | set(rollout.already_current)
-    before = run.snapshot.by_slug if run.snapshot else {}
+    untouched = set(rollout.not_started) | set(rollout.already_current) if rollout else set(run.fleet)
+    readings = {slug: before.sha for slug, before in (run.snapshot.by_slug if run.snapshot else {}).items()
+                if slug in untouched and before.sha}
+    for verify in (run.verify, run.rollback.verify if run.rollback else None):
+        readings.update({v.slug: v.running for v in verify.verdicts if v.running} if verify else {})
+    return readings
+
+
+def _left_on_build(run: Run, readings: Mapping[str, str]) -> list[str]:
+    """The tenants this run moved that are (as far as anything read says) still on the build: each
+    one reporting ``sha``, or never read since the CP said it shipped."""
+    if run.rollout is None or run.config is None:
+        return []
+    back = set(run.rollback.rolled_back) if run.rollback else set()
+    sha = run.config.sha
+    return [slug for slug in run.rollout.shipped
+            if slug not in back and (slug not in readings or sha_matches(readings[slug], sha))]
+
+
+def _builds_now(run: Run, readings: Mapping[str, str]) -> str:
+    """Tenants per build: each tenant's last reading, or the CP's word (said so), or unknown."""
+    rollout = run.rollout
+    untouched = set(rollout.not_started) | set(rollout.already_current) if rollout else set()
     counts: dict[str, int] = {}
-    for slug in rollout.fleet:
-        build = back.get(slug) or verdicts.get(slug) or ""
-        if not build and slug in untouched and slug in before:
-            build = before[slug].sha
-        if not build and slug in rollout.rows and rollout.rows[slug].on_target and slug not in untouched:
-            build = f"{run.config.sha[:12] if run.config else 'the build'} (the CP's word)"
-        build = build[:12] if build and "(" not in build else build or "unknown (not read)"
+    for slug in run.fleet:
+        build = readings[slug][:12] if slug in readings else "unknown (not read)"
+        if slug not in readings and rollout and slug in rollout.rows and rollout.rows[slug].on_target \
+                and slug not in untouched and run.config:
+            build = f"{run.config.sha[:12]} (the CP's word)"
         counts[build] = counts.get(build, 0) + 1
     ranked = sorted(counts.items(), key=lambda item: -item[1])
     shown = ", ".join(f"{build} on {counted(count, 'tenant')}" for build, count in ranked[:6])
@@ -460,20 +484,26 @@ def _on_failure_said(run: Run) -> str:
     return "on-failure: hold: nothing was rolled back; the fleet stays as it is for a person to decide."
 
 
-def _next_step(run: Run, shipped: list[str]) -> str:
+def _next_step(run: Run, left: list[str]) -> str:
     config = run.config
     assert config is not None
     if run.rollback is not None and run.rollback.not_rolled_back:
         return (f"Next: roll back by hand the tenants not back ({listing(run.rollback.not_rolled_back)}): redeploy "
                 f"{run.rollback.tag} on them (examples/github-manual-rollback.yml), then re-run.")
     if run.promote is not None and not run.promote.ok:
-        return ("Next: the fleet was verified on the build; fix the registry and re-run with stages: promote "
+        verified = "the fleet was verified on the build; " if run.rollout or run.verify else ""
+        return (f"Next: {verified}fix what the promotion table says and re-run with stages: promote "
                 "(skip-if-superseded: false) to move the tag.")
-    if not shipped:
-        return "Next: fix the cause and re-run this job: nothing this run deployed is left on the build."
+    if run.rollout is None:
+        if run.verify and not run.verify.ok:
+            return (f"Next: the tenants verify names do not run {config.sha[:12]}: redeploy them (stages: rollout), "
+                    "then verify again.")
+        return "Next: fix the cause and re-run this job: nothing moved."
+    if not left:
+        return "Next: fix the cause and re-run this job: no tenant this run deployed is left on the build."
     automatic = "" if config.rollout.on_failure == OnFailure.ROLLBACK else ", or set on-failure: rollback"
     return (f"Next: fix the cause and re-run this job (skip-current redeploys only the tenants not on "
-            f"{config.sha[:12]}), or roll the {counted(len(shipped), 'tenant')} shipped back by hand "
+            f"{config.sha[:12]}), or roll the {counted(len(left), 'tenant')} left on the build back by hand "
             f"(examples/github-manual-rollback.yml, with the previous build){automatic}.")
 
 
@@ -670,8 +700,8 @@ def _log_result(run: Run, runner: Runner) -> None:
     # A failure's reason is the run's last line, the verdict after this group: not repeated here.
     because = f" — {run.reason}" if run.reason and run.outcome != Outcome.FAILED else ""
     runner.log(f"outcome: {run.outcome or 'unfinished'}{because}")
-    for line in where_things_stand(run):
-        runner.log(line)
+    for line in where_things_stand(run):  # outside Actions, in the words of FLEET_* variables
+        runner.log(line if runner.in_actions else in_environment_terms(line))
     r = run.rollout
     if r and r.dry_run:
         canary = run.config.rollout.canary if run.config else ""

@@ -313,3 +313,86 @@ def test_on_gitea_the_log_repeats_the_summary_facts(fleet, action):
     for slug in slugs(3):
         line = next(line for line in result.stdout.splitlines() if line.startswith(f"tenant {slug}: "))
         assert "→" in line and "shipped in batch" in line and "proven at" in line, line
+
+
+# -- the outcome says what was done, and a failure without a rollout says where things stand --------
+
+
+def test_a_verify_only_drill_that_passes_says_verified_not_deployed(fleet, action):
+    sim, server = fleet([TenantSpec("a"), TenantSpec("b")])
+    for slug in ("a", "b"):
+        sim.mark_deployed(slug, SHA)
+    result = action(server, stages="verify", verify_url=buildinfo(server))
+
+    assert (result.code, result.outputs["outcome"], result.outputs["ok"]) == (0, "verified", "true"), result.stdout
+    assert result.summary.startswith(f"## fleet-rollout: ✅ verified `{TAG}`")
+    assert sim.deploy_calls() == []
+
+
+def test_a_failed_verify_only_drill_says_nothing_was_deployed_and_what_verify_read(fleet, action):
+    sim, server = fleet([TenantSpec("a"), TenantSpec("b", stale=True)])
+    sim.mark_deployed("a", SHA)
+    result = action(server, stages="verify", verify_url=buildinfo(server), verify_budget="0.5")
+
+    assert result.code == 1, result.stdout
+    stand = plain(result.summary)
+    assert f"Nothing was deployed; verify read: {SHA[:12]} on 1 tenant, {OLD_SHA[:12]} on 1 tenant." in stand
+    assert "latest did not move" in stand and "on-failure" not in stand.split("**Where things stand:**")[1][:400]
+    assert f"Next: the tenants verify names do not run {SHA[:12]}: redeploy them" in stand
+
+
+def test_a_failed_promote_only_run_says_nothing_was_deployed_and_where_latest_is(fleet, action, registry,
+                                                                                 repository):
+    seeded(registry, repository)
+    _sim, server = fleet(specs(slugs(1), deploy_seconds=1))
+    result = action(server, stages="promote", promote_images=registry.image(repository), promote_source="nope-tag")
+
+    assert result.code == 1, result.stdout
+    stand = plain(result.summary).split("**Where things stand:**")[1]
+    assert "Nothing was deployed: no deploy call was made." in stand
+    assert "latest" in stand and "Next: " in stand
+
+
+def test_where_things_stand_counts_only_tenants_still_on_the_build(fleet, action):
+    tenants = specs(slugs(4), deploy_seconds=1)
+    tenants[0].stale = True  # the canary's call lands, its /buildinfo keeps the previous build
+    _sim, server = fleet(tenants)
+    result = action(server, canary="t01", verify_url=buildinfo(server), verify_budget="1")
+
+    assert (result.code, result.outputs["aborted-at"]) == (1, "canary"), result.stdout
+    stand = plain(result.summary)
+    assert f"The fleet runs: {OLD_SHA[:12]} on 4 tenants." in stand
+    assert "no tenant this run deployed is left on the build" in stand and "back by hand" not in stand
+
+
+def test_outside_actions_where_things_stand_speaks_fleet_variables(fleet, tmp_path: Path):
+    tenants = specs(slugs(4), deploy_seconds=1)
+    tenants[2].stale = True
+    _sim, server = fleet(tenants)
+    env = fleet_env(server, tmp_path / "workspace", batch_size="2", verify_url=buildinfo(server), verify_budget="1")
+    proc = cli(["python", str(ROOT / "entrypoint.py")], env)
+
+    assert proc.returncode == 1, proc.stdout
+    assert "or set FLEET_ON_FAILURE=rollback" in proc.stdout
+    assert "on-failure: hold" not in proc.stdout and "FLEET_ON_FAILURE=hold" in proc.stdout
+
+
+@pytest.mark.parametrize("stages", ["rollout", "rollout,promote"])
+def test_a_rollout_without_the_verify_stage_says_nothing_is_proven(fleet, action, stages):
+    _sim, server = fleet(specs(slugs(2), deploy_seconds=1))
+    result = action(server, stages=stages, verify_url="")
+
+    assert result.code == 0, result.stdout
+    warned = [line for line in result.stdout.splitlines() if line.startswith("::warning title=proof off::")]
+    assert len(warned) == 1 and "stages has no verify and verify-url is empty" in warned[0]
+    assert "| Verify | not verified: stages has no verify |" in plain(result.summary)
+
+
+@pytest.mark.parametrize(("stages", "advice"), [("rollout,verify,promote", "stages: rollout,promote"),
+                                                ("verify,promote", "stages: promote")])
+def test_promote_without_proof_is_refused_with_advice_that_keeps_what_was_asked(action, stages, advice):
+    result = action(None, cp_url="https://cp.example.com", cp_token="t0ken-for-the-test", stages=stages,
+                    promote_images="ghcr.io/acme/app", verify_url="")
+
+    assert result.code == 2, result.stdout
+    assert f"Set verify-url, or say {advice} to promote unverified on purpose" in result.outputs["reason"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from deploy.pipeline import _calls_said
 from deploy.waves import BatchSize, Timing, call_sizes, compressed, fitting, parse_batch_sizes, split
 
 MAXIMUM = 10_000
@@ -84,3 +85,13 @@ def test_advice_names_a_batch_size_that_fits_or_the_timeout_that_would():
     assert fitting(sizes, 1000, 999, 10, timing, available=3600, canary=True) == \
         "no batch-size fits: max-batch-size 10 makes at least 100 calls: batch-size: 100% needs timeout of at least " \
         "39450 s"
+
+
+@pytest.mark.parametrize(("sizes", "canary", "said"), [
+    ([], False, "no deploy call (every tenant already runs the build)"),
+    ([1], True, "1 deploy call (canary 1)"),
+    ([1], False, "1 deploy call (1 tenant)"),
+    ([1, 2, 2, 1], True, "4 deploy calls (canary 1, then 2 × 2, 1 tenants)"),
+])
+def test_the_plan_line_reads_right_for_every_fleet(sizes, canary, said):
+    assert _calls_said(sizes, canary) == said
