@@ -150,7 +150,7 @@ def test_a_quote_in_a_tenant_name_cannot_end_the_string():
 
 @pytest.mark.parametrize("line", ["job:errors:rate5m < 0.01", "  instance:cpu:ratio{tenant=~\"{tenants}\"} < 0.9"])
 def test_a_line_that_starts_with_a_recording_rule_is_not_read_as_its_name(line):
-    with pytest.raises(ValueError, match="starts with the recording rule .*, not a name: write NAME: "):
+    with pytest.raises(ValueError, match=r"starts with the recording rule .*, not a name: write NAME: "):
         promql.parse_query_line(line)
 
 
