@@ -236,6 +236,18 @@ def test_a_tag_in_promote_images_is_the_error_not_the_repository(action, image):
     assert "lowercase" not in result.outputs["reason"]
 
 
+@pytest.mark.parametrize("image", ["ghcr.io/acme/app@sha256:" + "5e1f" * 16,
+                                   "registry.test:5000/acme/app:v1@sha256:" + "f" * 64])
+def test_a_digest_in_promote_images_points_to_promote_source_not_credentials(action, image):
+    result = action(None, stages="promote", promote_images=image, sha=SHA)
+
+    assert result.code == 2, result.stdout
+    reason = result.outputs["reason"]
+    digest = image.rpartition("@")[2]
+    assert f"remove the digest '@{digest[:19]}…'" in reason and "use promote-source" in reason, reason
+    assert "credentials" not in reason and "registry-username" not in reason, reason
+
+
 def test_a_bad_sha_is_one_error_with_no_knock_on_error(fleet, action, registry, repository):
     _sim, server = fleet(specs(slugs(1), deploy_seconds=1))
     result = action(server, sha="main", promote_images=registry.image(repository), verify_url=buildinfo(server))
