@@ -283,6 +283,26 @@ def test_the_readme_keeps_rollback_for_tenants_and_put_back_for_the_tag():
     assert timing, "the README explains the timing inputs together in one table"
 
 
+def test_the_action_yml_keeps_rollback_for_tenants_and_put_back_for_the_tag():
+    import yaml
+
+    inputs = yaml.safe_load((ROOT / "action.yml").read_text())["inputs"]
+    for name in ("stages", "promote-source"):  # both move the tag only: never a rollback of tenants
+        described = inputs[name]["description"]
+        assert "put-back" in described and "rollback" not in described, (name, described)
+
+
+def test_the_max_stragglers_description_holds_in_every_mode():
+    """Quarantine is for tenants down already: a tenant that ran a build before and fails on this one
+    halts the rollout whatever max-stragglers says, and the tolerance is the run's (a leg's), not the fleet's."""
+    import yaml
+
+    described = yaml.safe_load((ROOT / "action.yml").read_text())["inputs"]["max-stragglers"]["description"]
+    assert "not fatal" not in described and "fleet-wide" not in described, described
+    assert "failed on the new build, halts the rollout whatever this says" in described, described
+    assert "no tenant reached the target" in described, described
+
+
 def test_the_schema_names_the_put_back_states():
     schema = json.loads((ROOT / "schema" / "report.schema.json").read_text())
     text = json.dumps(schema)
