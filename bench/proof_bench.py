@@ -101,7 +101,7 @@ def client_env(url: str, workdir: Path, *, tenants: int, batch_size: int, canary
         "GITHUB_STEP_SUMMARY": str(workdir / "summary.md"),
     }
     if canary:
-        env["FLEET_CANARY"] = f"tenant-{1:0{len(str(tenants))}d}"
+        env["FLEET_CANARY"] = healthy_fleet(tenants)[0].slug  # the simulator's own name, padded as it pads
     return env
 
 
@@ -166,7 +166,7 @@ def bad_metrics(tenants: int, batch_size: int) -> int:
     for canary in (True, False):
         for analysis in (True, False):
             with serving(serve, (tenants, "bad metrics", 0.05)) as url, tempfile.TemporaryDirectory() as root:
-                names = [f"tenant-{i:0{len(str(tenants))}d}" for i in range(1, tenants + 1)]
+                names = [spec.slug for spec in healthy_fleet(tenants)]
                 targets = {slug: f"{url}/tenants/{slug}/metrics" for slug in names}
                 prometheus = local_prometheus.start_prometheus(Path(root), targets)
                 try:

@@ -69,7 +69,7 @@ def client_env(url: str, workdir: Path, tenants: int, batch_size: int) -> dict[s
     return {
         "PATH": os.environ.get("PATH", ""),
         "FLEET_CP_URL": url, "FLEET_CP_TOKEN": TOKEN, "FLEET_SHA": SHA,
-        "FLEET_CANARY": f"tenant-{1:0{len(str(tenants))}d}", "FLEET_SOAK_SECONDS": "0",
+        "FLEET_CANARY": healthy_fleet(tenants)[0].slug, "FLEET_SOAK_SECONDS": "0",  # the simulator's own name
         "FLEET_BATCH_SIZE": str(batch_size), "FLEET_MAX_STRAGGLERS": "0",
         "FLEET_VERIFY_URL": f"{url}/tenants/{{slug}}/buildinfo", "FLEET_VERIFY_INTERVAL": "1",
         "FLEET_VERIFY_BUDGET": "600", "FLEET_TIMEOUT": "7200",

@@ -55,6 +55,19 @@ class Calls:
         return Response.json([body.get("only_slugs") or every for body in self.fleet.deploy_calls()])
 
 
+def expect_exit(figures: dict[str, Any], expected: int, what: str) -> dict[str, Any]:
+    """``figures`` of a client run that exited ``expected``; otherwise the bench stops, saying why.
+
+    A run that exits otherwise measured something else: a configuration error (exit 2) deploys
+    nothing, so its row of zeros would read as a result — as a canary slug the simulated fleet
+    does not have once made a bench print figures of nothing.
+    """
+    if figures["code"] != expected:
+        reason = figures["outputs"].get("reason") or figures["report"].get("reason") or "no reason given"
+        raise SystemExit(f"{what}: the client exited {figures['code']}, expected {expected}: {reason}")
+    return figures
+
+
 def run_client(serve: Callable[..., None], serve_args: tuple[Any, ...], env_for: Callable[[str, Path], dict[str, str]],
                bench_paths: Mapping[str, str]) -> dict[str, Any]:
     """Start ``serve(*serve_args, url_queue)`` in a process, run the client against the URL it puts

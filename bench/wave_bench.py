@@ -12,7 +12,8 @@ canary and no soak. Printed per ``batch-size``:
   SHA), with and without a canary: the tenants the CP was asked to deploy before the run stopped.
 
 Targets: at most 12 calls for 10,000 tenants, and a bad build reaching no more tenants than with
-fixed batches of 25.
+fixed batches of 25. A client run that exits other than planned (0 healthy, 1 on the bad build)
+stops the bench, exit 1, with its reason: its row would measure nothing.
 
     python bench/wave_bench.py [--tenants 10000] [--sizes "25;1,10,1%,10%,25%"]
 """
@@ -30,7 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from simbench import SHA, TAG, Calls, run_client  # noqa: E402
+from simbench import SHA, TAG, Calls, expect_exit, run_client  # noqa: E402
 
 from deploy.sim.fleet import FleetSim, healthy_fleet  # noqa: E402
 from deploy.sim.server import SimServer  # noqa: E402
@@ -50,7 +51,7 @@ def serve(tenants: int, bad: bool, url_queue: multiprocessing.Queue) -> None:  #
         time.sleep(24 * 3600)
 
 
-def client_env(url: str, workdir: Path, *, batch_size: str, canary: bool) -> dict[str, str]:
+def client_env(url: str, workdir: Path, *, tenants: int, batch_size: str, canary: bool) -> dict[str, str]:
     env = {
         "PATH": os.environ.get("PATH", ""),
         "FLEET_CP_URL": url, "FLEET_CP_TOKEN": TOKEN, "FLEET_SHA": SHA, "FLEET_STAGES": "rollout,verify",
@@ -62,14 +63,21 @@ def client_env(url: str, workdir: Path, *, batch_size: str, canary: bool) -> dic
         "GITHUB_STEP_SUMMARY": str(workdir / "summary.md"),
     }
     if canary:
-        env["FLEET_CANARY"] = "tenant-00001"
+        # The simulator's own first slug: healthy_fleet pads the number to the fleet size's digits
+        # (tenant-001 in 200 tenants), and a canary it lacks is exit 2 before any deploy.
+        env["FLEET_CANARY"] = healthy_fleet(tenants)[0].slug
     return env
 
 
 def run_once(tenants: int, batch_size: str, bad: bool, canary: bool) -> dict[str, Any]:
-    return run_client(serve, (tenants, bad),
-                      lambda url, workdir: client_env(url, workdir, batch_size=batch_size, canary=canary),
-                      {"calls": "/_bench/calls"})
+    """One client run against a fresh simulator; the bench stops unless it exits as planned: 0 on
+    the healthy fleet, 1 on the bad build (the proof halts the rollout)."""
+    figures = run_client(serve, (tenants, bad),
+                         lambda url, workdir: client_env(url, workdir, tenants=tenants, batch_size=batch_size,
+                                                         canary=canary),
+                         {"calls": "/_bench/calls"})
+    what = f"batch-size {batch_size}, {'bad build' if bad else 'healthy'}, canary {'on' if canary else 'off'}"
+    return expect_exit(figures, 1 if bad else 0, what)
 
 
 def main() -> None:

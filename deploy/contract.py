@@ -42,6 +42,11 @@ WRONG_TOKEN = "fleet-rollout-contract-check-not-a-token"  # a token the CP must 
 REPLAY_TELLABLE = 0.5  # seconds: a deploy quicker than this cannot be told from its replay by time
 HEADROOM = 0.5  # a dry run slower than this share of request-timeout leaves little to spare
 TEXT_FIELDS = ("phase", "ssm_status", "running_image", "error")
+# The one 4xx the action does not read as a refusal (controlplane._state_of): the Idempotency-Key
+# draft's "still in progress". A CP refusing with it would make the action wait and ask again.
+IN_PROGRESS = 409
+IN_PROGRESS_MEANS = ("the action reads 409 as \"a request with this Idempotency-Key is still in progress\": it "
+                     "waits one CP worst case and asks again instead of halting")
 BOOL_FIELDS = ("healthz_ok", "verified_on_target")
 
 
@@ -263,6 +268,9 @@ class ContractCheck:
             return Finding("auth", Verdict.FAIL, f"accepted a dry run {' and '.join(accepted)}: anyone who can reach "
                                                  "it can redeploy the fleet; answer 401 (or 403)")
         odd = {how: answer for how, answer in answers.items() if answer.status not in (401, 403)}
+        conflicts = _in_progress(answers)
+        if conflicts:
+            return Finding("auth", Verdict.FAIL, f"{conflicts} — {IN_PROGRESS_MEANS}; answer 401 or 403")
         if any(answer.status >= 500 for answer in odd.values()):
             return Finding("auth", Verdict.FAIL, "; ".join(f"{how}: {a.described}" for how, a in odd.items())
                            + " — the action reads a 5xx as outcome unknown, not as refused; answer 401 or 403")
@@ -392,6 +400,10 @@ class ContractCheck:
         answered the first time, at once, without deploying again. One that does not is allowed:
         the action then waits one worst case before any retry (so a WARN, not a FAIL)."""
         again = self.post(body, budget=self.target.rollout_timeout, headers=headers)
+        if again.status == IN_PROGRESS:
+            return Finding("idempotency", Verdict.FAIL, f"the same request with the same key, after the first was "
+                                                        f"answered, got {again.described} — {IN_PROGRESS_MEANS}, "
+                                                        "here for a request long over; replay the first answer")
         if 400 <= again.status < 500:
             return Finding("idempotency", Verdict.FAIL, f"the same request with the same key was refused "
                                                         f"({again.described}): the action reads a 4xx as "
@@ -415,16 +427,24 @@ class ContractCheck:
 
 
 def _refusal(name: str, answers: Mapping[str, Exchange], what: str) -> Finding:
-    """A request the CP must refuse with a 4xx (nothing done, no retry, as the action reads it)."""
+    """A request the CP must refuse with a 4xx other than 409 (nothing done, no retry, as the action reads it)."""
     accepted = [f"{how}: 200" for how, answer in answers.items() if 200 <= answer.status < 300]
     if accepted:
         return Finding(name, Verdict.FAIL, f"accepted {what} ({'; '.join(accepted)}); refuse it with a 4xx (400)")
+    conflicts = _in_progress(answers)
+    if conflicts:
+        return Finding(name, Verdict.FAIL, f"{conflicts} — {IN_PROGRESS_MEANS}; refuse it with 400, 404 or 422")
     wrong = [f"{how}: {answer.described}" for how, answer in answers.items() if not 400 <= answer.status < 500]
     if wrong:
-        return Finding(name, Verdict.FAIL, f"{'; '.join(wrong)} — the action reads a 4xx as refused, a 5xx as "
-                                           "outcome unknown; refuse it with a 4xx (400)")
+        return Finding(name, Verdict.FAIL, f"{'; '.join(wrong)} — the action reads a 4xx (but 409) as refused, a "
+                                           "5xx as outcome unknown; refuse it with a 4xx (400)")
     said = "; ".join(f"{how}: {answer.described}" for how, answer in answers.items())
     return Finding(name, Verdict.PASS, f"refused {what} ({said})")
+
+
+def _in_progress(answers: Mapping[str, Exchange]) -> str:
+    """The answers that were 409, described ("" when none was): a refusal the action would not read as one."""
+    return "; ".join(f"{how}: {answer.described}" for how, answer in answers.items() if answer.status == IN_PROGRESS)
 
 
 def _scoped_rows(name: str, answer: Exchange, scope: Sequence[str], call: str, fleet_size: int) -> Finding:

@@ -107,8 +107,16 @@ class ImageRef:
         return self.written
 
 
+# A digest suffix as OCI writes it (`@algorithm:hex`): after the repository, so it has no '/', which
+# is how it differs from credentials (`user:pass@host/...`, the '@' before the path). At least 16 hex:
+# `user:pass@registry:5000` (credentials, no repository) must not read as the digest `registry:5000`.
+DIGEST_SUFFIX_RE = re.compile(r"@([a-z0-9]+(?:[.+_-][a-z0-9]+)*:[0-9a-fA-F]{16,})\Z")
+SHOWN_DIGEST = 19  # `sha256:` and 12 hex: enough to recognise a digest in an error
+
+
 def parse_image(value: str, allow_insecure: bool) -> ImageRef:
     """``[http[s]://]host[:port]/repository``, or :class:`ValueError` saying what is wrong."""
+    _reject_digest(value)
     shown = repr(display_url(value)[:SHOWN_VALUE])
     if "@" in value or "#" in value or "?" in value:
         raise ValueError(f"{shown}: must be host[:port]/repository, without credentials (use registry-username and "
@@ -132,6 +140,24 @@ def parse_image(value: str, allow_insecure: bool) -> ImageRef:
         raise ValueError(f"{shown}: plain http:// to a registry needs allow-insecure-http: true")
     secure = scheme == "https" or (not scheme and not is_loopback(hostname))
     return ImageRef(written=value, host=host, repository=repository, secure=secure)
+
+
+def _reject_digest(value: str) -> None:
+    """A pinned reference (``ghcr.io/acme/app@sha256:…``) is told to drop its digest.
+
+    Checked before the credentials rule, which an '@' would otherwise trip: that error sends the
+    user to registry-username for a value that holds no credential. A digest is a build, and the
+    build to promote is promote-source's, so the error says where it goes. Only the digest is
+    quoted: what precedes the last '@' may be userinfo (a password with an unencoded '/'), and
+    telling it from a repository is guesswork an error must not show a secret on.
+    """
+    found = DIGEST_SUFFIX_RE.search(value)
+    if not found:
+        return
+    digest = found.group(1)
+    shown = digest if len(digest) <= SHOWN_DIGEST else digest[:SHOWN_DIGEST] + "…"
+    raise ValueError(f"remove the digest '@{shown}' — promote-images names repositories only; to promote a digest, "
+                     "use promote-source")
 
 
 def display_url(value: str) -> str:

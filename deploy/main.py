@@ -6,7 +6,7 @@ only from the environment: an argument never starts a deploy (the bare command d
 an error. This module only dispatches: nothing imports it but the entry points, and the demo
 (imported when asked for: a run needs no simulator) runs the pipeline through :mod:`deploy.action`,
 not through here.
-Exit codes: 0 deployed, planned or skipped; 1 failed, aborted or an internal error (see
+Exit codes: 0 deployed, promoted, verified, planned or skipped; 1 failed, aborted or an internal error (see
 :mod:`deploy.action`); 2 configuration error (or a bad argument).
 """
 
@@ -57,13 +57,17 @@ DEMO_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
                                   "(Debian's prometheus, needed) scrapes the tenants, and the canary's metric "
                                   "analysis stops the rollout after the canary (exit 1, latest not moved)"}),
 )
+# The README's outcome table, per exit code. Exit 2 says "no deploy call", not "nothing sent": a
+# canary the CP does not list, a verify-field no tenant holds, a plan over timeout and a query the
+# metrics API cannot run are found by read-only requests, still before anything moves.
 EXIT_CODES = """\
 exit codes:
-  0  deployed, planned (dry run) or skipped (kill switch, superseded); contract: no FAIL
-  1  failed (rollout, coverage, verify, promote, timeout or cancel), aborted (kill switch set
-     mid-rollout: the fleet is mixed), or an internal error (its traceback is in the log);
-     contract: a FAIL
-  2  configuration error (nothing was sent), or a bad command line"""
+  0  deployed, promoted (no rollout stage; the tag moved), verified (stages: verify alone),
+     planned (dry run) or skipped (kill switch, superseded); contract: no FAIL
+  1  failed (a gate, enumeration, rollout, coverage, verify, promote, timeout or cancel), aborted
+     (kill switch set mid-rollout: the fleet is mixed), or an internal error (its traceback is in
+     the log); contract: a FAIL
+  2  configuration error (no deploy call was made, nothing moved), or a bad command line"""
 
 
 def _variables() -> str:
@@ -99,10 +103,16 @@ class _Options:
         column = max(COLUMN, indent + max(len(name) for name in names) + 2)
         lines = []
         for name, (_flags, kwargs) in zip(names, self.added, strict=True):
-            text = textwrap.wrap(kwargs["help"], width - column, break_on_hyphens=False) or [""]
+            text = textwrap.wrap(self._expanded(kwargs), width - column, break_on_hyphens=False) or [""]
             lines.append(f"{' ' * indent}{name:<{column - indent}}{text[0]}")
             lines += [" " * column + more for more in text[1:]]
         return lines
+
+
+    def _expanded(self, kwargs: dict[str, Any]) -> str:
+        """The help text as argparse prints it: a help string is a %-format (``%%`` for a percent
+        sign, ``%(default)s``), which argparse expands and a hand-made listing must expand too."""
+        return str(kwargs["help"]) % {**kwargs, "prog": self.parser.prog}
 
 
 def _label(flags: tuple[str, ...], kwargs: dict[str, Any]) -> str:

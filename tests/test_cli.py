@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from deploy import __version__, config
+from deploy.pipeline import Outcome
 from deploy.runner import parse_output_file
 from deploy.sim.fleet import TenantSpec
 from deploy.sim.server import SimServer
@@ -89,8 +90,56 @@ def test_help_lists_every_fleet_variable_with_its_default_the_commands_and_the_e
         shown = "secret, never printed" if name in config.SECRET_INPUTS else default or "-"
         assert re.search(rf"^  {config.env_name(name)} +{re.escape(shown)}$", text, re.M), name
     assert "fleet-rollout demo [--report PATH]" in text
-    assert re.search(r"^  0 +deployed, planned \(dry run\) or skipped", text, re.M)
+    assert re.search(r"^  0 +deployed, promoted \(stages: promote alone moved the tag\), planned \(dry run\)",
+                     text, re.M)
     assert re.search(r"^  1 +failed", text, re.M) and re.search(r"^  2 +configuration error", text, re.M)
+
+
+def help_exit_codes(text: str) -> dict[int, str]:
+    """The help's exit-code list: code → its description on one line."""
+    block = text.split("\nexit codes:\n", 1)[1]
+    found: dict[int, str] = {}
+    for line in block.splitlines():
+        if head := re.match(r"^  (\d) +(.*)", line):
+            found[int(head[1])] = head[2]
+        elif found:
+            found[max(found)] += " " + line.strip()
+    return found
+
+
+def readme_outcomes() -> dict[int, set[str]]:
+    """The README's outcome table: exit code → the outcomes that end with it."""
+    section = (ROOT / "README.md").read_text().split("| outcome | `ok` | exit | when |\n", 1)[1].split("\n\n", 1)[0]
+    found: dict[int, set[str]] = {}
+    for row in section.splitlines()[1:]:
+        outcome, _ok, code = (cell.strip().strip("`") for cell in row.strip("|").split("|")[:3])
+        found.setdefault(int(code), set()).add(outcome)
+    return found
+
+
+def test_the_help_exit_codes_match_the_readme_outcome_table():
+    """Every outcome the README gives an exit code is in the help under that code; exit 2 is a
+    configuration error in both, said the same way, and true when it comes after read-only requests."""
+    text = cli([sys.executable, "-m", "deploy", "--help"], clean_env()).stdout
+    codes = help_exit_codes(text)
+    outcomes = readme_outcomes()
+
+    assert set(codes) == set(outcomes) == {0, 1, 2}
+    assert set().union(*outcomes.values()) == {outcome.value for outcome in Outcome}  # every outcome, documented
+    for code in (0, 1):
+        assert {outcome for outcome in outcomes[code] if not re.search(rf"\b{outcome}\b", codes[code])} == set()
+    assert outcomes[2] == {"failed"} and codes[2].startswith("configuration error")
+    said = "no deploy call was made, nothing moved"
+    assert said in codes[2] and said in (ROOT / "README.md").read_text()
+    assert "nothing was sent" not in text and "zero requests" not in (ROOT / "README.md").read_text()
+
+
+def test_help_text_shows_a_percent_sign_as_argparse_would():
+    """Help strings are %-formats for argparse (``30%%``); the hand-made command listing expands them too."""
+    text = " ".join(cli([sys.executable, "-m", "deploy", "--help"], clean_env()).stdout.split())
+
+    assert "%%" not in text
+    assert "fails 30% of requests" in text
 
 
 @pytest.mark.parametrize("launcher", ["console script", "python -m deploy", "entrypoint.py"])

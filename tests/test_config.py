@@ -329,6 +329,18 @@ def test_credentials_in_a_promote_image_are_refused_without_echoing_them():
     assert "pw-Secret-99" not in error and "registry-username" in error
 
 
+@pytest.mark.parametrize("image", ["https://deploy:pw-Secret-99@reg.example.com/acme/app@sha256:" + "ab" * 32,
+                                   "https://deploy:pw/Secret-99@sha256:" + "ab" * 32])
+def test_a_digest_after_credentials_is_named_without_echoing_them(image):
+    error = errors_for(promote_images=image)["promote-images"]
+    assert "pw-Secret-99" not in error and "pw/Secret-99" not in error and "remove the digest '@sha256:abab" in error
+
+
+def test_a_port_after_credentials_is_not_mistaken_for_a_digest():
+    error = errors_for(promote_images="https://deploy:pw-Secret-99@registry:5000")["promote-images"]
+    assert "pw-Secret-99" not in error and "digest" not in error and "registry-username" in error
+
+
 @pytest.mark.parametrize("name", ["cp_token", "github_token"])
 def test_a_token_that_cannot_travel_in_a_header_is_a_configuration_error(name):
     error = errors_for(**{name: "t\u00f6k\u20ac-with-euro"})[name.replace("_", "-")]

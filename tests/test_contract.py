@@ -142,18 +142,19 @@ class BrokenCP:
             return None
         flaws = self.flaws
         if request.headers.get("authorization") != f"Bearer {BROKEN_TOKEN}" and "no-auth" not in flaws:
-            return Response.json({"ok": False, "error": "unauthorized"}, 401)
+            return Response.json({"ok": False, "error": "unauthorized"}, 409 if "409-for-auth" in flaws else 401)
         body = request.json()
+        refused = 409 if "409-for-refusals" in flaws else 400  # 409 is "still in progress" to the action
         if body.get("confirm") is not True and "no-confirm-needed" not in flaws:
             said = f"confirm must be true (sent with {request.headers.get('authorization')})" \
                 if "echoes-token" in flaws else "confirm must be true"
-            return Response.json({"ok": False, "error": said}, 400)
+            return Response.json({"ok": False, "error": said}, refused)
         scope = body.get("only_slugs")
         if scope is not None and "ignores-scope" not in flaws:
             if not scope:
-                return Response.json({"ok": False, "error": "only_slugs must be a non-empty list"}, 400)
+                return Response.json({"ok": False, "error": "only_slugs must be a non-empty list"}, refused)
             if set(scope) - set(TENANTS):
-                status = 500 if "500-for-unknown-tenant" in flaws else 400
+                status = 500 if "500-for-unknown-tenant" in flaws else refused
                 return Response.json({"ok": False, "error": "unknown tenant"}, status)
         targets = TENANTS if scope is None or "ignores-scope" in flaws else scope
         if body.get("dry_run"):
@@ -165,6 +166,8 @@ class BrokenCP:
             key = request.headers.get("idempotency-key", "")
             if key in self.seen_keys and "refuses-reused-key" in flaws:
                 return Response.json({"ok": False, "error": "Idempotency-Key is already used"}, 422)
+            if key in self.seen_keys and "409-for-reused-key" in flaws:
+                return Response.json({"ok": False, "error": "conflict"}, 409)
             self.seen_keys.add(key)
             rows = [{"slug": slug, "phase": "done", "ssm_status": "Success", "ssm_exit_code": 0, "healthz_ok": True,
                      "verified_on_target": True, "running_image": f"acme/tenant:{body['target_tag']}"}
@@ -206,6 +209,7 @@ def test_the_broken_cp_without_a_flaw_passes():
     ("no-auth", "auth", "accepted a dry run without a token and with a wrong token"),
     ("slow-dry-run", "enumerate-time", "no complete answer within 0.5 s"),
     ("refuses-reused-key", "idempotency", "422 (Idempotency-Key is already used)"),
+    ("409-for-reused-key", "idempotency", "got 409 (conflict) — the action reads 409 as"),
 ])
 def test_each_broken_behaviour_is_its_own_named_failure(flaw, failed, said):
     code, found, text = broken(flaw, args=("--test-tenant", "t2", "--request-timeout", "0.5"))
@@ -214,6 +218,34 @@ def test_each_broken_behaviour_is_its_own_named_failure(flaw, failed, said):
     verdict, reason = found[failed]
     assert verdict == "FAIL" and said in reason, text
     assert text.splitlines()[-1].split(", ")[1] != "0 FAIL"
+
+
+IN_PROGRESS = "the action reads 409 as \"a request with this Idempotency-Key is still in progress\""
+
+
+@pytest.mark.parametrize(("failed", "said"), [
+    ("confirm", "confirm left out: 409 (confirm must be true); confirm: false: 409 (confirm must be true)"),
+    ("unknown-tenant", "409 (unknown tenant)"),
+    ("empty-scope", "only_slugs: []: 409 (only_slugs must be a non-empty list)"),
+])
+def test_a_refusal_answered_409_fails_because_the_action_would_wait_and_ask_again(failed, said):
+    """409 is the one 4xx the action does not read as refused: used for a refusal, a rollout would
+    wait one CP worst case and retry where it must halt."""
+    code, found, text = broken("409-for-refusals")
+
+    assert code == 1, text
+    verdict, reason = found[failed]
+    assert verdict == "FAIL" and said in reason and IN_PROGRESS in reason, text
+    assert reason.endswith("refuse it with 400, 404 or 422"), reason
+    assert found["enumerate"][0] == found["scope"][0] == "PASS", text  # the flaw alone fails
+
+
+def test_an_auth_refusal_answered_409_fails_naming_401_or_403():
+    code, found, text = broken("409-for-auth")
+
+    assert code == 1, text
+    verdict, reason = found["auth"]
+    assert verdict == "FAIL" and IN_PROGRESS in reason and reason.endswith("answer 401 or 403"), text
 
 
 def test_a_cp_that_ignores_only_slugs_is_never_sent_the_test_deploy():

@@ -248,6 +248,18 @@ def test_a_tag_in_promote_images_is_the_error_not_the_repository(action, image):
     assert "lowercase" not in result.outputs["reason"]
 
 
+@pytest.mark.parametrize("image", ["ghcr.io/acme/app@sha256:" + "5e1f" * 16,
+                                   "registry.test:5000/acme/app:v1@sha256:" + "f" * 64])
+def test_a_digest_in_promote_images_points_to_promote_source_not_credentials(action, image):
+    result = action(None, stages="promote", promote_images=image, sha=SHA)
+
+    assert result.code == 2, result.stdout
+    reason = result.outputs["reason"]
+    digest = image.rpartition("@")[2]
+    assert f"remove the digest '@{digest[:19]}…'" in reason and "use promote-source" in reason, reason
+    assert "credentials" not in reason and "registry-username" not in reason, reason
+
+
 def test_a_bad_sha_is_one_error_with_no_knock_on_error(fleet, action, registry, repository):
     _sim, server = fleet(specs(slugs(1), deploy_seconds=1))
     result = action(server, sha="main", promote_images=registry.image(repository), verify_url=buildinfo(server))
@@ -281,6 +293,26 @@ def test_the_readme_keeps_rollback_for_tenants_and_put_back_for_the_tag():
     assert "Rollback to `latest`" not in readme
     timing = readme[readme.index("| `timeout`"):] if "| `timeout`" in readme else ""
     assert timing, "the README explains the timing inputs together in one table"
+
+
+def test_the_action_yml_keeps_rollback_for_tenants_and_put_back_for_the_tag():
+    import yaml
+
+    inputs = yaml.safe_load((ROOT / "action.yml").read_text())["inputs"]
+    for name in ("stages", "promote-source"):  # both move the tag only: never a rollback of tenants
+        described = inputs[name]["description"]
+        assert "put-back" in described and "rollback" not in described, (name, described)
+
+
+def test_the_max_stragglers_description_holds_in_every_mode():
+    """Quarantine is for tenants down already: a tenant that ran a build before and fails on this one
+    halts the rollout whatever max-stragglers says, and the tolerance is the run's (a leg's), not the fleet's."""
+    import yaml
+
+    described = yaml.safe_load((ROOT / "action.yml").read_text())["inputs"]["max-stragglers"]["description"]
+    assert "not fatal" not in described and "fleet-wide" not in described, described
+    assert "failed on the new build, halts the rollout whatever this says" in described, described
+    assert "no tenant reached the target" in described, described
 
 
 def test_the_schema_names_the_put_back_states():
