@@ -760,19 +760,20 @@ def _rollout_settings(inputs: _Inputs, sha: str, cp_worst_case: tuple[float, flo
     )
 
 
-TAG_SHA_RE = re.compile(r"-([0-9a-f]{7,40})\Z")
+TAG_SHA_RE = re.compile(r"-([0-9a-fA-F]{7,64})\Z")
 
 
 def tag_sha(tag: str) -> str:
-    """The commit a tag names by its ``-<hex>`` suffix (``staging-8ddce85``, ``sha-8ddce85f``), or ''.
+    """The commit a tag names by its ``-<hex>`` suffix (``staging-8ddce85``, ``sha-8ddce85f``,
+    ``staging-ABCDEF0``), lower-cased, or ''.
 
-    A suffix of 7 to 40 lower-case hex characters counts; one of digits only, only at the lengths
-    git prints a SHA (7, or 40): ``release-20241101`` or ``build-104233`` is a date or a build
-    number, while ``staging-0000000`` is the short SHA of a commit.
+    A suffix of 7 to 64 hex characters counts, in either case (SHA-1 or SHA-256 commits); one of
+    digits only, only at the lengths git prints a SHA (7, 40, 64): ``release-20241101`` or
+    ``build-104233`` is a date or a build number, while ``staging-0000000`` is the short SHA of a commit.
     """
     match = TAG_SHA_RE.search(tag)
-    named = match.group(1) if match else ""
-    return named if not named.isdigit() or len(named) in (7, 40) else ""
+    named = match.group(1).lower() if match else ""
+    return named if not named.isdigit() or len(named) in (7, 40, 64) else ""
 
 
 def _rollback_tag(inputs: _Inputs) -> str:

@@ -316,7 +316,8 @@ class _Stages:
             if rejected:
                 run.notes["plan"] = f"the CP listed {counted(len(rejected), 'name')} that cannot be tenants: " \
                                     f"{listing(rejected)}"
-            if config.wants("rollout") and config.wants("promote") and self.registry_client is not None:
+            proven = config.wants("rollout") or config.wants("verify")  # latest must move to what is proven
+            if proven and config.wants("promote") and self.registry_client is not None:
                 self.pinned = check_sources(config.promote, self.registry_client, self.ctx, config.sha)
             if config.wants("rollout") and config.rollout.on_failure == OnFailure.ROLLBACK:
                 self.check_rollback_tag()

@@ -6,10 +6,12 @@ timeout or a cut connection may come after the CP deployed some of the call's te
 it is still deploying them. Retrying such a call at once, or rolling it back, would deploy those
 tenants twice at the same time, and a report that said "moved nothing" would be false. So:
 
-- **One key per request.** Every attempt of a call carries the same ``Idempotency-Key``
-  (:func:`call_key`: the run and its attempt, the call's label, what it asks), so a CP that
-  honours it replays the original answer (waiting for it if it still runs) instead of deploying
-  again; a retry re-scoped to fewer tenants is another request, with a key of its own.
+- **One key per call.** Every attempt of a call — a retry re-scoped to fewer tenants included —
+  carries the same ``Idempotency-Key`` (:func:`call_key`: the run and its attempt, the call's
+  label, the tag and the tenants it first asked for), so a CP that honours it replays the original
+  answer (waiting for it if it still runs) instead of deploying a tenant a second time while the
+  first deploy may still run. (The IETF draft binds a key to one payload, and a CP may refuse the
+  re-scoped retry with a 4xx: after an unknown attempt, a refusal is settled by the tenants too.)
 - **Answered or refused is over.** A readable 200 (its rows say what happened, ``ok: false``
   included) and a 3xx or 4xx (the CP refused: nothing was done) are the call's result.
 - **Not sent is retried.** A failure that shows the request never reached the CP (refused,
@@ -44,11 +46,10 @@ READ_FROM_TENANT = "read from the tenant"  # the phase of a row that is a tenant
 
 
 def call_key(run_key: str, label: str, tag: str, scope: Sequence[str]) -> str:
-    """The ``Idempotency-Key`` of one request of one run: the run, the call's label, and a digest of
-    what it asks (the tag and the tenants). A retry of the same request carries the same key, so a
-    CP that honours it replays instead of deploying again; a retry re-scoped to fewer tenants is
-    another request (the draft binds a key to one payload) and gets its own. Two jobs of one
-    workflow run that call one CP with different tenants never share a key."""
+    """The ``Idempotency-Key`` of one call of one run: the run, the call's label, and a digest of
+    what it first asks (the tag and the tenants). Every retry of the call carries it, re-scoped or
+    not, so a CP that honours it never deploys a tenant twice at once; two jobs of one workflow
+    run that call one CP with different tenants never share a key."""
     digest = hashlib.sha256("\n".join((tag, *scope)).encode()).hexdigest()[:12]
     return f"{run_key}:{re.sub(r'[^A-Za-z0-9]+', '-', label).strip('-')}:{digest}"
 
@@ -82,13 +83,15 @@ class Redeployer:
         first = clock.now()
         shipped: dict[str, TenantRow] = {}  # tenants that reported the build after an answer was lost
         attempts, unknown_ended = 0, None
+        key = call_key(self.key, label, self.client.rollout.target_tag, slugs)  # one key for every attempt
         while True:
-            key = call_key(self.key, label, self.client.rollout.target_tag, scope)
             attempt = self.client.redeploy(label, scope, max_stragglers=tolerance, key=key)
             attempts += 1
             ended = clock.now()
-            if attempt.state in (CallState.ANSWERED, CallState.FAILED):
+            if attempt.state is CallState.ANSWERED or (attempt.state is CallState.FAILED and unknown_ended is None):
                 return self._result(attempt, slugs, shipped, first, attempts, quiet_at=ended)
+            if attempt.state is CallState.FAILED:  # refused now, but an earlier attempt may have landed
+                break
             unknown_ended = ended if attempt.outcome_unknown else unknown_ended
             if attempts > len(self.retry_delays):
                 break

@@ -85,11 +85,15 @@ def outputs(run: Run, report_shown: str) -> dict[str, str | list[str]]:
 
 
 def _verified_at_the_end(run: Run) -> int:
-    """Tenants proven on sha and still on it: a rollback took the rolled-back ones off it."""
+    """Tenants proven on sha and still on it. A tenant the rollback was sent to counts only if the
+    rollback's own reading still finds it on sha (it was asked to leave: its proof no longer holds)."""
     if run.verify is None:
         return 0
-    rolled_back = set(run.rollback.rolled_back) if run.rollback else set()
-    return sum(1 for slug in run.verify.slugs(Verdict.VERIFIED) if slug not in rolled_back)
+    rollback, sha = run.rollback, run.config.sha if run.config else ""
+    asked = set(rollback.tenants) if rollback else set()
+    last = {v.slug: v.running for v in rollback.verify.verdicts} if rollback and rollback.verify else {}
+    return sum(1 for slug in run.verify.slugs(Verdict.VERIFIED)
+               if slug not in asked or (sha and last.get(slug) and sha_matches(last[slug], sha)))
 
 
 def publish(run: Run, runner: Runner, report_path: Path, workspace: Path) -> None:

@@ -90,7 +90,8 @@ def test_help_lists_every_fleet_variable_with_its_default_the_commands_and_the_e
         shown = "secret, never printed" if name in config.SECRET_INPUTS else default or "-"
         assert re.search(rf"^  {config.env_name(name)} +{re.escape(shown)}$", text, re.M), name
     assert "fleet-rollout demo [--report PATH]" in text
-    assert re.search(r"^  0 +deployed, promoted \(no rollout stage; the tag moved\), verified \(stages: verify alone\),",
+    assert re.search(r"^  0 +deployed, promoted \(no rollout stage; the tag moved\), verified \(stages: verify "
+                     r"alone\),",
                      text, re.M)
     assert re.search(r"^  1 +failed", text, re.M) and re.search(r"^  2 +configuration error", text, re.M)
 

@@ -365,7 +365,7 @@ def test_verify_url_is_kept_in_the_form_requests_sends(given: str, sent: str) ->
     ("build-104233", ""),  # too short
     ("v1.2.3", ""),
     ("latest", ""),
-    ("staging-8DDCE85", ""),  # tags are written in lower case by every builder we know; upper case is a word
+    ("staging-8DDCE85", "8ddce85"),  # a commit in upper case is still that commit
 ])
 def test_the_commit_a_tag_names_by_its_hex_suffix(tag, named):
     assert config.tag_sha(tag) == named

@@ -342,3 +342,26 @@ def test_the_snapshot_counts_unreadable_tenants_by_reason(fleet, action):
     assert result.code == 0, result.stdout
     line = next(line for line in result.stdout.splitlines() if line.startswith("snapshot: "))
     assert "3 on another build, 3 unreadable (2 " in line and line.endswith("; 1 HTTP 503)"), line  # reset or closed
+
+
+# -- latest never names an image built from another commit, whatever the stages ---------------------
+
+
+def test_verify_then_promote_refuses_an_image_built_from_another_commit(fleet, action, registry, repository):
+    old = registry.seed_index(repository, "latest", variant="previous").digest
+    registry.seed_index(repository, TAG, variant="labelled", labels={REVISION_LABEL: "1" * 40})
+    sim, server = fleet(specs(slugs(3), running=SHA))
+    result = action(server, stages="verify,promote", verify_url=buildinfo(server),
+                    promote_images=registry.image(repository))
+
+    assert result.code == 1 and 'was built from "111111111111' in result.outputs["reason"], result.stdout
+    assert registry.digest(repository, "latest") == old and sim.deploy_calls() == []
+
+
+@pytest.mark.parametrize("target_tag", ["staging-ABCDEF0", "staging-" + "AB" * 32])
+def test_a_target_tag_whose_suffix_names_another_commit_in_any_case_is_exit_2(fleet, action, target_tag):
+    sim, server = fleet(specs(slugs(3), running=SHA))
+    result = action(server, target_tag=target_tag, verify_url=buildinfo(server))
+
+    assert result.code == 2 and "target-tag" in result.outputs["reason"], result.stdout
+    assert sim.deploy_calls() == []

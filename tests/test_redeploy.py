@@ -117,10 +117,23 @@ def test_after_an_unknown_outcome_the_tenants_on_the_build_are_not_deployed_agai
 
     assert [scope for scope, _key, _sent in cp.asked] == [("a", "b", "c"), ("b", "c")]
     first_key, second_key = (key for _scope, key, _sent in cp.asked)
-    assert first_key != second_key  # another request: the draft binds a key to one payload
+    assert first_key == second_key  # one call, one key: a CP that honours it replays, never deploys b twice at once
     assert call.ok and call.slugs == ("a", "b", "c")
     assert [(row.slug, row.phase, row.verified_on_target) for row in call.settled] == [("a", READ_FROM_TENANT, True)]
     assert all(at - 10 >= WORST for _slug, at in tenants.reads)  # read after the worst case, not before
+
+
+@pytest.mark.parametrize("status", [403, 422])
+def test_a_refused_retry_after_an_unknown_attempt_is_settled_by_the_tenants(clock, status):
+    """The first attempt may have landed: a refusal of the retry (a strict CP's 422 to a re-scoped
+    key) says nothing about it, so the tenants settle the call as a lost answer would."""
+    cp = ScriptedCP(clock, [(CallState.UNKNOWN, 504), (CallState.FAILED, status)])
+    tenants = ScriptedTenants(clock, {"a": SHA, "b": OLD, "c": ""})
+    call = redeployer(clock, cp, tenants).call("batch 1/2", ("a", "b", "c"), 0)
+
+    assert len(cp.asked) == 2 and call.state is CallState.UNKNOWN and call.outcome_unknown
+    rows = {row.slug: row.verified_on_target for row in call.settled}
+    assert rows == {"a": True, "b": False}  # a shipped, b did not move; c stays unknown
 
 
 def test_a_call_whose_every_tenant_reports_the_build_needs_no_retry(clock):
@@ -158,12 +171,12 @@ def test_a_409_says_the_call_is_still_running_and_is_asked_again_after_the_worst
     assert call.ok and cp.asked[1][2] - cp.asked[0][2] >= WORST and cp.asked[0][1] == cp.asked[1][1]
 
 
-def test_keys_are_unique_per_run_call_and_request_and_stable_otherwise():
+def test_keys_are_unique_per_run_and_call_and_stable_otherwise():
     base = call_key("fleet-rollout:acme/app:42.1", "batch 2/5", "staging-8ddce85", ("a", "b"))
     assert base == call_key("fleet-rollout:acme/app:42.1", "batch 2/5", "staging-8ddce85", ("a", "b"))
     assert base.startswith("fleet-rollout:acme/app:42.1:batch-2-5:")
     others = {call_key("fleet-rollout:acme/app:42.2", "batch 2/5", "staging-8ddce85", ("a", "b")),  # a re-run
               call_key("fleet-rollout:acme/app:42.1", "batch 3/5", "staging-8ddce85", ("a", "b")),
               call_key("fleet-rollout:acme/app:42.1", "batch 2/5", "latest", ("a", "b")),  # a rollback
-              call_key("fleet-rollout:acme/app:42.1", "batch 2/5", "staging-8ddce85", ("a",))}  # re-scoped
+              call_key("fleet-rollout:acme/app:42.1", "batch 2/5", "staging-8ddce85", ("a",))}  # another leg
     assert base not in others and len(others) == 4

@@ -251,3 +251,54 @@ def test_a_run_halted_at_the_canary_lists_the_others_as_not_started_not_straggle
     row = next(line for line in result.summary.splitlines() if line.startswith("| t01 "))
     assert "unhealthy" in row and "healthz" in row
     agree(sim, result, slugs(5))
+
+
+# -- one key per call: a re-scoped retry never deploys a tenant twice at once ------------------------
+
+
+@pytest.mark.parametrize("already_on_sha", ["skip-current off", "snapshot unreadable"])
+def test_a_rescoped_retry_carries_the_calls_key_so_a_slow_cp_replays(fleet, action, already_on_sha):
+    """The gateway gives up at 0.3 s while the CP goes on for 3 s, past its declared worst case
+    (1.95 s). After the worst case t01 reports sha (it ran it already), t02 the old build: the retry
+    goes to t02 alone, under the call's key, and the CP replays instead of deploying t02 again."""
+    tenants = specs(slugs(2), deploy_seconds=600)
+    tenants[0].running = SHA
+    inputs = {"skip_current": "false"} if already_on_sha == "skip-current off" else {}
+    tenants[0].flapping = already_on_sha == "snapshot unreadable"  # its snapshot read fails: deployed anyway
+    sim, server = fleet(tenants, builds=builds_for(TAG, SHA), faults=[Fault("gateway-504", seconds=0.3)])
+    result = action(server, batch_size="2", verify_url=buildinfo(server), retry_delays="0.05", timeout="60", **inputs)
+
+    assert overlapping(sim.deploy_log) == [], overlapping(sim.deploy_log)
+    assert [body["only_slugs"] for body in sim.replays] == [["t02"]]
+    assert result.code == 0 and sim.running_sha("t02") == SHA, result.stdout
+
+
+@pytest.mark.parametrize("verify_url", [False, True])
+def test_a_refused_retry_after_a_landed_unknown_attempt_still_rolls_back(fleet, action, verify_url):
+    """Attempt 1: a gateway 504 while the CP goes on and lands t01, t02; the retry is refused (403).
+    The refusal says nothing about attempt 1: the tenants settle it, and a rollback sends back what
+    may have moved."""
+    sim, server = fleet(specs(slugs(4), deploy_seconds=100), builds=builds_for(TAG, SHA),
+                        faults=[Fault("gateway-504", seconds=0.1), Fault("403")])
+    result = action(server, batch_size="2", verify_url=buildinfo(server) if verify_url else "", retry_delays="0.05",
+                    on_failure="rollback")
+
+    assert result.code == 1, result.stdout
+    assert [sim.running_sha(slug) for slug in slugs(4)] == [OLD_SHA] * 4
+    assert sorted(listed(result, "rolled-back")) == ["t01", "t02"], result.outputs
+    assert overlapping(sim.deploy_log) == []
+
+
+def test_verified_counts_no_tenant_a_rollback_moved_off_sha(fleet, action):
+    """A fleet left mixed by an earlier run (t01, t02 on its build), no revision label to judge by:
+    every tenant ends on the previous build, so none counts as verified, proven or not back."""
+    tenants = specs(slugs(6), deploy_seconds=1)
+    for tenant in tenants[:2]:
+        tenant.running = NEWER_SHA
+    tenants[3].stale = True
+    sim, server = fleet(tenants, builds={**builds_for(TAG, SHA), f"staging-{NEWER_SHA[:7]}": NEWER_SHA})
+    result = action(server, batch_size="2", verify_url=buildinfo(server), verify_budget="1", on_failure="rollback")
+
+    assert result.code == 1, result.stdout
+    on_sha = [slug for slug in slugs(6) if sim.running_sha(slug) == SHA]
+    assert int(result.outputs["verified"]) == len(on_sha), (on_sha, result.outputs)
