@@ -537,7 +537,9 @@ def parse_stages(value: str) -> tuple[str, ...]:
     stages = parse_list(value.lower())
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
-        raise ValueError(f"unknown stage {unknown[0]!r}; choose from {', '.join(STAGES)}")
+        close = difflib.get_close_matches(unknown[0], STAGES, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ValueError(f"unknown stage {unknown[0]!r}{hint}; choose from {', '.join(STAGES)}")
     if not stages:
         raise ValueError("name at least one stage")
     return tuple(s for s in STAGES if s in stages)

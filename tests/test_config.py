@@ -55,6 +55,7 @@ def test_defaults_load_and_target_tag_derives_from_sha():
         ({"rollback_tag": "bad tag"}, "rollback-tag", "not a valid image tag"),
         ({"retry_delays": "5,x"}, "retry-delays", "number of seconds"),
         ({"stages": "rollout,deploy"}, "stages", "unknown stage 'deploy'"),
+        ({"stages": "rollot,verify"}, "stages", "unknown stage 'rollot' (did you mean rollout?)"),
         ({"verify_url": "https://example.com/buildinfo"}, "verify-url", "{slug}"),
         ({"promote_images": "ftp://ghcr.io/acme/app"}, "promote-images", "only http:// or https://"),
         ({"promote_images": "http://registry.lan/acme/app"}, "promote-images", "needs allow-insecure-http"),
