@@ -438,13 +438,18 @@ def where_things_stand(run: Run) -> list[str]:
 def _last_readings(run: Run) -> dict[str, str]:
     """The build each tenant last reported: the rollback's proof, else the proof or verify, else
     the snapshot for a tenant no call reached. A tenant absent was never read after it moved."""
-    rollout = run.rollout
-    untouched = set(rollout.not_started) | set(rollout.already_current) if rollout else set(run.fleet)
+    untouched = _untouched(run) if run.rollout else set(run.fleet)
     readings = {slug: before.sha for slug, before in (run.snapshot.by_slug if run.snapshot else {}).items()
                 if slug in untouched and before.sha}
     for verify in (run.verify, run.rollback.verify if run.rollback else None):
         readings.update({v.slug: v.running for v in verify.verdicts if v.running} if verify else {})
     return readings
+
+
+def _untouched(run: Run) -> set[str]:
+    """Tenants no deploy call of this run asked for: not started, or already on the build."""
+    rollout = run.rollout
+    return set(rollout.not_started) | set(rollout.already_current) if rollout else set()
 
 
 def _left_on_build(run: Run, readings: Mapping[str, str]) -> list[str]:
@@ -460,8 +465,7 @@ def _left_on_build(run: Run, readings: Mapping[str, str]) -> list[str]:
 
 def _builds_now(run: Run, readings: Mapping[str, str]) -> str:
     """Tenants per build: each tenant's last reading, or the CP's word (said so), or unknown."""
-    rollout = run.rollout
-    untouched = set(rollout.not_started) | set(rollout.already_current) if rollout else set()
+    rollout, untouched = run.rollout, _untouched(run)
     counts: dict[str, int] = {}
     for slug in run.fleet:
         build = readings[slug][:12] if slug in readings else "unknown (not read)"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.sim.fleet import OLD_SHA, TenantSpec, specs
+from deploy.sim.fleet import OLD_SHA, TenantSpec, builds_for, specs
 from tests.actions_runner import ROOT
 from tests.support import SHA, TAG, buildinfo, seeded, slugs
 from tests.test_cli import cli, fleet_env
@@ -91,11 +91,9 @@ def test_a_failed_run_says_what_the_fleet_runs_where_latest_is_what_on_failure_d
 
 
 def test_after_a_rollback_where_things_stand_counts_the_build_the_tenants_went_back_to(fleet, action):
-    from deploy.sim.fleet import builds_for  # the rollback's CP: latest names OLD_SHA
-
     tenants = specs(slugs(4), deploy_seconds=1)
     tenants[2].stale = True
-    _sim, server = fleet(tenants, builds=builds_for(TAG, SHA))
+    _sim, server = fleet(tenants, builds=builds_for(TAG, SHA))  # latest names OLD_SHA
     result = action(server, batch_size="2", verify_url=buildinfo(server), verify_budget="1", on_failure="rollback")
 
     assert result.code == 1, result.stdout
